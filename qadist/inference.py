@@ -1,0 +1,81 @@
+"""Batched QA forward passes over windows: length-grouped batches, padding only to the batch's
+longest window, bf16/fp16 autocast on GPU and fp32 on CPU. Shared by the teacher actors of the
+label stage and by `qadist predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def pick_device(use_gpu: bool | None = None) -> torch.device:
+    """CUDA when asked (or, with None, when present); asking for a GPU without one is an error."""
+    if use_gpu or (use_gpu is None and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from qadist.errors import UserError
+
+            raise UserError("--use-gpu was given but no CUDA device is visible; drop the flag to run on CPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of windows to its longest one; attention_mask marks the real tokens."""
+    longest = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+    types = torch.zeros((len(input_ids), longest), dtype=torch.long) if token_type_ids is not None else None
+    for row, seq in enumerate(input_ids):
+        ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+        mask[row, : len(seq)] = 1
+        if types is not None:
+            types[row, : len(seq)] = torch.as_tensor(np.asarray(token_type_ids[row], dtype=np.int64))
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+@torch.inference_mode()
+def qa_logits(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) float32 logits [batch, longest] for one collated batch."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(**batch)
+    return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+
+def run_windows(
+    model: Any,
+    input_ids: Sequence[Sequence[int]],
+    token_type_ids: Sequence[Sequence[int]] | None,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Logits for every window, in input order, each cut to the window's real length."""
+    results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(input_ids)  # type: ignore[list-item]
+    for idx in length_sorted_batches([len(x) for x in input_ids], batch_size):
+        types = [token_type_ids[i] for i in idx] if token_type_ids is not None else None
+        start, end = qa_logits(model, collate([input_ids[i] for i in idx], types, pad_id), device)
+        for row, i in enumerate(idx):
+            n = len(input_ids[i])
+            results[i] = (start[row, :n], end[row, :n])
+    return results

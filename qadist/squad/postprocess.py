@@ -1,0 +1,70 @@
+"""Logits -> answers: n-best spans over context tokens, the best per example, a null threshold.
+
+Per example, the null score is the smallest [CLS] score (start[0] + end[0]) over its windows, and
+the best span is the highest start[i] + end[j] over all windows with i <= j, both in the context
+and j - i < max_answer_len. The answer is "" when null_score - best_span_score > threshold. The
+no-answer probability written to na_probs.json is sigmoid(null_score - best_span_score), so a
+threshold on it is a threshold on the score difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def best_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    n_best: int = 20,
+    max_answer_len: int = 30,
+) -> list[tuple[float, int, int]]:
+    """Up to `n_best` (score, start_char, end_char) spans of one window, best first."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    n = min(len(offsets), len(start_logits))
+    start_logits, end_logits = np.asarray(start_logits[:n], np.float64), np.asarray(end_logits[:n], np.float64)
+    in_context = offsets[:n, 0] >= 0
+    if not in_context.any():
+        return []
+    starts = np.argsort(-np.where(in_context, start_logits, -np.inf))[:n_best]
+    ends = np.argsort(-np.where(in_context, end_logits, -np.inf))[:n_best]
+    spans = []
+    for i in starts:
+        for j in ends:
+            if in_context[i] and in_context[j] and i <= j < i + max_answer_len:
+                spans.append((float(start_logits[i] + end_logits[j]), int(offsets[i, 0]), int(offsets[j, 1])))
+    spans.sort(key=lambda s: -s[0])
+    return spans[:n_best]
+
+
+def postprocess(
+    windows: Iterable[dict],
+    contexts: dict[str, str],
+    n_best: int = 20,
+    max_answer_len: int = 30,
+    null_threshold: float = 0.0,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Windows (`id`, `offsets`, `start_logits`, `end_logits`) -> (predictions, na_probs) by id."""
+    null_score: dict[str, float] = {}
+    best: dict[str, tuple[float, int, int]] = {}
+    for w in windows:
+        pair_id = w["id"]
+        start, end = np.asarray(w["start_logits"], np.float64), np.asarray(w["end_logits"], np.float64)
+        null = float(start[0] + end[0])
+        null_score[pair_id] = min(null_score.get(pair_id, math.inf), null)
+        spans = best_spans(start, end, w["offsets"], n_best, max_answer_len)
+        if spans and (pair_id not in best or spans[0][0] > best[pair_id][0]):
+            best[pair_id] = spans[0]
+    predictions, na_probs = {}, {}
+    for pair_id, null in null_score.items():
+        if pair_id not in best:
+            predictions[pair_id], na_probs[pair_id] = "", 1.0
+            continue
+        score, s, e = best[pair_id]
+        diff = null - score
+        predictions[pair_id] = "" if diff > null_threshold else contexts[pair_id][s:e]
+        na_probs[pair_id] = 1.0 / (1.0 + math.exp(-max(min(diff, 700.0), -700.0)))
+    return predictions, na_probs

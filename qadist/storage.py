@@ -1,0 +1,192 @@
+"""URIs -> pyarrow filesystems (local paths, file://, s3://), atomic writes, conditional commits.
+
+S3 settings come from the standard AWS environment: AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) for
+an S3-compatible server, AWS_REGION / AWS_DEFAULT_REGION, and credentials from the usual chain.
+Filesystems are built where they are used (never pickled to Ray workers: pyarrow's S3FileSystem
+loses its retry strategy when pickled).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from qadist.errors import UserError
+
+S3_RETRIES = 10
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_region() -> str:
+    # Always pass a region: without one pyarrow calls real AWS to resolve the bucket's region.
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    kwargs: dict = {
+        "region": s3_region(),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES),
+    }
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A URI -> (filesystem, path inside it)."""
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    out = uri.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def file_type(uri: str) -> pafs.FileType:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type
+
+
+def exists(uri: str) -> bool:
+    return file_type(uri) != pafs.FileType.NotFound
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """The file itself, or every file under a folder/prefix ending in one of `suffixes`, sorted.
+
+    Hidden and underscore-prefixed names (`_manifest.json`, `.tmp-*`) are skipped in folders.
+    """
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{uri}: no such file or folder; check the path (and AWS_ENDPOINT_URL for s3://)")
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    prefix = uri.rstrip("/")
+    out = []
+    for f in found:
+        rel = f.path[len(path):].lstrip("/")
+        if f.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in rel.split("/")):
+            continue
+        if suffixes and not rel.endswith(suffixes):
+            continue
+        out.append(f"{prefix}/{rel}")
+    return sorted(out)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise UserError(f"{uri}: no such file; check the path (and AWS_ENDPOINT_URL for s3://)") from e
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object so that readers see the old content or the new, never a part.
+
+    Local: a temporary file beside the target, then an atomic rename. S3: a single PUT is atomic.
+    """
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    _, path = resolve(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_if_absent(uri: str, data: bytes) -> bool:
+    """Create the object only if nothing is there yet (a commit point). True if this call created it.
+
+    Local: link(2) of a complete temporary file fails if the target exists. S3: a conditional PUT
+    (If-None-Match: *), answered 412 when the object exists.
+    """
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+    _, path = resolve(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def makedirs(uri: str) -> None:
+    if not is_s3(uri):
+        fs, path = resolve(uri)
+        fs.create_dir(path, recursive=True)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def s3_client():
+    """A boto3 S3 client for the standard AWS environment (boto3 reads AWS_ENDPOINT_URL itself)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        region_name=s3_region(),
+        endpoint_url=s3_endpoint(),
+        config=Config(retries={"max_attempts": S3_RETRIES, "mode": "standard"}),
+    )

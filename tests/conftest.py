@@ -1,0 +1,97 @@
+"""Shared fixtures: the SQuAD sample, tiny models (built once), one local Ray, one S3 server.
+
+The S3 server (moto, on 127.0.0.1) is started before Ray so that Ray's workers inherit the AWS
+environment that points at it. Ray starts once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SQUAD_SAMPLE = SHARED / "data" / "squad-v2-dev-sample.json"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def squad_sample() -> str:
+    if not SQUAD_SAMPLE.exists():
+        pytest.skip(f"{SQUAD_SAMPLE} is missing (the repo must sit beside shared/)")
+    return str(SQUAD_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def squad_pairs(squad_sample) -> list[dict]:
+    from qadist.squad.io import read_pairs
+
+    return read_pairs(squad_sample)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Folders of tiny QA models: two BERT teachers sharing a tokenizer, a BERT student, an ALBERT."""
+    from qadist.models import build_tiny_model, load_tokenizer, minilm_path
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    bert_tok = load_tokenizer(minilm_path())
+    return {
+        "teacher_a": build_tiny_model("bert", root / "teacher-a", seed=1, tokenizer=bert_tok),
+        "teacher_b": build_tiny_model("bert", root / "teacher-b", seed=2, tokenizer=bert_tok),
+        "student": build_tiny_model("bert", root / "student", seed=3, tokenizer=bert_tok, num_layers=1, hidden=32),
+        "albert": build_tiny_model("albert", root / "albert", seed=4),
+    }
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint), with the AWS environment pointing at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket per test; returns its s3:// URI."""
+    from qadist.storage import s3_client
+
+    name = "qadist-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One embedded Ray for the whole session (started after the S3 server, so workers see it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
