@@ -39,7 +39,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     gold = gold_answers(pairs, cfg.data)
     predictions = read_json_mapping(cfg.predictions, (str,), "predictions")
     na_probs = read_json_mapping(cfg.na_probs, (int, float), "na_probs") if cfg.na_probs else None
-    metrics = squad_v2_metrics(gold, predictions, na_probs, cfg.na_prob_thresh)
+    try:
+        metrics = squad_v2_metrics(gold, predictions, na_probs, cfg.na_prob_thresh)
+    except ValueError as e:
+        raise UserError(f"{cfg.predictions}: {e}") from e
     text = json.dumps(metrics, indent=2)
     print(text)
     if cfg.out:

@@ -133,7 +133,7 @@ def squad_v2_metrics(
     exact = _apply_threshold(exact_raw, probs, has_ans, na_prob_thresh)
     f1 = _apply_threshold(f1_raw, probs, has_ans, na_prob_thresh)
     out = _eval_dict(exact, f1, list(exact))
-    for prefix, wanted in (("NoAns", False), ("HasAns", True)):
+    for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         qids = [q for q, v in has_ans.items() if v is wanted]
         if qids:
             out.update({f"{prefix}_{k}": v for k, v in _eval_dict(exact, f1, qids).items()})
