@@ -1,0 +1,255 @@
+"""A generated camera-store domain for `qadist demo`: product pages and shoppers' questions.
+
+Deterministic for a seed. Each product page is a few sentences of varied prose about some of a
+camera's attributes (sensor, megapixels, ISO range, mount, stabilisation, video, battery life,
+weight, weather sealing, price, release year) mixed with distracting numbers and units (screen,
+burst rate, viewfinder, kit lens, ...) and filler. A question asks about one attribute; it is
+unanswerable from its page when the page never states that attribute (about `unanswerable` of
+them). Splits use disjoint products and ids:
+
+- `teacher`: labelled pairs to fine-tune the teachers on;
+- `logged`: questions without documents (`questions.jsonl`), to be matched against the product
+  pages of `documents.jsonl` by `qadist pairs`; their gold answers stay in `logged-gold.jsonl`
+  for diagnostics only;
+- `student`: a small labelled pool for the student; its first n rows are the n-label subsets;
+- `test`: labelled pairs for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from dataclasses import dataclass
+
+from qadist import storage
+
+ATTRIBUTES = ("sensor", "megapixels", "iso", "mount", "stabilisation", "video", "battery", "weight", "sealing", "price", "year")
+BRANDS = ("Kestrel", "Orion", "Lumora", "Vantor", "Halcyon", "Pentara", "Novik", "Sorell", "Aurex", "Tamsin", "Brightwell", "Corvid")
+PREFIXES = ("X", "Z", "R", "GX", "SL", "Q", "TX", "M", "EV", "K", "FZ", "A")
+SUFFIXES = ("", "", "", " II", " III", " Mark II", "s", " Pro", "R", " Mini")
+
+# Sentence templates per attribute: `{name}` / `{ref}` name the camera, `{v}` is the answer.
+STATEMENTS = {
+    "sensor": ("At its heart is a {v} sensor.", "The {ref} uses a {v} sensor.", "It is built around a {v} sensor, a step up for this class.",
+               "Sensor format: {v}.", "{ref_cap} shoots on a {v} sensor."),
+    "megapixels": ("It captures {v} images.", "Resolution comes in at {v}.", "The sensor resolves {v}, plenty for large prints.",
+                   "Stills are recorded at {v}.", "Files from the {ref} come out at {v}."),
+    "iso": ("Sensitivity runs {v}.", "The native range is {v}, good for dim interiors.", "It covers {v} for low light.",
+            "ISO range: {v}.", "Low-light work benefits from a range of {v}."),
+    "mount": ("Lenses attach via the {v}.", "It takes lenses for the {v}.", "The {ref} uses the {v}, with dozens of lenses available.",
+              "Mount: {v}."),
+    "stabilisation": ("It offers {v}.", "Shake is tamed by {v}.", "Stabilisation: {v}.", "The {ref} relies on {v} for handheld shots."),
+    "video": ("Video tops out at {v}.", "It records video at up to {v}.", "Filmmakers get {v} recording.", "Best video mode: {v}."),
+    "battery": ("The battery is rated for {v} per charge.", "Battery life is about {v}.", "A full charge lasts roughly {v}.",
+                "Expect around {v} from one battery."),
+    "weight": ("The body weighs {v} with battery and card.", "It tips the scales at {v}.", "Weight: {v}.", "Carrying just {v}, the {ref} is easy to take along."),
+    "sealing": ("The body is {v}.", "Weather protection: {v}.", "Its magnesium alloy shell is {v}.", "Build: {v}."),
+    "price": ("The body sells for {v}.", "It is priced at {v} body only.", "Price: {v}.", "You can buy the {ref} for {v}."),
+    "year": ("It was released in {v}.", "The {ref} was announced in {v}.", "Launched in {v}, it replaced an older model.", "Release year: {v}."),
+}
+DISTRACTORS = (
+    "The rear screen is a {d1}.{d2}-inch touchscreen with {d3}.{d4} million dots.",
+    "Burst shooting reaches {n2} fps with a buffer of {n3} frames.",
+    "The electronic viewfinder has {d1}.{d3}{d4} million dots and {d1}.{d2}x magnification.",
+    "The kit lens is a {n2}-{n3}mm f/{d1}.{d2}-{d3}.{d4} zoom.",
+    "Charging over USB-C takes about {d1}.{d2} hours.",
+    "It measures {n3} x {n2}{d1} x {n2} mm.",
+    "Shutter speeds run from 30 s to 1/{n4} s.",
+    "It has {d1} card slots and a {d1}.{d2} mm headphone jack.",
+    "A {n2}% off coupon applies to accessories bought with it.",
+    "The grip adds {n2} g and {n3} extra shots when fitted.",
+    "Autofocus uses {n3} phase-detect points.",
+)
+FILLERS = (
+    "Shoppers praise its handling.", "It is a popular pick for travel and street photography.",
+    "Reviewers call it a dependable all-rounder.", "The menus are easy to learn.",
+    "Free shipping is available on this item.", "It comes with a strap, a charger and a body cap.",
+    "Many owners use it for weddings and events.", "It is a favourite among wildlife photographers.",
+)
+QUESTIONS = {
+    "sensor": ("What sensor does the {name} have?", "What size is the sensor in the {name}?", "which sensor format is the {name}",
+               "Is the {name} full frame or crop?", "What kind of sensor is in the {name}?"),
+    "megapixels": ("How many megapixels is the {name}?", "What is the resolution of the {name}?", "{name} megapixels",
+                   "How many MP does the {name} shoot?", "What resolution are photos from the {name}?"),
+    "iso": ("What is the ISO range of the {name}?", "How high does the ISO go on the {name}?", "{name} iso range",
+            "What sensitivity range does the {name} cover?", "How good is the {name} in low light, what ISO?"),
+    "mount": ("What lens mount does the {name} use?", "Which lenses fit the {name}?", "{name} lens mount",
+              "What mount is the {name}?", "What lenses can I put on the {name}?"),
+    "stabilisation": ("Does the {name} have image stabilization?", "What stabilisation does the {name} offer?",
+                      "{name} stabilization", "Is there IBIS in the {name}?", "How is shake reduced on the {name}?"),
+    "video": ("What video resolution does the {name} record?", "Can the {name} shoot 4K?", "{name} video modes",
+              "What is the best video mode of the {name}?", "How good is video on the {name}?"),
+    "battery": ("How many shots does the {name} get per charge?", "What is the battery life of the {name}?", "{name} battery life",
+                "How long does the battery last on the {name}?", "How many pictures per battery with the {name}?"),
+    "weight": ("How much does the {name} weigh?", "What is the weight of the {name}?", "{name} weight",
+               "How heavy is the {name}?", "Is the {name} light, how many grams?"),
+    "sealing": ("Is the {name} weather sealed?", "Can I use the {name} in the rain?", "{name} weather sealing",
+                "How weatherproof is the {name}?", "Is the {name} dustproof?"),
+    "price": ("How much does the {name} cost?", "What is the price of the {name}?", "{name} price",
+              "How expensive is the {name}?", "What does the {name} sell for?"),
+    "year": ("When was the {name} released?", "What year did the {name} come out?", "{name} release date",
+             "When did the {name} launch?", "How old is the {name}?"),
+}
+
+
+@dataclass(frozen=True)
+class DomainSizes:
+    """Questions per split (pages are made as needed: `per_page` questions each)."""
+
+    teacher: int = 2000
+    logged: int = 6000
+    student: int = 500
+    test: int = 500
+    per_page: int = 5
+    unanswerable: float = 0.3
+
+
+def _thousands(n: int) -> str:
+    return f"{n:,}"
+
+
+def attribute_values(rng: random.Random, brand: str) -> dict[str, str]:
+    """One camera's attribute values, each as the exact phrase its page will contain."""
+    mp = rng.choice((12.1, 16.0, 20.1, 20.3, 24.2, 24.5, 26.1, 30.4, 33.0, 40.2, 45.7, 50.1, 61.0, 102.0))
+    iso_lo = rng.choice((50, 64, 100, 125, 160, 200))
+    iso_hi = rng.choice((12800, 25600, 32000, 51200, 102400, 204800))
+    iso_form = rng.randrange(3)
+    mount_letter = rng.choice(string.ascii_uppercase)
+    stops = rng.choice(("5", "5.5", "6", "6.5", "7", "8"))
+    return {
+        "sensor": rng.choice(("full-frame", "APS-C", "Micro Four Thirds", "1-inch", "medium format", "stacked full-frame", "back-illuminated APS-C")),
+        "megapixels": rng.choice((f"{mp} megapixels", f"{mp}MP", f"{mp} MP")),
+        "iso": (f"ISO {iso_lo}-{_thousands(iso_hi)}", f"ISO {iso_lo} to {_thousands(iso_hi)}", f"from ISO {iso_lo} up to ISO {iso_hi}")[iso_form],
+        "mount": rng.choice((f"{brand} {mount_letter}-mount", f"{mount_letter} mount", f"{mount_letter}-mount")),
+        "stabilisation": rng.choice((f"5-axis in-body stabilisation rated at {stops} stops", "sensor-shift stabilisation",
+                                     "lens-based optical stabilisation only", "digital stabilisation for video only",
+                                     f"in-body image stabilisation worth {stops} stops")),
+        "video": rng.choice(("4K at 60p", "4K at 30p", "6K at 30p", "8K at 24p", "Full HD at 120p", "4K at 120p", "5.7K at 30p")),
+        "battery": f"{rng.randrange(250, 1900, 10)} shots",
+        "weight": rng.choice((f"{rng.randrange(280, 1400, 5)} g", f"{rng.randrange(280, 1400, 5)} grams")),
+        "sealing": rng.choice(("weather-sealed", "dust- and splash-resistant", "not weather sealed", "fully sealed against dust and moisture",
+                               "sealed at every button and dial")),
+        "price": rng.choice((f"${rng.randrange(399, 6999, 100):,}", f"${rng.randrange(399, 6999, 100) - 0.01:,.2f}")),
+        "year": str(rng.randrange(2012, 2026)),
+    }
+
+
+def render_page(rng: random.Random, title: str, model: str, values: dict[str, str], present: list[str]) -> tuple[str, dict[str, tuple[str, int]]]:
+    """Page text and, per present attribute, (answer text, exact character start)."""
+    parts: list[tuple[str, str | None]] = []  # (sentence, attribute) in page order
+    for attr in present:
+        parts.append((attr, attr))
+    for _ in range(1 + (rng.random() < 0.4)):
+        parts.append(("distractor", None))
+    if rng.random() < 0.3:
+        parts.append(("filler", None))
+    rng.shuffle(parts)
+    intro = rng.choice((f"The {title} is a {{kind}} camera.", f"Meet the {title}, a {{kind}} camera.", f"{title}: a {{kind}} camera for enthusiasts."))
+    text = intro.format(kind=rng.choice(("mirrorless", "compact", "mirrorless hybrid", "travel", "vlogging", "professional")))
+    spans: dict[str, tuple[str, int]] = {}
+    for kind, attr in parts:
+        if attr is not None:
+            ref = rng.choice((model, title, "camera"))
+            template = rng.choice(STATEMENTS[attr])
+            before, after = template.split("{v}")
+            fill = {"ref": ref, "ref_cap": f"The {ref}" if ref != title else title}
+            before, after = before.format(**fill), after.format(**fill)
+            sentence_start = len(text) + 1
+            text += " " + before
+            spans[attr] = (values[attr], sentence_start + len(before))
+            text += values[attr] + after
+        elif kind == "distractor":
+            digits = {f"d{i}": rng.randint(1, 9) for i in range(1, 5)}
+            text += " " + rng.choice(DISTRACTORS).format(n2=rng.randint(10, 99), n3=rng.randint(100, 999), n4=rng.randint(1000, 9999), **digits)
+        else:
+            text += " " + rng.choice(FILLERS)
+    return text, spans
+
+
+def make_question(rng: random.Random, attr: str, title: str, model: str, logged: bool) -> str:
+    name = rng.choice((title, title, model))
+    question = rng.choice(QUESTIONS[attr]).format(name=name)
+    if logged and rng.random() < 0.3:  # shoppers type lower-case and skip the question mark
+        question = question.lower().rstrip("?")
+    return question
+
+
+def _new_product(rng: random.Random, used: set[str]) -> tuple[str, str]:
+    while True:
+        brand = rng.choice(BRANDS)
+        model = f"{rng.choice(PREFIXES)}-{rng.randint(1, 9)}{rng.randint(0, 99):02d}{rng.choice(SUFFIXES)}"
+        title = f"{brand} {model}"
+        if title not in used:
+            used.add(title)
+            return title, model
+
+
+def make_split(rng: random.Random, split: str, n_questions: int, sizes: DomainSizes, used: set[str], logged: bool = False) -> tuple[list[dict], list[dict]]:
+    """(pairs with answers, the split's product pages) for one split."""
+    pairs: list[dict] = []
+    pages: list[dict] = []
+    while len(pairs) < n_questions:
+        title, model = _new_product(rng, used)
+        values = attribute_values(rng, title.split()[0])
+        present = rng.sample(ATTRIBUTES, rng.randint(4, 6))
+        text, spans = render_page(rng, title, model, values, present)
+        page_id = f"{split}-p{len(pages):05d}"
+        pages.append({"id": page_id, "title": title, "text": text})
+        absent = [a for a in ATTRIBUTES if a not in present]
+        asked: set[str] = set()
+        for _ in range(min(sizes.per_page, n_questions - len(pairs))):
+            unanswerable = rng.random() < sizes.unanswerable
+            first, second = (absent, present) if unanswerable else (present, absent)
+            pool = [a for a in first if a not in asked] or [a for a in second if a not in asked]
+            attr = rng.choice(pool)
+            asked.add(attr)
+            answers = {"text": [spans[attr][0]], "answer_start": [spans[attr][1]]} if attr in spans else {"text": [], "answer_start": []}
+            pairs.append({
+                "id": f"{split}-q{len(pairs):06d}",
+                "question": make_question(rng, attr, title, model, logged),
+                "context": text,
+                "title": title,
+                "doc_id": page_id,
+                "answers": answers,
+            })
+    return pairs, pages
+
+
+def generate_domain(seed: int = 0, sizes: DomainSizes = DomainSizes()) -> dict[str, list[dict]]:
+    """Splits `teacher`, `logged`, `student`, `test` (pairs) and `documents` (the logged split's pages)."""
+    rng = random.Random(seed)
+    used: set[str] = set()
+    teacher, _ = make_split(rng, "teacher", sizes.teacher, sizes, used)
+    logged, documents = make_split(rng, "logged", sizes.logged, sizes, used, logged=True)
+    student, _ = make_split(rng, "student", sizes.student, sizes, used)
+    test, _ = make_split(rng, "test", sizes.test, sizes, used)
+    # The student pool is shuffled so that its first n rows (the n-label subsets) span many pages.
+    rng.shuffle(student)
+    return {"teacher": teacher, "logged": logged, "documents": documents, "student": student, "test": test}
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def write_domain(domain: dict[str, list[dict]], out: str) -> dict[str, str]:
+    """Write every split under `out` (a folder or s3:// prefix); returns name -> URI.
+
+    teacher.jsonl, student.jsonl, test.jsonl: pairs with answers; questions.jsonl: the logged
+    questions (`id`, `question`) only; documents.jsonl: product pages (`id`, `title`, `text`);
+    logged-gold.jsonl: the logged questions' true pages and answers (never used for training).
+    """
+    files = {
+        "teacher": domain["teacher"],
+        "student": domain["student"],
+        "test": domain["test"],
+        "questions": [{"id": p["id"], "question": p["question"]} for p in domain["logged"]],
+        "documents": domain["documents"],
+        "logged-gold": domain["logged"],
+    }
+    uris = {}
+    for name, rows in files.items():
+        uris[name] = storage.join(out, f"{name}.jsonl")
+        storage.write_bytes(uris[name], _jsonl(rows))
+    return uris
