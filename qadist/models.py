@@ -84,7 +84,12 @@ def train_albert_tokenizer(texts: Iterable[str] | None = None, vocab_size: int =
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
     # WhitespaceSplit first so token offsets exclude the space before a word, as ALBERT's own do.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    # UnicodeScripts and Digits mirror SentencePiece's split_by_unicode_script / split_by_number:
+    # without them pieces like "france." or "(1965" form and answers end inside a token.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.UnicodeScripts(),
+        pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.Metaspace(),
+    ])
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), unk_token="<unk>")
     tok.train_from_iterator(list(texts) if texts is not None else _default_corpus(), trainer)

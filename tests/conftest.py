@@ -35,6 +35,22 @@ def squad_pairs(squad_sample) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def bert_tokenizer():
+    """The real MiniLM WordPiece tokenizer (BERT-style), loaded once per session."""
+    from qadist.models import load_tokenizer, minilm_path
+
+    return load_tokenizer(minilm_path())
+
+
+@pytest.fixture(scope="session")
+def albert_tokenizer(squad_pairs):
+    """An ALBERT-style Unigram tokenizer trained once per session on the sample's contexts."""
+    from qadist.models import train_albert_tokenizer
+
+    return train_albert_tokenizer(sorted({p["context"] for p in squad_pairs}))
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """Folders of tiny QA models: two BERT teachers sharing a tokenizer, a BERT student, an ALBERT."""
     from qadist.models import build_tiny_model, load_tokenizer, minilm_path

@@ -25,10 +25,21 @@ def check_lengths(max_seq_len: int, doc_stride: int, max_query_len: int) -> str 
 
 
 def truncate_questions(questions: Sequence[str], tokenizer: Any, max_query_len: int) -> list[str]:
-    """Cut each question (left-stripped) after its `max_query_len`-th token, at a character boundary."""
+    """Cut each question (left-stripped) to at most `max_query_len` tokens, at a character boundary.
+
+    The cut falls before the first token past the limit, and repeats until the prefix fits: one
+    character can become several tokens (NFKD turns U+FDFA into four words), so a cut after the
+    limit's last token could keep more than `max_query_len` of them.
+    """
     questions = [q.lstrip() for q in questions]
     enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
-    return [q if len(offs) <= max_query_len else q[: offs[max_query_len - 1][1]] for q, offs in zip(questions, enc["offset_mapping"])]
+    out = []
+    for q, offs in zip(questions, enc["offset_mapping"]):
+        while len(offs) > max_query_len:
+            q = q[: min(offs[max_query_len][0], len(q) - 1)]
+            offs = tokenizer(q, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        out.append(q)
+    return out
 
 
 def gold_positions(offsets: Sequence[tuple[int, int]], answer_start: int, answer_text: str) -> tuple[int, int]:
