@@ -144,6 +144,8 @@ def read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the config as UTF-8") from e
     if data is None:
         return {}
     if not isinstance(data, dict):

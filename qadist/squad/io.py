@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadist import storage
@@ -109,7 +110,7 @@ def iter_raw_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
         if not data.strip():
             raise UserError(f"{file_uri}: the file is empty; give at least one pair")
         if file_uri.endswith(".parquet"):
-            for n, row in enumerate(pq.read_table(io.BytesIO(data)).to_pylist(), start=1):
+            for n, row in enumerate(_parquet_rows(file_uri, data), start=1):
                 yield file_uri, n, row
         elif file_uri.endswith(".jsonl"):
             for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
@@ -117,6 +118,13 @@ def iter_raw_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
                     yield file_uri, n, parse_json_line(line)
         else:
             yield from _json_rows(file_uri, data)
+
+
+def _parquet_rows(file_uri: str, data: bytes) -> list[dict]:
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{file_uri}: not a readable Parquet file ({str(e).splitlines()[0]}); rewrite it or give JSONL pairs") from e
 
 
 @dataclass(frozen=True)
