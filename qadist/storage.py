@@ -8,6 +8,7 @@ loses its retry strategy when pickled).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from urllib.parse import urlparse
@@ -123,9 +124,15 @@ def write_bytes(uri: str, data: bytes) -> None:
     _, path = resolve(uri)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full, interrupt) must not leave a temporary file behind.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_if_absent(uri: str, data: bytes) -> bool:
@@ -148,15 +155,16 @@ def write_if_absent(uri: str, data: bytes) -> bool:
     _, path = resolve(uri)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as f:
-        f.write(data)
     try:
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.link(tmp, path)
         return True
     except FileExistsError:
         return False
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def delete(uri: str) -> None:
