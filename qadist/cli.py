@@ -14,9 +14,9 @@ from typing import Optional
 import typer
 
 try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from qadist.errors import UserError
 
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = app(args=argv, prog_name="qadist", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # bare `qadist`: the help text, as click itself shows it
+        print(e.format_message(), file=sys.stderr)
+        sys.exit(2)
     except UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "qadist"
         print(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", file=sys.stderr)
