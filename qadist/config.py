@@ -51,10 +51,14 @@ class PairsConfig(StageConfig):
     min_score: float | None = None
     passage_tokens: int = Field(128, ge=16)
     passage_overlap: int = Field(32, ge=0)
+    context_tokens: int = Field(300, ge=0)  # a pair's context: the passage widened to this many tokens (0: passage only)
+    lexical_weight: float = Field(1.0, ge=0)  # score = cosine + lexical_weight * normalised BM25 (0: dense only)
     batch_size: int = Field(256, ge=1)
     num_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     approximate_above: int = Field(1_000_000, ge=0)
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    rows_per_file: int = Field(50_000, ge=1)
     overwrite: bool = False
 
 

@@ -1,0 +1,368 @@
+"""`qadist pairs`: logged questions + a document collection -> question-document pairs.
+
+1. Documents are validated, cut into passages (qadist.passages), embedded by a pool of `Encoder`
+   actors in Ray Data, and indexed with BM25 (qadist.retrieval); the index goes once into the
+   object store.
+2. Questions stream through the driver once: bad rows and duplicate ids go to rejects, identical
+   questions (case and whitespace aside) are merged (the first id is kept, the others listed in
+   `duplicates/`, the count carried on the pair), unique questions are staged in `_work/`. The
+   driver keeps only a set of ids and a digest per distinct question.
+3. The staged questions stream through a pool of `Matcher` actors (embed + top-k search against the
+   shared index); the driver writes pairs and rejects as results arrive, then `_manifest.json`.
+
+Output under `--out`: `pairs/part-*.jsonl` (or .parquet), rows `id` (the question id when top_k=1,
+else `<question id>::<rank>`), `question`, `context`, `doc_id`, `score`, `title`, `question_id`,
+`rank`, `count`, `passage_start`/`passage_end` and `context_start`/`context_end` (character offsets
+in the document), `dense_score`, `lexical_score`; `rejects/*.jsonl`; `duplicates/*.jsonl`;
+`_manifest.json`. `qadist label --pairs <out>/pairs` reads the pairs as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qadist import storage
+from qadist.config import PairsConfig, to_dict
+from qadist.errors import UserError
+from qadist.passages import build_passages, load_documents, passage_texts
+from qadist.retrieval import Encoder, Matcher, build_index, log_index, resolve_model
+from qadist.squad.io import Unparsable, iter_raw_rows, make_reject, parse_json_line
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+QUESTION_SUFFIXES = (".json", ".jsonl", ".parquet")
+OUTPUT_DIRS = ("pairs", "rejects", "duplicates", "_work")
+STAGE_ROWS = 8192  # unique questions per staged file (one Ray Data read task each)
+PASSAGE_BLOCK = 4096
+
+
+def normalize_question(text: str) -> str:
+    """The form under which two questions count as identical: whitespace collapsed, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+def validate_question(raw: Any) -> tuple[dict | None, str | None]:
+    """A raw row -> ({id, question}, None) or (None, the reason it cannot be used)."""
+    if not isinstance(raw, dict):
+        return None, f"row is {type(raw).__name__}, not a JSON object"
+    qid = raw.get("id")
+    if qid is None or (isinstance(qid, str) and not qid.strip()):
+        return None, "missing field 'id'"
+    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+        return None, f"field 'id' is {type(qid).__name__}, not a string"
+    question = raw.get("question")
+    if question is None:
+        return None, "missing field 'question'"
+    if not isinstance(question, str):
+        return None, f"field 'question' is {type(question).__name__}, not a string"
+    if not question.strip():
+        return None, "field 'question' is empty"
+    return {"id": str(qid), "question": question}, None
+
+
+def iter_question_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
+    """(file, row number from 1, raw row or `Unparsable`), streaming: JSONL line by line, Parquet
+    by record batch (a .json file, a list or SQuAD, is read whole)."""
+    files = storage.list_files(uri, QUESTION_SUFFIXES)
+    if not files:
+        raise UserError(f"{uri}: no .jsonl, .parquet or .json files found; check --questions")
+    for file_uri in files:
+        fs, path = storage.resolve(file_uri)
+        if file_uri.endswith(".jsonl"):
+            with fs.open_input_stream(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as lines:
+                for n, line in enumerate(lines, start=1):
+                    if line.strip():
+                        yield file_uri, n, parse_json_line(line)
+        elif file_uri.endswith(".parquet"):
+            with fs.open_input_file(path) as f:
+                n = 0
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                    for row in batch.to_pylist():
+                        n += 1
+                        yield file_uri, n, row
+        else:
+            yield from iter_raw_rows(file_uri)
+
+
+class PartWriter:
+    """Rows -> numbered part files under a prefix (`<name>-00000.jsonl`), each written whole."""
+
+    def __init__(self, prefix: str, name: str = "part", fmt: str = "jsonl", rows_per_file: int = 10_000):
+        self.prefix, self.name, self.fmt, self.rows_per_file = prefix, name, fmt, rows_per_file
+        self.buffer: list[dict] = []
+        self.files: list[dict] = []
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        self.rows += 1
+        if len(self.buffer) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        uri = storage.join(self.prefix, f"{self.name}-{len(self.files):05d}.{self.fmt}")
+        if self.fmt == "parquet":
+            sink = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(self.buffer), sink)
+            data = sink.getvalue()
+        else:
+            data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in self.buffer).encode("utf-8")
+        storage.write_bytes(uri, data)
+        self.files.append({"path": uri, "rows": len(self.buffer)})
+        self.buffer = []
+
+
+class QuestionStager:
+    """Pass 1 over the questions: rejects, duplicate ids, identical-question merging, staging."""
+
+    def __init__(self, out: str):
+        self.staged = PartWriter(storage.join(out, "_work", "questions"), rows_per_file=STAGE_ROWS)
+        self.rejects = PartWriter(storage.join(out, "rejects"), name="questions")
+        self.duplicates = PartWriter(storage.join(out, "duplicates"))
+        self.seen_ids: set[str] = set()
+        self.slots: dict[bytes, int] = {}  # digest of the normalised question -> slot
+        self.rep_ids: list[str] = []  # slot -> id of its first question
+        self.counts = array("I")  # slot -> how many logged questions it stands for
+        self.rows_in = 0
+        self.first_reason: str | None = None
+
+    def add(self, source: str, n: int, raw: Any) -> None:
+        self.rows_in += 1
+        q, reason = (None, raw.reason) if isinstance(raw, Unparsable) else validate_question(raw)
+        if q is not None and q["id"] in self.seen_ids:
+            q, reason = None, f"duplicate question id {q['id']!r}"
+        if q is None:
+            self.first_reason = self.first_reason or f"{storage.basename(source)} row {n}: {reason}"
+            self.rejects.add(make_reject(raw, source, n, reason))
+            return
+        self.seen_ids.add(q["id"])
+        key = hashlib.blake2b(normalize_question(q["question"]).encode("utf-8"), digest_size=16).digest()
+        slot = self.slots.get(key)
+        if slot is not None:
+            self.counts[slot] += 1
+            self.duplicates.add({"id": q["id"], "same_as": self.rep_ids[slot], "source": source, "row": n})
+            return
+        slot = self.slots[key] = len(self.rep_ids)
+        self.rep_ids.append(q["id"])
+        self.counts.append(1)
+        self.staged.add({"slot": slot, "id": q["id"], "question": q["question"], "source": source, "row": n})
+
+    def finish(self) -> None:
+        for w in (self.staged, self.rejects, self.duplicates):
+            w.flush()
+
+
+def read_staged(batch: dict[str, np.ndarray]) -> dict[str, list]:
+    """Ray Data: staged file URIs -> their question rows (the filesystem is built in the worker)."""
+    cols: dict[str, list] = {k: [] for k in ("slot", "id", "question", "source", "row")}
+    for uri in batch["path"]:
+        for line in storage.read_text(str(uri)).splitlines():
+            row = json.loads(line)
+            for k in cols:
+                cols[k].append(row[k])
+    return cols
+
+
+def actor_options(cfg: PairsConfig) -> dict[str, Any]:
+    import ray.data
+
+    opts: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=cfg.num_actors), "num_cpus": 1}
+    if cfg.num_gpus_per_actor > 0:
+        opts["num_gpus"] = cfg.num_gpus_per_actor
+    return opts
+
+
+def embed_passages(texts: list[str], cfg: PairsConfig) -> np.ndarray:
+    """Passage texts -> (n, dim) float32 normalised embeddings, by a pool of Encoder actors."""
+    import ray.data
+
+    blocks = [pa.table({"pidx": np.arange(i, min(i + PASSAGE_BLOCK, len(texts))), "text": texts[i:i + PASSAGE_BLOCK]})
+              for i in range(0, len(texts), PASSAGE_BLOCK)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        Encoder, batch_size=cfg.batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"model": cfg.model, "batch_size": cfg.batch_size, "use_gpu": cfg.num_gpus_per_actor > 0},
+        **actor_options(cfg))
+    emb: np.ndarray | None = None
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
+        if emb is None:
+            emb = np.empty((len(texts), vectors.shape[1]), np.float32)
+        emb[batch["pidx"]] = vectors
+    assert emb is not None
+    return emb
+
+
+def prepare_out(cfg: PairsConfig) -> str:
+    manifest = storage.join(cfg.out, "_manifest.json")
+    if storage.exists(manifest) and not cfg.overwrite:
+        raise UserError(f"{cfg.out}: already holds a finished output (_manifest.json); pass --overwrite to replace it, or choose another --out")
+    for name in (*OUTPUT_DIRS, "_manifest.json"):
+        storage.delete(storage.join(cfg.out, name))
+    return manifest
+
+
+def load_tokenizer_for(model: str) -> Any:
+    """The embedding model's tokenizer (passages are cut in its tokens); fails early, in the driver."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); give a sentence-transformers name or folder") from e
+
+
+def max_seq_length(model: str) -> int | None:
+    """The sentence-transformers model's max_seq_length, when its folder says (None otherwise)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from pathlib import Path
+
+        path = Path(resolve_model(model)) / "sentence_bert_config.json"
+        if not path.exists():
+            cached = try_to_load_from_cache(model, "sentence_bert_config.json")
+            path = Path(cached) if isinstance(cached, str) else path
+        return int(json.loads(path.read_text())["max_seq_length"]) if path.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pair_row(r: dict[str, Any], docs: list[dict], passages: dict[str, np.ndarray], count: int, top_k: int) -> dict:
+    p, d = int(r["passage"]), int(r["doc"])
+    doc = docs[d]
+    c0, c1 = int(passages["context_start"][p]), int(passages["context_end"][p])
+    row = {
+        "id": r["id"] if top_k == 1 else f"{r['id']}::{int(r['rank'])}",
+        "question": r["question"],
+        "context": doc["text"][c0:c1],
+        "doc_id": doc["id"],
+        "score": round(float(r["score"]), 6),
+        "question_id": r["id"],
+        "rank": int(r["rank"]),
+        "count": count,
+        "passage_start": int(passages["start"][p]),
+        "passage_end": int(passages["end"][p]),
+        "context_start": c0,
+        "context_end": c1,
+        "dense_score": round(float(r["dense"]), 6),
+        "lexical_score": round(float(r["lexical"]), 6),
+    }
+    if doc.get("title") is not None:
+        row["title"] = doc["title"]
+    return row
+
+
+def run_pairs(cfg: PairsConfig) -> dict:
+    """Run the whole stage; returns the manifest."""
+    import ray
+    import ray.data
+
+    started = time.perf_counter()
+    if cfg.passage_overlap >= cfg.passage_tokens:
+        raise UserError(f"passage_overlap={cfg.passage_overlap} must be below passage_tokens={cfg.passage_tokens}")
+    limit = max_seq_length(cfg.model)
+    if limit is not None and cfg.passage_tokens > limit - 2:
+        raise UserError(f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); lower --passage-tokens")
+    tokenizer = load_tokenizer_for(cfg.model)
+    docs, doc_rejects = load_documents(cfg.documents)
+    manifest_uri = prepare_out(cfg)
+
+    # Pass 1: questions, streamed through the driver.
+    stager = QuestionStager(cfg.out)
+    for source, n, raw in iter_question_rows(cfg.questions):
+        stager.add(source, n, raw)
+    stager.finish()
+    if not stager.rep_ids:
+        storage.delete(storage.join(cfg.out, "_work"))
+        first = f", first: {stager.first_reason}" if stager.first_reason else ""
+        raise UserError(f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, {stager.rejects.rows} rejected{first}); "
+                        "give JSONL or Parquet rows with 'id' and 'question'")
+    doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name="documents")
+    for r in doc_rejects:
+        doc_reject_writer.add(r)
+    doc_reject_writer.flush()
+
+    # The index: passages, embeddings, BM25; once into the object store.
+    passages = build_passages(docs, tokenizer, cfg.passage_tokens, cfg.passage_overlap, cfg.context_tokens)
+    n_passages = len(passages["doc"])
+    log.info("pairs: %d documents (%d rejected) -> %d passages of %d tokens (overlap %d); %d questions read, "
+             "%d unique, %d merged as identical, %d rejected; model %s, top_k=%d, min_score=%s",
+             len(docs), len(doc_rejects), n_passages, cfg.passage_tokens, cfg.passage_overlap, stager.rows_in,
+             len(stager.rep_ids), stager.duplicates.rows, stager.rejects.rows, cfg.model, cfg.top_k, cfg.min_score)
+    emb = embed_passages(list(passage_texts(docs, passages)), cfg)
+    index = build_index(emb, passages, passage_texts(docs, passages), cfg.approximate_above)
+    log_index(index)
+    approximate = index["ann"] is not None
+    index_ref = ray.put(index)
+    del index, emb
+
+    # Pass 2: unique questions stream through the matching actors; results written as they come.
+    staged = [f["path"] for f in stager.staged.files]
+    ds = ray.data.from_items([{"path": p} for p in staged], override_num_blocks=len(staged))
+    ds = ds.map_batches(read_staged, batch_size=1, batch_format="numpy")
+    ds = ds.map_batches(
+        Matcher, batch_size=cfg.batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"model": cfg.model, "index": index_ref, "top_k": cfg.top_k, "min_score": cfg.min_score,
+                               "lexical_weight": cfg.lexical_weight, "batch_size": cfg.batch_size,
+                               "use_gpu": cfg.num_gpus_per_actor > 0},
+        **actor_options(cfg))
+    pairs = PartWriter(storage.join(cfg.out, "pairs"), fmt=cfg.output_format, rows_per_file=cfg.rows_per_file)
+    unmatched = PartWriter(storage.join(cfg.out, "rejects"), name="unmatched")
+    matched = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["slot"])):
+            r = {k: v[i] for k, v in batch.items()}
+            if int(r["rank"]) == 0:
+                unmatched.add(make_reject({"id": r["id"], "question": r["question"]}, str(r["source"]), int(r["row"]),
+                                          f"no document scored >= min_score={cfg.min_score} (best {float(r['score']):.4f})"))
+                continue
+            matched += int(r["rank"]) == 1
+            pairs.add(pair_row(r, docs, passages, int(stager.counts[int(r["slot"])]), cfg.top_k))
+    pairs.flush()
+    unmatched.flush()
+    storage.delete(storage.join(cfg.out, "_work"))
+
+    counts = {
+        "questions_in": stager.rows_in,
+        "questions_matched": matched,
+        "questions_duplicate": stager.duplicates.rows,
+        "questions_rejected": stager.rejects.rows + unmatched.rows,
+        "questions_unmatched": unmatched.rows,
+        "questions_unique": len(stager.rep_ids),
+        "pairs_out": pairs.rows,
+        "documents_in": len(docs) + len(doc_rejects),
+        "documents_rejected": len(doc_rejects),
+        "passages": n_passages,
+    }
+    assert counts["questions_in"] == matched + counts["questions_duplicate"] + counts["questions_rejected"], counts
+    rel = lambda files: [{"path": f["path"][len(cfg.out.rstrip('/')) + 1:], "rows": f["rows"]} for f in files]  # noqa: E731
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": "pairs",
+        "config": to_dict(cfg),
+        "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
+        "search": "approximate (faiss HNSW + BM25 candidates, rescored)" if approximate else "exact",
+        "counts": counts,
+        "files": {"pairs": rel(pairs.files), "rejects": rel(stager.rejects.files + doc_reject_writer.files + unmatched.files),
+                  "duplicates": rel(stager.duplicates.files)},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if not storage.write_if_absent(manifest_uri, json.dumps(manifest, indent=2).encode("utf-8")):
+        raise UserError(f"{manifest_uri}: another run wrote this output at the same time; run again with --overwrite")
+    log.info("pairs: %d questions in -> %d matched (%d pairs), %d merged as identical, %d rejected (%d below min_score) "
+             "in %.0fs -> %s", counts["questions_in"], matched, pairs.rows, counts["questions_duplicate"],
+             counts["questions_rejected"], unmatched.rows, manifest["seconds"], cfg.out)
+    return manifest
