@@ -31,13 +31,13 @@ def best_spans(
         return []
     starts = np.argsort(-np.where(in_context, start_logits, -np.inf))[:n_best]
     ends = np.argsort(-np.where(in_context, end_logits, -np.inf))[:n_best]
-    spans = []
-    for i in starts:
-        for j in ends:
-            if in_context[i] and in_context[j] and i <= j < i + max_answer_len:
-                spans.append((float(start_logits[i] + end_logits[j]), int(offsets[i, 0]), int(offsets[j, 1])))
-    spans.sort(key=lambda s: -s[0])
-    return spans[:n_best]
+    # Every (start, end) pair of the top candidates at once, row-major as a double loop would go.
+    i, j = starts[:, None], ends[None, :]
+    valid = in_context[i] & in_context[j] & (i <= j) & (j < i + max_answer_len)
+    scores = (start_logits[i] + end_logits[j])[valid]
+    pick_i, pick_j = np.broadcast_to(i, valid.shape)[valid], np.broadcast_to(j, valid.shape)[valid]
+    best = np.argsort(-scores, kind="stable")[:n_best]
+    return [(float(scores[k]), int(offsets[pick_i[k], 0]), int(offsets[pick_j[k], 1])) for k in best]
 
 
 def postprocess(

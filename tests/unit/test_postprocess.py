@@ -202,3 +202,29 @@ def test_na_probs_in_unit_interval_and_monotone_in_score_difference(scores):
     order = sorted(diffs, key=diffs.get)
     probs = [na_probs[k] for k in order]
     assert all(a <= b for a, b in zip(probs, probs[1:]))
+
+
+def reference_best_spans(start, end, offsets, n_best, max_answer_len):
+    """The plain double loop over the top start and end candidates (the definition best_spans follows)."""
+    in_context = [o[0] >= 0 for o in offsets]
+    starts = np.argsort(-np.where(in_context, start, -np.inf))[:n_best]
+    ends = np.argsort(-np.where(in_context, end, -np.inf))[:n_best]
+    spans = [(float(start[i] + end[j]), offsets[i][0], offsets[j][1])
+             for i in starts for j in ends if in_context[i] and in_context[j] and i <= j < i + max_answer_len]
+    spans.sort(key=lambda s: -s[0])
+    return spans[:n_best]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(1, 40), n_best=st.integers(1, 25), max_answer_len=st.integers(1, 12))
+def test_best_spans_matches_the_double_loop_and_brute_force(data, n, n_best, max_answer_len):
+    logit = st.integers(-3, 3).map(float)  # small integers: many ties
+    start = np.array(data.draw(st.lists(logit, min_size=n, max_size=n)))
+    end = np.array(data.draw(st.lists(logit, min_size=n, max_size=n)))
+    is_ctx = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    offsets = [[2 * k, 2 * k + 1] if c else [-1, -1] for k, c in enumerate(is_ctx)]
+    got = best_spans(start, end, offsets, n_best, max_answer_len)
+    assert got == reference_best_spans(start, end, offsets, n_best, max_answer_len)
+    every = [start[i] + end[j] for i in range(n) for j in range(i, min(n, i + max_answer_len)) if is_ctx[i] and is_ctx[j]]
+    if n_best >= n:  # every candidate considered: the best is the best of all valid pairs
+        assert (got[0][0] if got else None) == (max(every) if every else None)
