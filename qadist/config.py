@@ -93,6 +93,7 @@ class TrainSettings(WindowSettings):
     use_gpu: bool = False
     checkpoint_every: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
     eval_file: str | None = None
     seed: int = 0
     trust_remote_code: bool = False

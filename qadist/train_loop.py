@@ -1,0 +1,371 @@
+"""The per-worker training loop of `qadist distill` / `qadist finetune` (run by Ray Train workers).
+
+Each worker streams its shard of the windows dataset, pads each batch to its longest window,
+and makes one optimizer step per `grad_accum` micro-batches (AdamW, linear warm-up and decay,
+gradient clipping, bf16/fp16 autocast on GPU, DDP through `prepare_model`). Every
+`checkpoint_every` steps and at the end, rank 0 writes a checkpoint: a `save_pretrained` folder
+(model, tokenizer, `qadist_config.json`) with `training_state.pt` beside the weights (optimizer,
+scheduler, scaler, step and data position), reported with `ray.train.report`. A restarted worker
+group (or a re-run of the same job) resumes at the saved step and skips the batches its epoch had
+already consumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qadist.losses import DistillationLoss, real_at
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+STATE_FILE = "training_state.pt"
+QADIST_CONFIG_FILE = "qadist_config.json"
+
+
+@dataclass
+class Plan:
+    """Step arithmetic, known before training starts (for the scheduler and the banner)."""
+
+    windows: int
+    num_workers: int
+    batch_size: int
+    grad_accum: int
+    windows_per_worker: int
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.num_workers * self.grad_accum
+
+
+def plan_steps(windows: int, num_workers: int, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float) -> Plan:
+    """Ray Train splits the dataset into equal shards (`streaming_split(equal=True)`), so every
+    worker sees `windows // num_workers` windows per epoch; the last micro-batch may be short."""
+    per_worker = windows // num_workers
+    micro = math.ceil(per_worker / batch_size)
+    per_epoch = math.ceil(micro / grad_accum)
+    total = max(1, math.ceil(epochs * per_epoch))
+    return Plan(windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total))
+
+
+def _rows(column: Any) -> list:
+    return list(column)
+
+
+def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of window rows (numpy from Ray Data, or lists) -> tensors padded to its longest window.
+
+    Output: input_ids, attention_mask, token_type_ids (when present) [B, L] long; teacher_start,
+    teacher_end [B, L] float32 (0 where padded); has_teacher [B] bool (the row carries soft labels,
+    i.e. its logits are as long as its window); start_positions, end_positions [B] long (-1 = no gold).
+    """
+    ids = _rows(batch["input_ids"])
+    lengths = [len(x) for x in ids]
+    n, longest = len(ids), max(lengths)
+    out = {
+        "input_ids": torch.full((n, longest), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((n, longest), dtype=torch.long),
+        "teacher_start": torch.zeros((n, longest), dtype=torch.float32),
+        "teacher_end": torch.zeros((n, longest), dtype=torch.float32),
+        "has_teacher": torch.zeros(n, dtype=torch.bool),
+    }
+    types = _rows(batch["token_type_ids"]) if batch.get("token_type_ids") is not None else None
+    if types is not None:
+        out["token_type_ids"] = torch.zeros((n, longest), dtype=torch.long)
+    starts = _rows(batch["start_logits"]) if "start_logits" in batch else [()] * n
+    ends = _rows(batch["end_logits"]) if "end_logits" in batch else [()] * n
+    for row, length in enumerate(lengths):
+        out["input_ids"][row, :length] = torch.from_numpy(np.asarray(ids[row], dtype=np.int64))
+        out["attention_mask"][row, :length] = 1
+        if types is not None:
+            out["token_type_ids"][row, :length] = torch.from_numpy(np.asarray(types[row], dtype=np.int64))
+        if starts[row] is not None and len(starts[row]) == length and ends[row] is not None and len(ends[row]) == length:
+            out["teacher_start"][row, :length] = torch.from_numpy(np.asarray(starts[row], dtype=np.float32))
+            out["teacher_end"][row, :length] = torch.from_numpy(np.asarray(ends[row], dtype=np.float32))
+            out["has_teacher"][row] = True
+    out["start_positions"] = torch.as_tensor(np.asarray(batch["start_position"], dtype=np.int64))
+    out["end_positions"] = torch.as_tensor(np.asarray(batch["end_position"], dtype=np.int64))
+    return out
+
+
+def group_counts(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
+    """Windows with soft labels and windows with gold labels over an accumulation group."""
+    n_kd = n_hard = 0
+    for mb in micro_batches:
+        mask = mb["attention_mask"].bool()
+        n_kd += int((mb["has_teacher"] & mask.any(-1)).sum())
+        n_hard += int((real_at(mask, mb["start_positions"]) & real_at(mask, mb["end_positions"])).sum())
+    return n_kd, n_hard
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_step(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    loss_fn: DistillationLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    max_grad_norm: float,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One optimizer step over `grad_accum` micro-batches (the same update as one batch holding them all).
+
+    Each term of the loss is normalised by its window count over the whole group, so the summed
+    gradients equal those of the concatenated batch; DDP all-reduces only on the last micro-batch.
+    """
+    model.train()
+    n_kd, n_hard = group_counts(micro_batches)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = kd_sum = hard_sum = 0.0
+    for i, mb in enumerate(micro_batches):
+        mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+        last = i == len(micro_batches) - 1
+        with (nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(**{k: mb[k] for k in MODEL_INPUTS if k in mb})
+            res = loss_fn(out.start_logits, out.end_logits, mb["attention_mask"], mb["teacher_start"], mb["teacher_end"],
+                          mb["has_teacher"], mb["start_positions"], mb["end_positions"], n_kd=n_kd, n_hard=n_hard)
+            scaler.scale(res.loss).backward()
+        loss_sum += float(res.loss.detach())
+        kd_sum += float(res.kd) * res.n_kd
+        hard_sum += float(res.hard) * res.n_hard
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss_sum, "kd_loss": kd_sum / max(n_kd, 1), "hard_loss": hard_sum / max(n_hard, 1),
+            "grad_norm": float(grad_norm), "kd_windows": n_kd, "gold_windows": n_hard}
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and normalisation weights (the BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+
+
+def save_checkpoint(folder: str, model: torch.nn.Module, tokenizer: Any, qadist_config: dict, state: dict) -> None:
+    """A `save_pretrained` folder (model, tokenizer, qadist_config.json) plus training_state.pt."""
+    unwrap(model).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, QADIST_CONFIG_FILE), "w") as f:
+        json.dump({**qadist_config, "step": state["step"]}, f, indent=2)
+    torch.save(state, os.path.join(folder, STATE_FILE))
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device) -> dict[str, float]:
+    """SQuAD 2.0 EM/F1 of the model on labelled pairs, with the shared windows and post-processing."""
+    from qadist.config import PredictConfig
+    from qadist.evaluate import gold_answers
+    from qadist.predict import predict_pairs
+    from qadist.squad.metrics import squad_v2_metrics
+
+    pcfg = PredictConfig(model="(training)", data=eval_cfg["file"], out="(memory)", max_seq_len=eval_cfg["max_seq_len"],
+                         doc_stride=eval_cfg["doc_stride"], max_query_len=eval_cfg["max_query_len"], batch_size=eval_cfg["batch_size"])
+    inner = unwrap(model)
+    inner.eval()
+    try:
+        predictions, na_probs = predict_pairs(pairs, inner, tokenizer, pcfg, device)
+    finally:
+        inner.train()
+    metrics = squad_v2_metrics(gold_answers(pairs, eval_cfg["file"]), predictions, na_probs)
+    return {f"eval/{k}": float(v) for k, v in metrics.items()}
+
+
+class _Bar:
+    """Rank 0's progress bar (Ray's tqdm inside a Ray worker, so the driver renders it)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            import ray
+
+            from ray.experimental.tqdm_ray import tqdm as bar_cls
+            if not ray.is_initialized():
+                raise ImportError
+        except ImportError:
+            from tqdm import tqdm as bar_cls
+        self.bar = bar_cls(total=total, desc="train")
+        self.bar.update(initial)
+
+    def update(self, epoch: int, step: int, total: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch} step {step}/{total} loss {loss:.4f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            sys.stdout.flush()  # Ray's bar travels through stdout; the worker may exit right after
+
+
+class WorkerTrainer:
+    """One Ray Train worker: model, optimizer and data shard, restored from the last checkpoint if any.
+
+    `config` holds plain values (see `qadist.distill.launch`): model, plan, loss, train, eval,
+    qadist_config.
+    """
+
+    def __init__(self, config: dict):
+        import ray.train
+        import ray.train.torch
+
+        from qadist.inference import autocast_dtype
+        from qadist.models import load_qa_model, load_tokenizer
+        from qadist.squad.io import read_pairs
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.config, self.plan, self.train = config, Plan(**config["plan"]), config["train"]
+        self.device = ray.train.torch.get_device()
+        self.amp_dtype = autocast_dtype(self.device)
+        remote_code = self.train["trust_remote_code"]
+        self.tokenizer = load_tokenizer(config["model"], remote_code)
+        checkpoint = ray.train.get_checkpoint()
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_at": []}
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                model = load_qa_model(folder, trust_remote_code=remote_code)
+                self.state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+            if self.state["step"] < self.plan.total_steps:
+                self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
+                self.log(f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)")
+        else:
+            torch.manual_seed(self.train["seed"])
+            model = load_qa_model(config["model"], trust_remote_code=remote_code)
+        self.step, self.epoch, self.position = self.state["step"], self.state["epoch"], self.state["batches_in_epoch"]
+        torch.manual_seed(self.train["seed"] + 1000 * self.rank + self.step)  # dropout differs by rank and after a resume
+        self.model = ray.train.torch.prepare_model(model)
+        self.optimizer = build_optimizer(self.model, self.train["learning_rate"], self.train["weight_decay"])
+        self.scheduler = build_scheduler(self.optimizer, self.plan)
+        self.use_scaler = self.amp_dtype == torch.float16  # bf16 needs no loss scaling
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
+        if "optimizer" in self.state:
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.scheduler.load_state_dict(self.state["scheduler"])
+            if self.use_scaler and self.state.get("scaler"):
+                self.scaler.load_state_dict(self.state["scaler"])
+        loss = config["loss"]
+        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
+        self.eval_cfg = config.get("eval")
+        self.eval_pairs = read_pairs(self.eval_cfg["file"], strict=True)[0] if self.eval_cfg and self.rank == 0 else None
+        self.window: list[dict[str, float]] = []  # step stats since the last report
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[qadist] {message}", flush=True)
+
+    def run(self) -> None:
+        import ray.train
+
+        if self.step >= self.plan.total_steps:
+            self.log(f"the run already finished its {self.plan.total_steps} steps; nothing to train")
+            return
+        shard = ray.train.get_dataset_shard("train")
+        self.bar = _Bar(self.plan.total_steps, self.step, self.rank == 0)
+        try:
+            while self.step < self.plan.total_steps:
+                self.run_epoch(shard)
+                self.epoch, self.position = self.epoch + 1, 0
+        finally:
+            self.bar.close()
+
+    def run_epoch(self, shard: Any) -> None:
+        """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
+        plan, group, seen = self.plan, [], 0
+        batches = shard.iter_batches(batch_size=plan.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=False)
+        for i, raw in enumerate(batches):
+            seen += 1
+            if i < self.position:  # consumed before the checkpoint we resumed from
+                continue
+            group.append(collate_windows(raw, self.tokenizer.pad_token_id))
+            if len(group) < plan.grad_accum and i + 1 < plan.micro_batches_per_epoch:
+                continue
+            self.optimizer_step(group)
+            group, self.position = [], i + 1
+            epoch_end = self.position >= plan.micro_batches_per_epoch
+            if epoch_end or self.step % self.train["checkpoint_every"] == 0 or self.step >= plan.total_steps:
+                self.report(epoch_end)
+            if epoch_end or self.step >= plan.total_steps:
+                return
+        if seen == 0:
+            raise RuntimeError(f"worker {self.rank} got no training data in epoch {self.epoch}; use fewer workers or more data")
+        if group:  # the shard held fewer rows than planned: the short group still makes a step
+            self.optimizer_step(group)
+        self.report(epoch_end=True)
+
+    def optimizer_step(self, group: list[dict[str, torch.Tensor]]) -> None:
+        stats = train_step(self.model, group, self.loss_fn, self.optimizer, self.scheduler, self.scaler,
+                           self.train["max_grad_norm"], self.device, self.amp_dtype)
+        self.step += 1
+        self.window.append(stats)
+        self.bar.update(self.epoch, self.step, self.plan.total_steps, stats["loss"])
+
+    def report(self, epoch_end: bool) -> None:
+        """Metrics (and at checkpoint steps a checkpoint, written by rank 0); every worker reports."""
+        import ray.train
+
+        done = self.step >= self.plan.total_steps
+        metrics = {"train/step": self.step, "train/epoch": round(self.step / self.plan.steps_per_epoch, 4),
+                   "train/lr": self.scheduler.get_last_lr()[0]}
+        if self.window:
+            metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in ("loss", "kd_loss", "hard_loss", "grad_norm")})
+        self.window.clear()
+        if self.eval_pairs is not None and (epoch_end or done):
+            metrics.update(evaluate_model(self.model, self.tokenizer, self.eval_pairs, self.eval_cfg, self.device))
+            self.log(f"step {self.step}: eval exact {metrics['eval/exact']:.2f} f1 {metrics['eval/f1']:.2f}")
+        if self.step % self.train["checkpoint_every"] != 0 and not done:
+            ray.train.report(metrics)
+            return
+        folder = tempfile.mkdtemp(prefix="qadist-ckpt-") if self.rank == 0 else None
+        try:
+            if folder:
+                epoch, position = (self.epoch + 1, 0) if epoch_end else (self.epoch, self.position)
+                save_checkpoint(folder, self.model, self.tokenizer, self.config["qadist_config"], {
+                    "step": self.step, "epoch": epoch, "batches_in_epoch": position, "plan": asdict(self.plan),
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.use_scaler else None,
+                    "metrics": metrics, "resumed_at": self.state["resumed_at"],
+                })
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+        finally:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point."""
+    WorkerTrainer(config).run()

@@ -1,0 +1,402 @@
+"""Distillation and fine-tuning: the step function, Ray Train (DDP on gloo, S3 storage), resume.
+
+Default suite: two Ray Train runs (two-worker distillation with gold mixed in, then `qadist
+predict` on its final student; fine-tuning into S3, then a re-run that continues). The learning
+check (agreement with the teacher) and the fault tests (kill a worker, kill the whole job) are
+slow-marked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from qadist.config import DistillConfig, FinetuneConfig, PredictConfig
+from qadist.errors import UserError
+from qadist.losses import DistillationLoss
+from qadist.models import load_qa_model, load_tokenizer
+from qadist.train_loop import STATE_FILE, build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shard_factory import make_label_shards, sharpen_teacher  # noqa: E402
+
+WINDOWS = {"max_seq_len": 128, "doc_stride": 32, "max_query_len": 32}
+COLUMNS = ("input_ids", "token_type_ids", "start_logits", "end_logits", "start_position", "end_position")
+
+
+def write_jsonl(path: Path, pairs: list[dict]) -> str:
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def split_pairs(squad_pairs) -> dict[str, list[dict]]:
+    pairs = list(squad_pairs)
+    random.Random(0).shuffle(pairs)
+    return {"label": pairs[:400], "gold": pairs[400:440], "held": pairs[440:590]}
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_models, tmp_path_factory) -> str:
+    return sharpen_teacher(tiny_models["teacher_a"], tmp_path_factory.mktemp("teacher") / "sharp")
+
+
+@pytest.fixture(scope="module")
+def labels(teacher, split_pairs, tmp_path_factory) -> str:
+    """Soft labels of 80 pairs (about 150 windows) in 3 shards."""
+    return make_label_shards(tmp_path_factory.mktemp("labels") / "out", teacher, split_pairs["label"][:80], pairs_per_shard=30, **WINDOWS)
+
+
+def table_rows(labels_uri: str) -> dict[str, list]:
+    table = pq.read_table(sorted(Path(labels_uri, "shards").glob("*.parquet")))
+    return table.select([c for c in COLUMNS if c in table.column_names]).to_pydict()
+
+
+def no_dropout_model(path: str):
+    from transformers import AutoModelForQuestionAnswering
+
+    return AutoModelForQuestionAnswering.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def mean_kd(model, rows: dict[str, list], pad_id: int, temperature: float = 2.0) -> float:
+    """The distillation loss of `model` over every window in `rows` (eval mode)."""
+    model.eval()
+    fn, total, n = DistillationLoss(temperature), 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows["input_ids"]), 64):
+            mb = collate_windows({k: v[i:i + 64] for k, v in rows.items()}, pad_id)
+            out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], token_type_ids=mb["token_type_ids"])
+            res = fn(out.start_logits, out.end_logits, mb["attention_mask"], mb["teacher_start"], mb["teacher_end"], mb["has_teacher"])
+            total, n = total + float(res.kd) * res.n_kd, n + res.n_kd
+    return total / n
+
+
+def agreement(student, teacher, tokenizer, pairs: list[dict]) -> tuple[float, float]:
+    """(EM, F1) of the student's answers against the teacher's, on the same windows and post-processing."""
+    from qadist.predict import predict_pairs
+    from qadist.squad.metrics import squad_v2_metrics
+
+    cfg = PredictConfig(model="-", data="-", out="-", **WINDOWS)
+    cpu = torch.device("cpu")
+    target, _ = predict_pairs(pairs, teacher.eval(), tokenizer, cfg, cpu)
+    answers, _ = predict_pairs(pairs, student.eval(), tokenizer, cfg, cpu)
+    m = squad_v2_metrics({k: [v] if v else [] for k, v in target.items()}, answers)
+    return m["exact"], m["f1"]
+
+
+# ---- the step function, without Ray ---------------------------------------------------------------
+
+
+def test_grad_accumulation_equals_one_large_batch(tiny_models, labels):
+    """k micro-batches with accumulation make the same update as one batch k times larger."""
+    rows = table_rows(labels)
+    tok = load_tokenizer(tiny_models["student"])
+    by_length = sorted(range(len(rows["input_ids"])), key=lambda i: len(rows["input_ids"][i]))
+    take = by_length[:8] + by_length[len(by_length) // 2:][:8] + by_length[-8:]  # three different padded lengths
+    batch = {k: [rows[k][i] for i in take] for k in rows}
+    # Some windows without soft labels (gold-only rows) and some without gold: the per-term
+    # normalisation must use the whole group's counts.
+    for i in (1, 5, 13):
+        batch["start_logits"][i], batch["end_logits"][i] = [], []
+    for i in (2, 3, 17, 20):
+        batch["start_position"][i], batch["end_position"][i] = -1, -1
+    k = 3
+    micro = [collate_windows({c: v[j * 8:(j + 1) * 8] for c, v in batch.items()}, tok.pad_token_id) for j in range(k)]
+    whole = [collate_windows(batch, tok.pad_token_id)]
+    assert len({m["input_ids"].shape[1] for m in micro}) > 1, "micro-batches should pad to different lengths"
+
+    def run(groups, optimizer):
+        model = no_dropout_model(tiny_models["student"])
+        opt = build_optimizer(model, 1e-3, 0.01) if optimizer == "adamw" else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sched = build_scheduler(opt, plan_steps(48, 1, 8, k, 1.0, 0.0))
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        loss_fn = DistillationLoss(temperature=2.0, alpha_kd=1.0, alpha_hard=0.5)
+        stats = [train_step(model, g, loss_fn, opt, sched, scaler, 1.0, torch.device("cpu")) for g in groups]
+        return model, stats
+
+    start = no_dropout_model(tiny_models["student"])
+    # AdamW (the loop's optimizer): the same loss, the same clipped gradient, the same counts.
+    accumulated, s_acc = run([micro], "adamw")
+    large, s_large = run([whole], "adamw")
+    assert s_acc[0]["loss"] == pytest.approx(s_large[0]["loss"], rel=1e-5)
+    assert s_acc[0]["grad_norm"] == pytest.approx(s_large[0]["grad_norm"], rel=1e-5)
+    assert (s_acc[0]["kd_windows"], s_acc[0]["gold_windows"]) == (s_large[0]["kd_windows"], s_large[0]["gold_windows"]) == (21, 20)
+    grad_diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(accumulated.parameters(), large.parameters()))
+    grad_max = max(b.grad.abs().max().item() for b in large.parameters())
+    # The update itself, two steps with momentum so the second depends on the first. (Adam divides
+    # by sqrt(v): for parameters whose gradient is analytically zero, e.g. the QA head's bias under a
+    # shift-invariant softmax, it turns float noise into lr-sized steps, so updates are compared with SGD.)
+    sgd_acc, _ = run([micro, micro], "sgd")
+    sgd_large, _ = run([whole, whole], "sgd")
+    worst = max((a - b).abs().max().item() for a, b in zip(sgd_acc.parameters(), sgd_large.parameters()))
+    moved = max((a - b).abs().max().item() for a, b in zip(sgd_acc.parameters(), start.parameters()))
+    print(f"\ngrad accumulation (k={k}): max |grad difference| {grad_diff:.1e} (max |grad| {grad_max:.2f}); "
+          f"after 2 steps max |param difference| {worst:.1e} (largest parameter change {moved:.1e})")
+    assert grad_diff <= 1e-5 * grad_max
+    assert moved > 1e-3 and worst <= 1e-5 * moved
+
+
+def test_collate_pads_to_the_longest_window_and_flags_soft_labels():
+    batch = {"input_ids": [[5, 6, 7], [5, 6]], "token_type_ids": [[0, 1, 1], [0, 1]],
+             "start_logits": [[0.5, 1.0, 2.0], []], "end_logits": [[1.0, 0.0, 3.0], []],
+             "start_position": [2, 1], "end_position": [2, 1]}
+    out = collate_windows(batch, pad_id=0)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert out["has_teacher"].tolist() == [True, False]
+    assert out["teacher_start"][0].tolist() == [0.5, 1.0, 2.0]
+    assert out["start_positions"].tolist() == [2, 1]
+
+
+def test_plan_counts_equal_shards_and_partial_groups():
+    plan = plan_steps(windows=101, num_workers=2, batch_size=8, grad_accum=3, epochs=1.5, warmup_ratio=0.1)
+    # 50 windows per worker -> 7 micro-batches -> 3 steps per epoch (the last group has 1) -> 5 steps.
+    assert (plan.windows_per_worker, plan.micro_batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (50, 7, 3, 5)
+    assert plan.global_batch == 48 and plan.warmup_steps == 0
+
+
+# ---- checks that fail before training starts -------------------------------------------------------
+
+
+def test_student_with_another_tokenizer_is_a_user_error(tiny_models, labels, tmp_path):
+    from qadist.distill import run_distill
+
+    with pytest.raises(UserError, match="tokenizer"):
+        run_distill(DistillConfig(labels=labels, student=tiny_models["albert"], out=str(tmp_path / "out")))
+
+
+def test_missing_manifest_and_unlabelled_train_file_are_user_errors(tiny_models, labels, split_pairs, tmp_path):
+    from qadist.distill import run_distill, run_finetune
+
+    with pytest.raises(UserError, match="_manifest.json"):
+        run_distill(DistillConfig(labels=str(tmp_path), student=tiny_models["student"], out=str(tmp_path / "out")))
+    unlabelled = write_jsonl(tmp_path / "q.jsonl", [{k: p[k] for k in ("id", "question", "context")} for p in split_pairs["gold"]])
+    with pytest.raises(UserError, match="no row has 'answers'"):
+        run_finetune(FinetuneConfig(train_file=unlabelled, model=tiny_models["student"], out=str(tmp_path / "ft")))
+
+
+# ---- Ray Train --------------------------------------------------------------------------------------
+
+
+def test_two_worker_ddp_distills_and_the_student_answers_through_predict(ray_local, tiny_models, labels, split_pairs, tmp_path):
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from qadist.distill import run_distill
+
+    gold = write_jsonl(tmp_path / "gold.jsonl", split_pairs["gold"][:20])
+    held = write_jsonl(tmp_path / "held.jsonl", split_pairs["held"][:15])
+    cfg = DistillConfig(labels=labels, student=tiny_models["student"], out=str(tmp_path / "run"), train_file=gold, eval_file=held,
+                        num_workers=2, batch_size=8, grad_accum=2, epochs=2, checkpoint_every=4, learning_rate=3e-3,
+                        alpha_kd=1.0, alpha_hard=0.5, warmup_ratio=0.0)
+    result = run_distill(cfg)
+    plan, metrics = result["plan"], result["metrics"]
+    assert plan["num_workers"] == 2 and plan["windows"] > len(table_rows(labels)["input_ids"])  # soft-labelled + gold windows
+    assert metrics["train/step"] == plan["total_steps"]
+    assert metrics["train/hard_loss"] > 0 and "eval/exact" in metrics and "eval/f1" in metrics
+
+    final = result["final"]
+    model = AutoModelForQuestionAnswering.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert not (Path(final) / STATE_FILE).exists()
+    saved = json.loads((Path(final) / "qadist_config.json").read_text())
+    assert saved["stage"] == "distill" and saved["step"] == plan["total_steps"] and saved["windows"]["max_seq_len"] == 128
+    rows = table_rows(labels)
+    before = mean_kd(no_dropout_model(tiny_models["student"]), rows, tokenizer.pad_token_id)
+    after = mean_kd(model, rows, tokenizer.pad_token_id)
+    print(f"\n2-worker DDP: {plan['total_steps']} steps, distillation loss on the labels {before:.4f} -> {after:.4f}; "
+          f"eval exact {metrics['eval/exact']:.1f} f1 {metrics['eval/f1']:.1f}")
+    assert after < 0.9 * before
+
+    out = tmp_path / "predictions.json"
+    proc = subprocess.run([sys.executable, "-m", "qadist.cli", "predict", "--model", final, "--data", held, "--out", str(out),
+                           "--max-seq-len", "128", "--doc-stride", "32", "--cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predictions = json.loads(out.read_text())
+    assert set(predictions) == {p["id"] for p in split_pairs["held"][:15]}
+
+
+def test_finetune_into_s3_and_a_rerun_continues(ray_local, s3_bucket, tiny_models, split_pairs, tmp_path):
+    from qadist import storage
+    from qadist.distill import run_finetune
+
+    train = write_jsonl(tmp_path / "train.jsonl", split_pairs["gold"])
+    out = f"{s3_bucket}/finetune"
+    cfg = FinetuneConfig(train_file=train, model=tiny_models["student"], out=out, epochs=1, batch_size=16, checkpoint_every=3,
+                         learning_rate=3e-3, **WINDOWS)
+    first = run_finetune(cfg)
+    total = first["plan"]["total_steps"]
+    assert first["metrics"]["train/step"] == total and first["metrics"]["train/hard_loss"] > 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "qadist_config.json"):
+        assert storage.exists(storage.join(out, "final", name)), name
+    assert not storage.exists(storage.join(out, "final", STATE_FILE))
+
+    again = run_finetune(cfg)  # the same job again: it continues from its last checkpoint (already at the end)
+    assert again["metrics"]["train/step"] == total
+    (tmp_path / STATE_FILE).write_bytes(storage.read_bytes(storage.join(again["checkpoint"], STATE_FILE)))
+    state = torch.load(tmp_path / STATE_FILE, weights_only=False)
+    assert state["step"] == total and state["resumed_at"] == []
+
+    with pytest.raises(UserError, match="other settings"):
+        run_finetune(cfg.model_copy(update={"batch_size": 8}))
+
+
+
+# ---- slow: learning, and surviving faults ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_student_learns_to_agree_with_the_teacher(ray_local, tiny_models, teacher, split_pairs, tmp_path):
+    """From chance to high agreement: EM of the student's answers against the teacher's, held-out pairs."""
+    from qadist.distill import run_distill
+
+    labels_400 = make_label_shards(tmp_path / "labels", teacher, split_pairs["label"], pairs_per_shard=100, **WINDOWS)
+    tokenizer = load_tokenizer(teacher)
+    teacher_model, held = load_qa_model(teacher), split_pairs["held"]
+    before = agreement(load_qa_model(tiny_models["student"]), teacher_model, tokenizer, held)
+    started = time.perf_counter()
+    result = run_distill(DistillConfig(labels=labels_400, student=tiny_models["student"], out=str(tmp_path / "run"), epochs=4,
+                                       batch_size=32, learning_rate=3e-3, checkpoint_every=1000))
+    seconds = time.perf_counter() - started
+    after = agreement(load_qa_model(result["final"]), teacher_model, tokenizer, held)
+    print(f"\nstudent vs teacher on {len(held)} held-out pairs: EM {before[0]:.1f} -> {after[0]:.1f}, F1 {before[1]:.1f} -> {after[1]:.1f} "
+          f"({result['plan']['total_steps']} steps on {result['plan']['windows']} windows in {seconds:.0f}s)")
+    assert before[0] < 10
+    assert after[0] >= 50 and after[1] >= 60
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc): the CLI run, its Ray processes and workers."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def start_cli(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "QADIST_LOG_LEVEL": "WARNING"}
+    env.pop("RAY_ADDRESS", None)  # its own embedded Ray, not the test session's
+    return subprocess.Popen([sys.executable, "-m", "qadist.cli", "distill", "--config", str(config)], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a CLI run we started and everything below it (its embedded Ray included)."""
+    pids = descendants(proc.pid)
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in (run / "distill").glob("checkpoint_*") if (p / STATE_FILE).exists())
+
+
+def committed_step(run: Path) -> int:
+    """The step of the latest checkpoint Ray Train has committed (its snapshot), 0 if none.
+
+    A checkpoint folder in storage is not a checkpoint until the controller records the report.
+    """
+    try:
+        snapshot = json.loads((run / "distill" / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["train/step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    config = tmp_path / "distill.yaml"
+    config.write_text(json.dumps({"distill": {
+        "labels": labels, "student": student, "out": str(run), "num_workers": num_workers, "batch_size": 4, "epochs": 2,
+        "checkpoint_every": 5, "max_failures": 2, "keep_checkpoints": 100, "learning_rate": 1e-3, **WINDOWS}}))
+    return config, run
+
+
+def check_resumed(run: Path, log: Path, committed: int) -> None:
+    final = json.loads((run / "final" / "qadist_config.json").read_text())
+    last = torch.load(checkpoints(run)[-1] / STATE_FILE, weights_only=False)
+    total = last["plan"]["total_steps"]
+    print(f"\nresumed at step(s) {last['resumed_at']}; finished at step {final['step']} of {total} planned")
+    assert final["step"] == last["step"] == total
+    assert len(last["resumed_at"]) == 1
+    resumed = last["resumed_at"][0]
+    assert committed <= resumed < total and resumed % 5 == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(tiny_models, labels, tmp_path):
+    config, run = fault_config(tmp_path, labels, tiny_models["student"], num_workers=2)
+    log = tmp_path / "distill.log"
+    proc = start_cli(config, log)
+    try:
+        wait_for(lambda: committed_step(run) or proc.poll() is not None, 300, "the first committed checkpoint")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        committed = committed_step(run)
+        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in cmdline(p)]
+        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
+        os.kill(workers[-1], signal.SIGKILL)
+        assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    check_resumed(run, log, committed)
+
+
+@pytest.mark.slow
+def test_killed_job_rerun_continues_from_the_last_checkpoint(tiny_models, labels, tmp_path):
+    config, run = fault_config(tmp_path, labels, tiny_models["student"], num_workers=1)
+    proc = start_cli(config, tmp_path / "killed.log")
+    try:
+        wait_for(lambda: committed_step(run) or proc.poll() is not None, 300, "the first committed checkpoint")
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        committed = committed_step(run)
+    finally:
+        kill_tree(proc)
+    assert not (run / "final").exists()
+    log = tmp_path / "rerun.log"
+    rerun = start_cli(config, log)
+    try:
+        assert rerun.wait(timeout=480) == 0, log.read_text()[-3000:]
+    finally:
+        if rerun.poll() is None:
+            kill_tree(rerun)
+    check_resumed(run, log, committed)
