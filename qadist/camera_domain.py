@@ -101,7 +101,7 @@ class DomainSizes:
     logged: int = 6000
     student: int = 500
     test: int = 500
-    per_page: int = 5
+    per_page: int = 4
     unanswerable: float = 0.3
 
 
@@ -140,9 +140,9 @@ def render_page(rng: random.Random, title: str, model: str, values: dict[str, st
     parts: list[tuple[str, str | None]] = []  # (sentence, attribute) in page order
     for attr in present:
         parts.append((attr, attr))
-    for _ in range(1 + (rng.random() < 0.4)):
+    for _ in range(1 + (rng.random() < 0.1)):
         parts.append(("distractor", None))
-    if rng.random() < 0.3:
+    if rng.random() < 0.15:
         parts.append(("filler", None))
     rng.shuffle(parts)
     intro = rng.choice((f"The {title} is a {{kind}} camera.", f"Meet the {title}, a {{kind}} camera.", f"{title}: a {{kind}} camera for enthusiasts."))
@@ -192,7 +192,7 @@ def make_split(rng: random.Random, split: str, n_questions: int, sizes: DomainSi
     while len(pairs) < n_questions:
         title, model = _new_product(rng, used)
         values = attribute_values(rng, title.split()[0])
-        present = rng.sample(ATTRIBUTES, rng.randint(4, 6))
+        present = rng.sample(ATTRIBUTES, rng.randint(3, 5))
         text, spans = render_page(rng, title, model, values, present)
         page_id = f"{split}-p{len(pages):05d}"
         pages.append({"id": page_id, "title": title, "text": text})
