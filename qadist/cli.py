@@ -68,6 +68,8 @@ def label(
     batch_size: Optional[int] = typer.Option(None, help="Windows per teacher batch."),
     num_actors: Optional[int] = typer.Option(None, help="Teacher actors in the pool."),
     num_gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per teacher actor (fractions allowed)."),
+    num_cpus_per_actor: Optional[float] = typer.Option(None, help="CPUs per teacher actor (torch threads on CPU-only actors)."),
+    rows_per_shard: Optional[int] = typer.Option(None, help="Input rows per shard: the unit of work and of resume."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an output made with another config."),
 ):
     """Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards."""
@@ -77,7 +79,8 @@ def label(
     run_label(load_config(LabelConfig, "label", config, _overrides(
         pairs=pairs, out=out, teachers=teacher, max_seq_len=max_seq_len, doc_stride=doc_stride,
         max_query_len=max_query_len, combine=combine, keep_teacher_logits=keep_teacher_logits,
-        batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor, overwrite=overwrite)))
+        batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
+        num_cpus_per_actor=num_cpus_per_actor, rows_per_shard=rows_per_shard, overwrite=overwrite)))
 
 
 def _train_overrides(**kwargs) -> dict:

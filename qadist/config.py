@@ -94,6 +94,7 @@ class TrainSettings(WindowSettings):
     checkpoint_every: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(2048, ge=0)  # windows in each worker's local shuffle buffer; 0 = stream order
     eval_file: str | None = None
     seed: int = 0
     trust_remote_code: bool = False

@@ -28,13 +28,13 @@ from qadist.errors import UserError
 from qadist.models import load_tokenizer, tokenizer_fingerprint
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train_loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, plan_steps, train_loop_per_worker
+from qadist.train_loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, local_model, plan_steps, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
 WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
 GOLD_CHUNK = 512  # pairs windowed at a time, and rows per block of the gold dataset
-RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers",
+RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer", "seed",
                         "epochs", "learning_rate", "warmup_ratio", "temperature", "alpha_kd", "alpha_hard", *WINDOW_KEYS)
 
 
@@ -135,13 +135,15 @@ def check_same_run(cfg: TrainSettings, stage: str) -> None:
     """Re-running a job continues it; a *different* job into the same --out would corrupt it."""
     marker = storage.join(cfg.out, f"_qadist_{stage}_run.json")
     mine = {k: v for k, v in to_dict(cfg).items() if k in RUN_FINGERPRINT_KEYS}
-    if storage.exists(marker):
+    # Only a run with a committed checkpoint is continued; before that, new settings just replace it.
+    started = storage.exists(storage.join(cfg.out, stage, "checkpoint_manager_snapshot.json"))
+    if started and storage.exists(marker):
         previous = json.loads(storage.read_text(marker))
         changed = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
         if changed:
             raise UserError(f"{cfg.out}: holds a {stage} run made with other settings ({', '.join(changed)}); "
                             f"give a new --out, or delete {storage.join(cfg.out, stage)} and {marker} to start over")
-    else:
+    elif not started or not storage.exists(marker):
         storage.write_bytes(marker, json.dumps(mine, indent=2).encode("utf-8"))
 
 
@@ -176,9 +178,11 @@ def export_final(checkpoint: Any, out: str) -> str:
     final = storage.join(out, "final")
     dst_fs, dst_root = storage.resolve(final)
     src_fs, src_root = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    for info in src_fs.get_file_info(pafs.FileSelector(src_root, recursive=True)):
+    files = [f for f in src_fs.get_file_info(pafs.FileSelector(src_root, recursive=True)) if f.type == pafs.FileType.File]
+    # config.json last: a folder with a config.json is a finished export (the pipeline's skip rule).
+    for info in sorted(files, key=lambda f: (f.path.endswith("/config.json"), f.path)):
         rel = info.path[len(src_root):].lstrip("/")
-        if info.type != pafs.FileType.File or rel == STATE_FILE:
+        if rel == STATE_FILE:
             continue
         dst = f"{dst_root}/{rel}"
         if not storage.is_s3(final):
@@ -211,7 +215,8 @@ def launch(stage: str, cfg: TrainSettings, model: str, dataset: Any, soft: int, 
             "model": model,
             "plan": asdict(plan),
             "loss": loss,
-            "train": {k: getattr(cfg, k) for k in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_every", "seed", "trust_remote_code")},
+            "train": {k: getattr(cfg, k) for k in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_every", "seed",
+                                                   "shuffle_buffer", "trust_remote_code")},
             "eval": {"file": cfg.eval_file, "batch_size": 64, **windows} if cfg.eval_file else None,
             "qadist_config": qadist_config,
         },
@@ -242,7 +247,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     if cfg.alpha_kd == 0 and cfg.alpha_hard == 0:
         raise UserError("alpha_kd and alpha_hard are both 0: nothing to learn; set --alpha-kd (and/or --alpha-hard)")
     manifest = read_manifest(cfg.labels)
-    tokenizer = load_tokenizer(cfg.student, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
     check_tokenizer(manifest, tokenizer, cfg.student, cfg.labels)
     windows = window_settings(cfg, {**(manifest.get("config") or {}), **{k: manifest[k] for k in WINDOW_KEYS if k in manifest}})
     ensure_ray(cfg.num_workers)
@@ -265,15 +270,14 @@ def run_distill(cfg: DistillConfig) -> dict:
 
 def recorded_windows(model: str) -> dict | None:
     """Window lengths a qadist-trained model folder was trained with (its qadist_config.json)."""
-    path = storage.join(model, QADIST_CONFIG_FILE)
-    if storage.is_s3(model) or not os.path.isdir(storage.resolve(model)[1]) or not storage.exists(path):
-        return None
-    return json.loads(storage.read_text(path)).get("windows")
+    path = os.path.join(model, QADIST_CONFIG_FILE)
+    return json.loads(storage.read_text(path)).get("windows") if os.path.isfile(path) else None
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    windows = window_settings(cfg, recorded_windows(cfg.model))
+    model = local_model(cfg.model)
+    tokenizer = load_tokenizer(model, cfg.trust_remote_code)
+    windows = window_settings(cfg, recorded_windows(model))
     has_types = "token_type_ids" in tokenizer.model_input_names
     table = read_gold(cfg.train_file, tokenizer, windows, has_types, "finetune")
     ensure_ray(cfg.num_workers)

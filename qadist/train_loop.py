@@ -174,6 +174,41 @@ def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
     return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
 
 
+def local_model(name_or_uri: str) -> str:
+    """A model name or local folder as is; an s3:// folder downloaded once per machine (cached).
+
+    Hugging Face loaders read local folders and hub names only; a distilled student kept in S3
+    (`<out>/final`) is fetched to the local temp dir, into a folder named after the URI.
+    """
+    from qadist import storage
+
+    if not storage.is_s3(name_or_uri):
+        return name_or_uri
+    import hashlib
+
+    folder = os.path.join(tempfile.gettempdir(), "qadist-models", hashlib.sha256(name_or_uri.encode()).hexdigest()[:16])
+    if os.path.exists(os.path.join(folder, ".complete")):
+        return folder
+    files = storage.list_files(name_or_uri)
+    if not any(f.endswith("/config.json") for f in files):
+        from qadist.errors import UserError
+
+        raise UserError(f"{name_or_uri}: no config.json there; give a save_pretrained folder (e.g. <out>/final of a distill run)")
+    staging = tempfile.mkdtemp(prefix="qadist-model-")
+    for uri in files:
+        target = os.path.join(staging, uri[len(name_or_uri.rstrip("/")) + 1:])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(storage.read_bytes(uri))
+    open(os.path.join(staging, ".complete"), "w").close()
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    try:
+        os.rename(staging, folder)  # atomic: a concurrent worker on this machine either wins or finds it done
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def save_checkpoint(folder: str, model: torch.nn.Module, tokenizer: Any, qadist_config: dict, state: dict) -> None:
     """A `save_pretrained` folder (model, tokenizer, qadist_config.json) plus training_state.pt."""
     unwrap(model).save_pretrained(folder)
@@ -253,7 +288,8 @@ class WorkerTrainer:
         self.device = ray.train.torch.get_device()
         self.amp_dtype = autocast_dtype(self.device)
         remote_code = self.train["trust_remote_code"]
-        self.tokenizer = load_tokenizer(config["model"], remote_code)
+        start_model = local_model(config["model"])
+        self.tokenizer = load_tokenizer(start_model, remote_code)
         checkpoint = ray.train.get_checkpoint()
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_at": []}
         if checkpoint is not None:
@@ -265,7 +301,7 @@ class WorkerTrainer:
                 self.log(f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)")
         else:
             torch.manual_seed(self.train["seed"])
-            model = load_qa_model(config["model"], trust_remote_code=remote_code)
+            model = load_qa_model(start_model, trust_remote_code=remote_code)
         self.step, self.epoch, self.position = self.state["step"], self.state["epoch"], self.state["batches_in_epoch"]
         torch.manual_seed(self.train["seed"] + 1000 * self.rank + self.step)  # dropout differs by rank and after a resume
         self.model = ray.train.torch.prepare_model(model)
@@ -306,7 +342,10 @@ class WorkerTrainer:
     def run_epoch(self, shard: Any) -> None:
         """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
         plan, group, seen = self.plan, [], 0
-        batches = shard.iter_batches(batch_size=plan.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=False)
+        # A seeded local shuffle over an ordered stream: the same order again after a resume.
+        shuffle = {"local_shuffle_buffer_size": self.train["shuffle_buffer"], "local_shuffle_seed": self.train["seed"] + self.epoch}
+        batches = shard.iter_batches(batch_size=plan.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=False,
+                                     **(shuffle if self.train["shuffle_buffer"] else {}))
         for i, raw in enumerate(batches):
             seen += 1
             if i < self.position:  # consumed before the checkpoint we resumed from
