@@ -1,0 +1,179 @@
+"""The soft-label shard format (DESIGN.md): Arrow schema, schema metadata, packing, reading back.
+
+A shard is one Parquet file per row block of the input, one row per window. Its schema metadata
+holds two JSON documents: `qadist` (the contract header shared by every shard of an output: schema
+version, teachers, tokenizer, window lengths, how the ensemble was combined) and `qadist_shard`
+(this shard's own counts: source file, row range, pairs in/labelled/rejected, windows), so a
+resumed run can rebuild the manifest from the footers of shards it did not compute itself.
+
+Between pipeline stages a whole block of windows travels as one Arrow IPC stream in a binary
+column (`pack`/`unpack`): Ray Data can then never split a block across batches, which is what
+makes one block -> exactly one shard (see `qadist.labels`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qadist import storage
+from qadist.errors import UserError
+
+SCHEMA_VERSION = 1
+HEADER_KEY = b"qadist"
+SHARD_KEY = b"qadist_shard"
+ANSWERS_TYPE = pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int32()))])
+LOGITS_TYPE = pa.list_(pa.float16())
+TEACHER_LOGITS_TYPE = pa.list_(pa.list_(pa.float16()))
+
+
+def window_fields(has_types: bool, has_answers: bool) -> list[pa.Field]:
+    """The window columns that `make_windows` produces, in contract order (before the logits)."""
+    return [
+        pa.field("id", pa.string()),
+        pa.field("window", pa.int32()),
+        pa.field("input_ids", pa.list_(pa.int32())),
+        *([pa.field("token_type_ids", pa.list_(pa.int8()))] if has_types else []),
+        pa.field("offsets", pa.list_(pa.list_(pa.int32()))),
+        pa.field("start_position", pa.int32()),
+        pa.field("end_position", pa.int32()),
+        *([pa.field("answers", ANSWERS_TYPE)] if has_answers else []),
+    ]
+
+
+def shard_schema(has_types: bool, has_answers: bool, keep_teacher_logits: bool) -> pa.Schema:
+    """The full shard schema: window columns with `start_logits`/`end_logits` after `offsets`."""
+    fields = window_fields(has_types, has_answers)
+    at = [f.name for f in fields].index("offsets") + 1
+    logits = [pa.field("start_logits", LOGITS_TYPE), pa.field("end_logits", LOGITS_TYPE)]
+    fields[at:at] = logits
+    if keep_teacher_logits:
+        fields += [pa.field("teacher_start_logits", TEACHER_LOGITS_TYPE), pa.field("teacher_end_logits", TEACHER_LOGITS_TYPE)]
+    return pa.schema(fields)
+
+
+def windows_table(windows: dict[str, list], has_answers: bool) -> pa.Table:
+    """`make_windows` output (dict of Python lists) -> an Arrow table with the contract's types."""
+    fields = window_fields("token_type_ids" in windows, has_answers)
+    columns = {}
+    for f in fields:
+        values = windows.get(f.name)
+        if values is None:  # answers requested but this block's pairs have none
+            values = [None] * len(windows["id"])
+        columns[f.name] = pa.array(values, type=f.type)
+    return pa.table(columns, schema=pa.schema(fields))
+
+
+def list_array(arrays: Sequence[np.ndarray], value_type: pa.DataType = pa.float16()) -> pa.ListArray:
+    """Variable-length numpy arrays -> one Arrow list array (one copy, no Python loop per value)."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(arrays) if len(arrays) else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type))
+
+
+def list_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """An Arrow list column -> one numpy array per row (views into one flat buffer)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    offsets = arr.offsets.to_numpy()
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    base = offsets[0]
+    return [values[s - base:e - base] for s, e in zip(offsets[:-1], offsets[1:])]
+
+
+def pack(table: pa.Table) -> bytes:
+    """A table -> Arrow IPC stream bytes (one Ray Data cell that can never be split)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes | pa.Buffer | pa.Scalar) -> pa.Table:
+    if isinstance(data, pa.Scalar):
+        data = data.as_buffer()
+    return pa.ipc.open_stream(data).read_all()
+
+
+def with_metadata(table: pa.Table, header: dict, shard: dict) -> pa.Table:
+    return table.replace_schema_metadata({HEADER_KEY: json.dumps(header), SHARD_KEY: json.dumps(shard)})
+
+
+def shard_bytes(table: pa.Table) -> bytes:
+    """A finished shard table -> Parquet bytes (zstd), to be written in one atomic put."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=4096)
+    return buf.getvalue()
+
+
+def read_footer(uri: str) -> tuple[dict, dict, pa.Schema]:
+    """(contract header, shard counts, schema) from a shard's Parquet footer, without its data."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        schema = pq.read_schema(f)
+    meta = schema.metadata or {}
+    if HEADER_KEY not in meta:
+        raise UserError(f"{uri}: not a qadist soft-label shard (no 'qadist' schema metadata)")
+    return json.loads(meta[HEADER_KEY]), json.loads(meta.get(SHARD_KEY, b"{}")), schema
+
+
+def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -> None:
+    """Refuse shards of another schema version, or made with another tokenizer than the caller's."""
+    version = header.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{source}: soft labels have schema_version={version}, this qadist reads {SCHEMA_VERSION}; re-run `qadist label`")
+    have = (header.get("tokenizer") or {}).get("hash")
+    if tokenizer_hash is not None and have != tokenizer_hash:
+        raise UserError(
+            f"{source}: soft labels were made with tokenizer {header['tokenizer'].get('name')} (vocab hash {have}), "
+            f"not the given one ({tokenizer_hash}); use a student that shares the teachers' tokenizer"
+        )
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    """`<uri>/_manifest.json` of a finished `qadist label` run (a UserError when missing)."""
+    path = storage.join(uri, "_manifest.json")
+    if not storage.exists(path):
+        raise UserError(f"{uri}: no _manifest.json; the label run has not finished (re-run `qadist label` to resume it)")
+    manifest = json.loads(storage.read_text(path))
+    check_header(manifest, path)
+    return manifest
+
+
+def _read_shard_batch(batch: pa.Table, columns: list[str] | None) -> pa.Table:
+    return pa.concat_tables([read_shard(uri, columns) for uri in batch["uri"].to_pylist()])
+
+
+def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None = None):
+    """The soft-label windows of a finished run as a Ray Dataset (one block per shard).
+
+    Only the shards the manifest lists are read (a killed run's leftovers never are). Checks the
+    schema version, and the tokenizer hash when `tokenizer_hash` is given (a student must share the
+    teachers' tokenizer). Shards are opened inside the workers, so S3 filesystems are never pickled.
+    """
+    import ray
+
+    manifest = read_manifest(uri)
+    check_header(manifest, storage.join(uri, "_manifest.json"), tokenizer_hash)
+    uris = [storage.join(uri, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
+    if not uris:
+        raise UserError(f"{uri}: the manifest lists no windows; label some pairs first")
+    items = [{"uri": u} for u in uris]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _read_shard_batch, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow"
+    )

@@ -1,0 +1,119 @@
+"""The teacher ensemble (`qadist.teacher`): combining logits, padding accounting, the callable class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from qadist.errors import UserError
+from qadist.inference import collate, qa_logits
+from qadist.models import load_qa_model, load_tokenizer
+from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
+from qadist.squad.features import make_windows
+from qadist.teacher import TeacherEnsemble, combine_logits, padded_tokens
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_mean_logits_is_the_mean():
+    x = np.array([[1.0, 2.0, -3.0], [3.0, 0.0, 1.0]])
+    np.testing.assert_allclose(combine_logits(x), [2.0, 1.0, -1.0])
+
+
+def test_mean_probs_is_log_of_mean_probabilities():
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=5, size=(3, 17)).astype(np.float32)
+    got = combine_logits(x, "mean_probs")
+    want = np.log(np.exp(log_softmax(x.astype(np.float64))).mean(axis=0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.exp(got).sum() == pytest.approx(1.0, abs=1e-5)
+    # One teacher (or identical ones): the teacher's own log-softmax; stable for huge logits.
+    np.testing.assert_allclose(combine_logits(np.stack([x[0], x[0]]), "mean_probs"), log_softmax(x[0]), atol=1e-5)
+    assert np.isfinite(combine_logits(np.array([[1e4, -1e4], [-1e4, 1e4]]), "mean_probs")).all()
+    with pytest.raises(ValueError):
+        combine_logits(x, "median")
+
+
+def test_padded_tokens_follows_length_sorted_batches():
+    assert padded_tokens([5, 3, 3, 1], 2) == 2 * 5 + 2 * 3
+    assert padded_tokens([4, 4, 4], 8) == 12  # no padding when lengths agree
+    assert padded_tokens([10, 1, 9, 2], 2) == 2 * 10 + 2 * 2  # sorted first: [10, 9], [2, 1]
+
+
+@pytest.fixture(scope="module")
+def windows(squad_pairs, tiny_models) -> dict:
+    tok = load_tokenizer(tiny_models["teacher_a"])
+    pairs = squad_pairs[:12]
+    return make_windows({k: [p[k] for p in pairs] for k in ("id", "question", "context")}, tok, 128, 32, 32)
+
+
+def direct_logits(model_paths: list[str], windows: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each window alone through each model (no padding at all): [n_teachers, length] per window."""
+    models = [load_qa_model(p).eval() for p in model_paths]
+    out = []
+    for ids, types in zip(windows["input_ids"], windows["token_type_ids"]):
+        runs = [qa_logits(m, collate([ids], [types], 0), torch.device("cpu")) for m in models]
+        out.append((np.stack([s[0] for s, _ in runs]), np.stack([e[0] for _, e in runs])))
+    return out
+
+
+def test_ensemble_on_a_dict_batch_matches_each_teacher_run_alone(windows, tiny_models):
+    teachers = [tiny_models["teacher_a"], tiny_models["teacher_b"]]
+    ensemble = TeacherEnsemble(teachers, batch_size=4, keep_teacher_logits=True)
+    out = ensemble(dict(windows))
+    assert out["id"] == windows["id"] and out["window"] == windows["window"]  # passed through
+    direct = direct_logits(teachers, windows)
+    assert len(out["start_logits"]) == len(windows["id"])
+    for i, (start, end) in enumerate(direct):
+        n = len(windows["input_ids"][i])
+        assert out["start_logits"][i].dtype == np.float16 and out["start_logits"][i].shape == (n,)
+        assert out["teacher_end_logits"][i].shape == (2, n)
+        np.testing.assert_allclose(out["start_logits"][i].astype(np.float32), start.mean(axis=0), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(out["end_logits"][i].astype(np.float32), end.mean(axis=0), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(out["teacher_start_logits"][i].astype(np.float32), start, rtol=2e-3, atol=2e-3)
+    assert not np.allclose(direct[0][0][0], direct[0][0][1])  # the two teachers really differ
+
+
+def test_ensemble_on_an_arrow_table_gives_contract_columns(windows, tiny_models):
+    teachers = [tiny_models["teacher_a"], tiny_models["teacher_b"]]
+    table = windows_table(windows, has_answers=False)
+    ensemble = TeacherEnsemble(teachers, combine="mean_probs", batch_size=5, keep_teacher_logits=True)
+    out = ensemble(table)
+    assert isinstance(out, pa.Table) and out.num_rows == table.num_rows
+    names = out.column_names
+    assert names[names.index("offsets") + 1:names.index("offsets") + 3] == ["start_logits", "end_logits"]
+    assert out.schema.field("start_logits").type == LOGITS_TYPE
+    assert out.schema.field("teacher_start_logits").type == TEACHER_LOGITS_TYPE
+    assert out.column("id").to_pylist() == windows["id"]
+    starts = list_values(out["start_logits"])
+    per_teacher = out.column("teacher_start_logits").to_pylist()
+    for i, n in enumerate(len(x) for x in windows["input_ids"]):
+        assert len(starts[i]) == n and len(per_teacher[i]) == 2 and len(per_teacher[i][1]) == n
+        want = combine_logits(np.array(per_teacher[i], dtype=np.float32), "mean_probs")
+        np.testing.assert_allclose(starts[i].astype(np.float32), want, rtol=5e-3, atol=5e-3)
+        assert np.exp(starts[i].astype(np.float64)).sum() == pytest.approx(1.0, abs=2e-2)
+
+
+def test_batch_size_and_padding_do_not_change_logits(windows, tiny_models):
+    small = TeacherEnsemble([tiny_models["teacher_a"]], batch_size=1)(dict(windows))
+    large = TeacherEnsemble([tiny_models["teacher_a"]], batch_size=64)(dict(windows))
+    for a, b in zip(small["end_logits"], large["end_logits"]):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_empty_batch(tiny_models):
+    ensemble = TeacherEnsemble([tiny_models["teacher_a"]])
+    out = ensemble({"id": [], "input_ids": [], "token_type_ids": []})
+    assert out["start_logits"] == [] and out["end_logits"] == []
+
+
+def test_tokenizer_mismatch_is_a_user_error(tiny_models):
+    with pytest.raises(UserError, match="different tokenizers"):
+        TeacherEnsemble([tiny_models["teacher_a"], tiny_models["albert"]])
+    with pytest.raises(UserError, match="combine"):
+        TeacherEnsemble([tiny_models["teacher_a"]], combine="median")
