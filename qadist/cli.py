@@ -41,9 +41,14 @@ def pairs(
     questions: Optional[str] = typer.Option(None, help="Questions URI (JSONL/Parquet: id, question)."),
     documents: Optional[str] = typer.Option(None, help="Documents URI (JSONL/Parquet: id, text or context, title)."),
     out: Optional[str] = typer.Option(None, help="Output folder URI for pairs and rejects."),
-    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or path."),
-    top_k: Optional[int] = typer.Option(None, help="Passages kept per question."),
-    min_score: Optional[float] = typer.Option(None, help="Drop matches below this cosine similarity."),
+    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or path (default: the packaged all-MiniLM-L6-v2)."),
+    top_k: Optional[int] = typer.Option(None, help="Documents kept per question (each with its best passage)."),
+    min_score: Optional[float] = typer.Option(None, help="Drop matches whose score (cosine + lexical weight x normalised BM25) is below this."),
+    lexical_weight: Optional[float] = typer.Option(None, help="Weight of the normalised BM25 score (0: cosine only)."),
+    batch_size: Optional[int] = typer.Option(None, help="Texts per embedding batch."),
+    num_actors: Optional[int] = typer.Option(None, help="Embedding/matching actors in each pool."),
+    num_gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (0: CPU)."),
+    output_format: Optional[str] = typer.Option(None, help="jsonl (default) or parquet."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing output."),
 ):
     """Match logged questions to documents with a bi-encoder -> question-document pairs."""
@@ -51,6 +56,8 @@ def pairs(
     from qadist.pairs import run_pairs
 
     run_pairs(load_config(PairsConfig, "pairs", config, _overrides(
+        lexical_weight=lexical_weight, batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
+        output_format=output_format,
         questions=questions, documents=documents, out=out, model=model, top_k=top_k, min_score=min_score, overwrite=overwrite)))
 
 

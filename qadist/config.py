@@ -58,7 +58,7 @@ class PairsConfig(StageConfig):
     num_gpus_per_actor: float = Field(0.0, ge=0)
     approximate_above: int = Field(1_000_000, ge=0)
     output_format: Literal["jsonl", "parquet"] = "jsonl"
-    rows_per_file: int = Field(50_000, ge=1)
+    rows_per_file: int = Field(10_000, ge=1)
     overwrite: bool = False
 
 

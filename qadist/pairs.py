@@ -7,8 +7,8 @@
    questions (case and whitespace aside) are merged (the first id is kept, the others listed in
    `duplicates/`, the count carried on the pair), unique questions are staged in `_work/`. The
    driver keeps only a set of ids and a digest per distinct question.
-3. The staged questions stream through a pool of `Matcher` actors (embed + top-k search against the
-   shared index); the driver writes pairs and rejects as results arrive, then `_manifest.json`.
+3. The staged questions stream through a pool of `StagedMatcher` actors (read a staged file, embed
+   + top-k search against the shared index, a batch at a time); the driver writes pairs and rejects as results arrive, then `_manifest.json`.
 
 Output under `--out`: `pairs/part-*.jsonl` (or .parquet), rows `id` (the question id when top_k=1,
 else `<question id>::<rank>`), `question`, `context`, `doc_id`, `score`, `title`, `question_id`,
@@ -36,7 +36,7 @@ from qadist import storage
 from qadist.config import PairsConfig, to_dict
 from qadist.errors import UserError
 from qadist.passages import build_passages, load_documents, passage_texts
-from qadist.retrieval import Encoder, Matcher, build_index, log_index, resolve_model
+from qadist.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
 from qadist.squad.io import Unparsable, iter_raw_rows, make_reject, parse_json_line
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 QUESTION_SUFFIXES = (".json", ".jsonl", ".parquet")
 OUTPUT_DIRS = ("pairs", "rejects", "duplicates", "_work")
-STAGE_ROWS = 8192  # unique questions per staged file (one Ray Data read task each)
+STAGE_ROWS = 4096  # unique questions per staged file: the unit of work of a matching actor
 PASSAGE_BLOCK = 4096
 
 
@@ -97,18 +97,28 @@ def iter_question_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
 
 
 class PartWriter:
-    """Rows -> numbered part files under a prefix (`<name>-00000.jsonl`), each written whole."""
+    """Rows -> numbered part files under a prefix (`<name>-00000.jsonl`), each written whole.
 
-    def __init__(self, prefix: str, name: str = "part", fmt: str = "jsonl", rows_per_file: int = 10_000):
-        self.prefix, self.name, self.fmt, self.rows_per_file = prefix, name, fmt, rows_per_file
-        self.buffer: list[dict] = []
+    A part is written once it holds `rows_per_file` rows or `max_bytes` of JSON, so memory stays
+    bounded whatever the number of rows. JSONL rows are buffered already encoded (a row's dict
+    costs several times its JSON); Parquet rows as dicts, for the Arrow schema.
+    """
+
+    def __init__(self, prefix: str, name: str = "part", fmt: str = "jsonl", rows_per_file: int = 10_000,
+                 max_bytes: int = 64 << 20):
+        self.prefix, self.name, self.fmt = prefix, name, fmt
+        self.rows_per_file, self.max_bytes = rows_per_file, max_bytes
+        self.buffer: list = []
+        self.buffered_bytes = 0
         self.files: list[dict] = []
         self.rows = 0
 
     def add(self, row: dict) -> None:
-        self.buffer.append(row)
+        line = (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        self.buffer.append(row if self.fmt == "parquet" else line)
+        self.buffered_bytes += len(line)
         self.rows += 1
-        if len(self.buffer) >= self.rows_per_file:
+        if len(self.buffer) >= self.rows_per_file or self.buffered_bytes >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -120,10 +130,12 @@ class PartWriter:
             pq.write_table(pa.Table.from_pylist(self.buffer), sink)
             data = sink.getvalue()
         else:
-            data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in self.buffer).encode("utf-8")
+            data = b"".join(self.buffer)
         storage.write_bytes(uri, data)
         self.files.append({"path": uri, "rows": len(self.buffer)})
-        self.buffer = []
+        self.buffer, self.buffered_bytes = [], 0
+        del data
+        release_memory()
 
 
 class QuestionStager:
@@ -166,15 +178,27 @@ class QuestionStager:
             w.flush()
 
 
-def read_staged(batch: dict[str, np.ndarray]) -> dict[str, list]:
-    """Ray Data: staged file URIs -> their question rows (the filesystem is built in the worker)."""
+def read_staged(uri: str) -> dict[str, list]:
+    """A staged file -> its question rows as columns (the filesystem is built where this runs)."""
     cols: dict[str, list] = {k: [] for k in ("slot", "id", "question", "source", "row")}
-    for uri in batch["path"]:
-        for line in storage.read_text(str(uri)).splitlines():
-            row = json.loads(line)
-            for k in cols:
-                cols[k].append(row[k])
+    for line in storage.read_text(uri).splitlines():
+        row = json.loads(line)
+        for k in cols:
+            cols[k].append(row[k])
     return cols
+
+
+class StagedMatcher(Matcher):
+    """Ray Data actor: staged question files (one path per input row) -> `Matcher` results, a batch
+    of `batch_size` questions at a time. Reading in the actor keeps the pipeline to one operator
+    and one worker process per actor, whatever the number of questions."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for uri in batch["path"]:
+            cols = read_staged(str(uri))
+            for i in range(0, len(cols["slot"]), self.batch_size):
+                yield self.match({k: np.asarray(v[i:i + self.batch_size]) for k, v in cols.items()})
+            release_memory()
 
 
 def actor_options(cfg: PairsConfig) -> dict[str, Any]:
@@ -311,10 +335,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
 
     # Pass 2: unique questions stream through the matching actors; results written as they come.
     staged = [f["path"] for f in stager.staged.files]
-    ds = ray.data.from_items([{"path": p} for p in staged], override_num_blocks=len(staged))
-    ds = ds.map_batches(read_staged, batch_size=1, batch_format="numpy")
-    ds = ds.map_batches(
-        Matcher, batch_size=cfg.batch_size, batch_format="numpy",
+    ds = ray.data.from_items([{"path": p} for p in staged], override_num_blocks=len(staged)).map_batches(
+        StagedMatcher, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model": cfg.model, "index": index_ref, "top_k": cfg.top_k, "min_score": cfg.min_score,
                                "lexical_weight": cfg.lexical_weight, "batch_size": cfg.batch_size,
                                "use_gpu": cfg.num_gpus_per_actor > 0},

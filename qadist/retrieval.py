@@ -96,17 +96,46 @@ def lexical_matrix(index: dict[str, Any]) -> sparse.csr_matrix:
                              shape=(N_BUCKETS, index["emb"].shape[0]), copy=False)
 
 
-def lexical_scores(questions: Sequence[str], weights: sparse.csr_matrix, idf: np.ndarray, k1: float) -> sparse.csr_matrix:
-    """Normalised BM25 of each question against every passage: a sparse (questions x passages) matrix."""
-    rows, cols = [], []
-    for i, q in enumerate(questions):
-        buckets = sorted({term_bucket(t) for t in lexical_terms(q)})
-        rows += [i] * len(buckets)
-        cols += buckets
-    query = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(questions), N_BUCKETS))
-    upper = np.asarray(query @ (idf * (k1 + 1)), dtype=np.float32).ravel()
-    scale = np.divide(1.0, upper, out=np.zeros_like(upper), where=upper > 0)
-    return (sparse.diags(scale) @ (query @ weights)).tocsr()
+class LexicalBatch:
+    """Normalised BM25 of a batch of questions against the passages, computed a slice at a time.
+
+    Only the index rows of the batch's own terms are touched (an inverted index), and the full
+    (questions x passages) matrix is never built: a chunk of passages, a set of (question, passage)
+    cells, or one question's non-zero passages, on request.
+    """
+
+    def __init__(self, questions: Sequence[str], weights: sparse.csr_matrix, idf: np.ndarray, k1: float):
+        rows, cols = [], []
+        for i, q in enumerate(questions):
+            buckets = sorted({term_bucket(t) for t in lexical_terms(q)})
+            rows += [i] * len(buckets)
+            cols += buckets
+        terms, local = np.unique(np.asarray(cols, dtype=np.int64), return_inverse=True)
+        upper = np.zeros(len(questions), np.float32)
+        np.add.at(upper, np.asarray(rows, dtype=np.int64), idf[terms][local] * (k1 + 1))
+        scale = np.divide(1.0, upper, out=np.zeros_like(upper), where=upper > 0)
+        values = scale[np.asarray(rows, dtype=np.int64)] if rows else np.zeros(0, np.float32)
+        self.query = sparse.csr_matrix((values.astype(np.float32), (rows, local)), shape=(len(questions), len(terms)))
+        self.postings = weights[terms]  # (batch terms x passages), CSR
+        self._by_passage: sparse.csc_matrix | None = None
+
+    def chunk(self, p0: int, p1: int) -> np.ndarray:
+        """Dense (questions x passages p0:p1)."""
+        if self._by_passage is None:
+            self._by_passage = self.postings.tocsc()
+        return (self.query @ self._by_passage[:, p0:p1]).toarray()
+
+    def cells(self, passages: np.ndarray) -> np.ndarray:
+        """(questions x k) passage indices -> the questions' scores for them."""
+        cols = self.postings[:, passages.ravel()]
+        flat = (self.query @ cols).toarray()
+        k = passages.shape[1]
+        return flat[np.arange(passages.shape[0])[:, None], np.arange(passages.shape[0])[:, None] * k + np.arange(k)]
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Question i's non-zero passages and their scores."""
+        r = (self.query[i] @ self.postings).tocsr()
+        return r.indices, r.data
 
 
 def doc_chunks(doc_starts: np.ndarray, chunk_passages: int = CHUNK_PASSAGES) -> list[tuple[int, int]]:
@@ -121,7 +150,7 @@ def doc_chunks(doc_starts: np.ndarray, chunk_passages: int = CHUNK_PASSAGES) -> 
     return chunks
 
 
-def exact_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: dict[str, Any], top_k: int,
+def exact_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any], top_k: int,
                  lexical_weight: float, chunks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
     """Top-k documents per question by their best passage: columns (questions x k) `doc`,
     `passage`, `score`, `dense`, `lexical`; -1 / -inf where there are fewer than k documents."""
@@ -129,13 +158,12 @@ def exact_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: dict[s
     n_q = q_emb.shape[0]
     best = {"doc": np.full((n_q, 0), -1, np.int64), "passage": np.full((n_q, 0), -1, np.int64),
             "score": np.zeros((n_q, 0), np.float32)}
-    lex_csc = lex.tocsc() if lex is not None and lexical_weight else None
     rows = np.arange(n_q)[:, None]
     for d0, d1 in chunks:
         p0, p1 = int(doc_starts[d0]), int(doc_starts[d1])
         combined = q_emb @ emb[p0:p1].T
-        if lex_csc is not None:
-            combined += lexical_weight * lex_csc[:, p0:p1].toarray()
+        if lex is not None:
+            combined += lexical_weight * lex.chunk(p0, p1)
         local_starts = doc_starts[d0:d1] - p0
         doc_max = np.maximum.reduceat(combined, local_starts, axis=1)
         kk = min(top_k, d1 - d0)
@@ -156,7 +184,7 @@ def exact_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: dict[s
     return finish(best, q_emb, lex, index)
 
 
-def approximate_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: dict[str, Any], top_k: int,
+def approximate_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any], top_k: int,
                        lexical_weight: float, ann: Any, candidates: int) -> dict[str, np.ndarray]:
     """Like `exact_search`, over candidates: the ANN index's top dense passages plus the top BM25
     passages of each question, scored exactly."""
@@ -167,15 +195,15 @@ def approximate_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: 
            "score": np.full((n_q, top_k), -np.inf, np.float32)}
     for i in range(n_q):
         cand = dense_ids[i][dense_ids[i] >= 0]
-        if lex is not None and lexical_weight:
-            row = lex.getrow(i)
-            if row.nnz:
-                order = np.argsort(-row.data)[:candidates]
-                cand = np.union1d(cand, row.indices[order])
-        cand = np.unique(cand)
+        lex_ids, lex_scores = lex.row(i) if lex is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        cand = np.union1d(cand, lex_ids[np.argsort(-lex_scores)[:candidates]])
         scores = emb[cand] @ q_emb[i]
-        if lex is not None and lexical_weight:
-            scores = scores + lexical_weight * lex[i, cand].toarray().ravel()
+        if lex is not None:
+            lexical = np.zeros(len(cand), np.float32)
+            pos = np.searchsorted(cand, lex_ids)
+            inside = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == lex_ids)
+            lexical[pos[inside]] = lex_scores[inside]
+            scores = scores + lexical_weight * lexical
         seen: set[int] = set()
         for o in np.argsort(-scores, kind="stable"):
             d = int(passage_doc[cand[o]])
@@ -189,7 +217,7 @@ def approximate_search(q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: 
     return finish(out, q_emb, lex, index)
 
 
-def finish(best: dict[str, np.ndarray], q_emb: np.ndarray, lex: sparse.csr_matrix | None, index: dict[str, Any]) -> dict[str, np.ndarray]:
+def finish(best: dict[str, np.ndarray], q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any]) -> dict[str, np.ndarray]:
     """Sort each question's results by score and add the dense and lexical parts of the score."""
     rows = np.arange(q_emb.shape[0])[:, None]
     score = np.where(best["doc"] >= 0, best["score"], -np.inf)
@@ -198,8 +226,7 @@ def finish(best: dict[str, np.ndarray], q_emb: np.ndarray, lex: sparse.csr_matri
     out["score"] = score[rows, order].astype(np.float32)
     safe = np.maximum(out["passage"], 0)
     out["dense"] = np.einsum("qd,qkd->qk", q_emb, index["emb"][safe]).astype(np.float32)
-    out["lexical"] = (np.asarray(lex[rows, safe].todense(), dtype=np.float32) if lex is not None
-                      else np.zeros_like(out["dense"]))
+    out["lexical"] = lex.cells(safe).astype(np.float32) if lex is not None else np.zeros_like(out["dense"])
     return out
 
 
@@ -213,11 +240,22 @@ class SearchIndex:
         self.ann = load_ann(arrays["ann"], ann_candidates(top_k)) if arrays.get("ann") is not None else None
 
     def search(self, q_emb: np.ndarray, questions: Sequence[str]) -> dict[str, np.ndarray]:
-        lex = (lexical_scores(questions, self.weights, self.arrays["idf"], float(self.arrays["k1"]))
+        lex = (LexicalBatch(questions, self.weights, self.arrays["idf"], float(self.arrays["k1"]))
                if self.weights is not None else None)
         if self.ann is not None:
             return approximate_search(q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.ann, ann_candidates(self.top_k))
         return exact_search(q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.chunks)
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and a long-running actor's
+    or driver's RSS creeps up with the number of batches it has seen)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def build_ann(emb: np.ndarray) -> np.ndarray | None:
@@ -312,6 +350,9 @@ class Matcher(Encoder):
         self.min_score = -np.inf if min_score is None else min_score
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.match(batch)
+
+    def match(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         found = self.index.search(self.embed(batch["question"]), list(batch["question"]))
         keep = (found["doc"] >= 0) & (found["score"] >= self.min_score)
         q_idx, ranks = np.nonzero(keep)

@@ -185,3 +185,25 @@ def test_bad_input_is_a_one_line_error(collection, tiny_encoder, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_path, monkeypatch, caplog):
+    """faiss installed: HNSW candidates; not installed: a warning and exact search, same output layout."""
+    import qadist.retrieval
+
+    args = ["pairs", "--questions", str(collection["root"] / "questions.jsonl"), "--documents", str(collection["root"] / "documents.jsonl"),
+            "--model", tiny_encoder, "--config", str(tmp_path / "c.yaml")]
+    (tmp_path / "c.yaml").write_text("approximate_above: 2\ntop_k: 3\n")
+    try:
+        import faiss  # noqa: F401
+        have_faiss = True
+    except ImportError:
+        have_faiss = False
+    if have_faiss:
+        assert run_cli(*args, "--out", str(tmp_path / "ann")) == 0
+        manifest = json.loads((tmp_path / "ann" / "_manifest.json").read_text())
+        assert manifest["search"].startswith("approximate") and manifest["counts"]["pairs_out"] == 3 * manifest["counts"]["questions_matched"]
+    monkeypatch.setattr(qadist.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
+    assert run_cli(*args, "--out", str(tmp_path / "exact")) == 0
+    manifest = json.loads((tmp_path / "exact" / "_manifest.json").read_text())
+    assert manifest["search"] == "exact" and "faiss is not installed" in caplog.text

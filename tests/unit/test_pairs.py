@@ -16,12 +16,12 @@ from qadist.errors import UserError
 from qadist.pairs import PartWriter, QuestionStager, iter_question_rows, normalize_question, validate_question
 from qadist.passages import build_passages, load_documents, split_document, token_windows, validate_document, widen
 from qadist.retrieval import (
+    LexicalBatch,
     SearchIndex,
     build_ann,
     build_lexical_index,
     exact_search,
     lexical_matrix,
-    lexical_scores,
     lexical_terms,
     resolve_model,
 )
@@ -170,9 +170,15 @@ def test_lexical_scores_match_the_bm25_formula(squad_pairs):
     index = build_lexical_index(texts)
     index["emb"] = np.zeros((len(texts), 2), np.float32)
     questions = [p["question"] for p in squad_pairs[:10]] + ["the of and", "zzzqqq unknownword"]
-    got = lexical_scores(questions, lexical_matrix(index), index["idf"], float(index["k1"])).toarray()
+    batch = LexicalBatch(questions, lexical_matrix(index), index["idf"], float(index["k1"]))
+    got = np.concatenate([batch.chunk(0, 15), batch.chunk(15, 40)], axis=1)
     for i, q in enumerate(questions):
         np.testing.assert_allclose(got[i], reference_bm25(q, texts), rtol=1e-4, atol=1e-6)
+        ids, values = batch.row(i)
+        np.testing.assert_allclose(values, got[i][ids], rtol=1e-5)
+        np.testing.assert_array_equal(np.flatnonzero(got[i]), np.sort(ids))
+    picks = np.array([[0, 5, 7]] * len(questions))
+    np.testing.assert_allclose(batch.cells(picks), got[:, [0, 5, 7]], rtol=1e-5)
     assert got.min() >= 0 and got.max() < 1 and not got[-2:].any()
 
 
@@ -210,7 +216,7 @@ def test_exact_search_equals_brute_force(chunk, top_k):
     q_emb /= np.linalg.norm(q_emb, axis=1, keepdims=True)
     searcher = SearchIndex(index, top_k, lexical_weight=0.7, chunk_passages=chunk)
     got = searcher.search(q_emb, questions)
-    lex = lexical_scores(questions, searcher.weights, index["idf"], float(index["k1"])).toarray()
+    lex = LexicalBatch(questions, searcher.weights, index["idf"], float(index["k1"])).chunk(0, len(index["emb"]))
     expected = brute_force(q_emb, lex, index, top_k, 0.7)
     for i, exp in enumerate(expected):
         assert got["doc"][i][:len(exp)].tolist() == [d for d, _ in exp]
