@@ -1,0 +1,333 @@
+"""`qadist demo`: the whole pipeline, embedded and offline on a CPU, on a generated camera-store domain.
+
+    qadist demo                      # full size (about 15 minutes on 2 CPU cores) into ./qadist-demo
+    qadist demo --quick --out /tmp/d # a reduced run (a few minutes) for CI
+    qadist demo --out s3://bucket/demo   # artifacts in S3 (AWS_ENDPOINT_URL etc. from the environment)
+
+Every stage runs through the same functions a cluster job calls (`run_finetune`, `run_pairs`,
+`run_label`, `run_distill`, `predict_pairs` and the SQuAD 2.0 metric), on an embedded local Ray:
+
+1. generate the domain (`qadist.camera_domain`): product pages, labelled sets, logged questions;
+2. teachers: the pretrained all-MiniLM-L6-v2 encoder with a QA head, fine-tuned on the teacher
+   set twice with different seeds (the ensemble; ALBERT-xxlarge cannot be had offline);
+3. `pairs`: the logged questions matched to the product pages with the packaged bi-encoder;
+4. `label`: the two-teacher ensemble's soft labels on those pairs;
+5. `distill`: a student made of the teacher encoder's first layers (as DistilBERT was
+   initialised), no labels; then `finetune` on the few labels;
+6. baselines: the same student trained on the few labels alone, and self-distillation (a student
+   with the teacher's architecture, started from teacher A, distilled from the ensemble);
+7. every model answers the test set; the table, the checks and a plot of F1 against the number of
+   labelled examples are printed and written to DIR (results.md, results.json, f1_vs_labels.png).
+
+Each stage's artifacts stay in DIR. Re-running into the same DIR with the same settings reuses
+the stages that finished (their manifests and final models) and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+
+from qadist import storage
+from qadist.camera_domain import DomainSizes, generate_domain, write_domain
+from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PredictConfig, to_dict
+from qadist.demo_report import Row, report, score
+from qadist.errors import UserError
+from qadist.squad.io import read_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: float
+    learning_rate: float
+    batch_size: int = 16
+    min_steps: int = 0  # few-label runs: at least this many optimizer steps, however few the labels
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and training settings of one demo size (see docs/demo-calibration.md for how they were found)."""
+
+    sizes: DomainSizes
+    student_layers: int
+    teacher: Train
+    distill: Train
+    temperature: float
+    finetune: Train  # the distilled student on the few labels
+    labels_only: Train  # the student trained on the few labels alone
+    self_distill: Train | None
+    few: int = 200
+    curve: tuple[int, ...] = (50, 100, 200, 500)
+    windows: dict = field(default_factory=lambda: {"max_seq_len": 160, "doc_stride": 64, "max_query_len": 32})
+
+
+FULL = Plan(
+    sizes=DomainSizes(teacher=1200, logged=3000, student=500, test=500),
+    student_layers=2,
+    teacher=Train(1.0, 1e-4, batch_size=8),
+    distill=Train(2.0, 2e-4, batch_size=16),
+    temperature=2.0,
+    finetune=Train(3.0, 3e-5, min_steps=20),
+    labels_only=Train(10.0, 1e-4, min_steps=40),
+    self_distill=Train(0.2, 3e-5),
+)
+QUICK = Plan(
+    sizes=DomainSizes(teacher=400, logged=600, student=200, test=200),
+    student_layers=2,
+    teacher=Train(1.0, 1e-4, batch_size=8),
+    distill=Train(2.0, 2e-4),
+    temperature=2.0,
+    finetune=Train(2.0, 3e-5, min_steps=10),
+    labels_only=Train(5.0, 1e-4, min_steps=20),
+    self_distill=None,
+    few=200,
+    curve=(50, 200),
+)
+
+
+class Stopwatch:
+    """Times each stage, prints it as it ends, and keeps the totals for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str):
+        print(f"\n=== demo: {name} ===", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        print(f"=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===", flush=True)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def start_ray(threads: int) -> None:
+    """An embedded local Ray. Training workers and teacher actors get `threads` torch threads
+    (Ray would give a 1-CPU worker one), and there are enough logical CPUs for the label
+    pipeline's read/window/write tasks beside its actor (ray#44687)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
+    ray.init(address="local", num_cpus=max(4, 2 * threads), include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": env})
+
+
+def save_init_models(folder: str, layers: int, seeds: dict[str, int]) -> dict[str, str]:
+    """Starting points, as save_pretrained folders: the pretrained MiniLM encoder with a seeded
+    fresh QA head per name, `layers` of its first layers for the student."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from qadist.models import load_tokenizer, minilm_path
+
+    tokenizer = load_tokenizer(minilm_path())
+    paths = {}
+    for name, (n_layers, seed) in {**{k: (None, s) for k, s in seeds.items()}, "student-init": (layers, 0)}.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(os.path.join(path, "config.json")):
+            torch.manual_seed(seed)
+            kwargs = {"num_hidden_layers": n_layers} if n_layers else {}
+            AutoModelForQuestionAnswering.from_pretrained(minilm_path(), **kwargs).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+        paths[name] = path
+    return paths
+
+
+def local_model(uri: str, cache: str) -> str:
+    """A model folder on this machine: `uri` itself when local, else a copy of the s3:// folder."""
+    if not storage.is_s3(uri):
+        return storage.resolve(uri)[1]
+    dst = os.path.join(cache, uri[len("s3://"):].replace("/", "__"))
+    if not os.path.exists(os.path.join(dst, "config.json")):
+        for file_uri in storage.list_files(uri):
+            rel = file_uri[len(uri.rstrip("/")) + 1:]
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            with open(os.path.join(dst, rel), "wb") as f:
+                f.write(storage.read_bytes(file_uri))
+    return dst
+
+
+def finished_model(out: str) -> str | None:
+    final = storage.join(out, "final")
+    return final if storage.exists(storage.join(final, "config.json")) else None
+
+
+def epochs_for(train: Train, examples: int) -> float:
+    return max(train.epochs, train.min_steps * train.batch_size / max(examples, 1))
+
+
+def demo_plan(cfg: DemoConfig) -> Plan:
+    return QUICK if cfg.quick else FULL
+
+
+def check_out(cfg: DemoConfig, plan: Plan) -> None:
+    """DIR may hold an earlier run of the same demo (resumed); another demo's output is refused."""
+    marker = storage.join(cfg.out, "_demo.json")
+    mine = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan)))}
+    if storage.exists(marker):
+        if json.loads(storage.read_text(marker)) != mine:
+            raise UserError(f"{cfg.out}: holds a demo run with other settings; give another --out, or delete it")
+        print(f"demo: {cfg.out} holds an earlier run with these settings; finished stages are reused", flush=True)
+    elif storage.exists(cfg.out) and storage.list_files(cfg.out):
+        raise UserError(f"{cfg.out}: exists and is not a qadist demo output; give another --out")
+    else:
+        storage.write_bytes(marker, json.dumps(mine, indent=2).encode("utf-8"))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    plan = demo_plan(cfg)
+    out = cfg.out if storage.is_s3(cfg.out) else os.path.abspath(os.path.expanduser(cfg.out))
+    cfg = cfg.model_copy(update={"out": out})
+    check_out(cfg, plan)
+    clock = Stopwatch()
+    threads = max(1, os.cpu_count() or 1)
+    cache = tempfile.mkdtemp(prefix="qadist-demo-models-") if storage.is_s3(out) else None
+    models_dir = cache or os.path.join(out, "models")
+    windows = plan.windows
+    p = lambda *parts: storage.join(out, *parts)  # noqa: E731
+    print(f"qadist demo ({'quick' if cfg.quick else 'full'}, seed {cfg.seed}) -> {out}", flush=True)
+    try:
+        with clock.stage("generate the camera-store domain"):
+            data = write_domain(generate_domain(cfg.seed, plan.sizes), p("data"))
+            student_pool = read_pairs(data["student"])[0]
+            subsets = {}
+            for n in sorted(set(plan.curve) | {plan.few}):
+                subsets[n] = p("data", f"student-{n}.jsonl")
+                storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
+            pages = storage.read_text(data["documents"]).count("\n")
+            print(f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} product pages, "
+                  f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test", flush=True)
+        with clock.stage("start Ray (embedded)"):
+            start_ray(threads)
+            inits = save_init_models(models_dir, plan.student_layers, {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2})
+
+        def train_model(stage: str, name: str, init: str, train_file: str, train: Train, examples: int, seed: int) -> str:
+            run_out = p("models", name)
+            with clock.stage(stage):
+                if finished_model(run_out) is None:
+                    from qadist.distill import run_finetune
+
+                    run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, epochs=epochs_for(train, examples),
+                                                learning_rate=train.learning_rate, batch_size=train.batch_size, seed=seed, **windows))
+                return local_model(finished_model(run_out), cache or "")
+
+        teacher_a = train_model("teacher A: fine-tune MiniLM-L6 + QA head", "teacher-a", inits["teacher-a-init"], data["teacher"],
+                                plan.teacher, plan.sizes.teacher, cfg.seed)
+        teacher_b = train_model("teacher B: same, another seed", "teacher-b", inits["teacher-b-init"], data["teacher"],
+                                plan.teacher, plan.sizes.teacher, cfg.seed + 1)
+        with clock.stage("pairs: match logged questions to product pages"):
+            pairs_manifest = run_stage_pairs(data, p("pairs"))
+            accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
+            print(f"pairs: {accuracy:.1%} of the logged questions were matched to the page they were asked about", flush=True)
+        with clock.stage("label: soft labels from the two-teacher ensemble"):
+            from qadist.labels import run_label
+
+            label_manifest = run_label(LabelConfig(pairs=p("pairs", "pairs"), out=p("labels"), teachers=[teacher_a, teacher_b],
+                                                   num_cpus_per_actor=threads, batch_size=64, **windows))
+        distilled = distill_model(clock, "distill: student from the soft labels, no labels", p("labels"), inits["student-init"],
+                                  p("models", "student-distilled"), plan.distill, plan.temperature, cfg.seed, windows, cache)
+        curve_paths: dict[str, dict[int, str]] = {"labels only": {}, "distilled, then fine-tuned": {}}
+        for n in sorted(set(plan.curve) | {plan.few}):
+            curve_paths["labels only"][n] = train_model(f"baseline: student on {n} labels only", f"student-labels-{n}", inits["student-init"],
+                                                        subsets[n], plan.labels_only, n, cfg.seed)
+            curve_paths["distilled, then fine-tuned"][n] = train_model(f"finetune: distilled student on {n} labels", f"student-distilled-ft-{n}",
+                                                                       distilled, subsets[n], plan.finetune, n, cfg.seed)
+        self_distilled = None
+        if plan.self_distill is not None:
+            self_distilled = distill_model(clock, "baseline: self-distillation (teacher architecture, from the ensemble)", p("labels"), teacher_a,
+                                           p("models", "self-distilled"), plan.self_distill, plan.temperature,
+                                           cfg.seed, windows, cache)
+
+        with clock.stage("evaluate every model on the test set"):
+            rows = score_all(plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, windows, p("eval"))
+            scored = score_curve(curve_paths, rows, data, windows, p("eval"))
+            curve = {name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
+                     for name, paths in curve_paths.items()}
+        extra = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan))), "pairs_accuracy": round(accuracy, 4),
+                 "pairs_counts": pairs_manifest.get("counts"), "label_counts": label_manifest.get("counts"), "cpu_threads": threads}
+        return report(rows, curve, clock.seconds, clock.total(), extra, out)
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def run_stage_pairs(data: dict[str, str], out: str) -> dict:
+    manifest_uri = storage.join(out, "_manifest.json")
+    if storage.exists(manifest_uri):
+        return json.loads(storage.read_text(manifest_uri))
+    from qadist.pairs import run_pairs
+
+    return run_pairs(PairsConfig(questions=data["questions"], documents=data["documents"], out=out, top_k=1))
+
+
+def pairing_accuracy(pairs_uri: str, gold_uri: str) -> float:
+    """Share of logged questions paired with the page they were generated from (a diagnostic)."""
+    gold = {p["id"]: p["doc_id"] for p in read_pairs(gold_uri)[0]}
+    pairs = read_pairs(pairs_uri, strict=False)[0]
+    return sum(1 for p in pairs if gold.get(p.get("question_id", p["id"])) == p.get("doc_id")) / max(len(gold), 1)
+
+
+def distill_model(clock: Stopwatch, stage: str, labels: str, student: str, run_out: str, train: Train, temperature: float,
+                  seed: int, windows: dict, cache: str | None) -> str:
+    with clock.stage(stage):
+        if finished_model(run_out) is None:
+            from qadist.distill import run_distill
+
+            run_distill(DistillConfig(labels=labels, student=student, out=run_out, epochs=train.epochs, learning_rate=train.learning_rate,
+                                      temperature=temperature, alpha_kd=1.0, alpha_hard=0.0, batch_size=train.batch_size, seed=seed, **windows))
+        return local_model(finished_model(run_out), cache or "")
+
+
+def score_all(plan: Plan, data: dict[str, str], teacher_a: str, teacher_b: str, self_distilled: str | None, distilled: str,
+              curve_paths: dict[str, dict[int, str]], windows: dict, out: str) -> list[Row]:
+    test_pairs = read_pairs(data["test"])[0]
+    pcfg = PredictConfig(model="(demo)", data=data["test"], out="(memory)", batch_size=64, **windows)
+    n_teacher, few = plan.sizes.teacher, plan.few
+    via = f"+{n_teacher:,} via teachers"
+    rows = [
+        Row("teacher A: MiniLM-L6 + QA head", "teacher_a", 6, n_teacher, "", [teacher_a]),
+        Row("teacher B: same, another seed", "teacher_b", 6, n_teacher, "", [teacher_b]),
+        Row("teacher ensemble (A+B, mean logits)", "ensemble", 6, n_teacher, "", [teacher_a, teacher_b]),
+    ]
+    if self_distilled:
+        rows.append(Row("self-distilled: teacher architecture from the ensemble", "self_distilled", 6, 0,
+                        f"+{n_teacher:,} via teacher A and the ensemble", [self_distilled]))
+    layers = plan.student_layers
+    rows += [
+        Row(f"student ({layers} layers) trained on {few} labels only", "labels_only", layers, few, "", [curve_paths["labels only"][few]]),
+        Row(f"student ({layers} layers) distilled, no labels", "distilled", layers, 0, via, [distilled]),
+        Row(f"student ({layers} layers) distilled, then fine-tuned on {few} labels", "distilled_ft", layers, few, via,
+            [curve_paths["distilled, then fine-tuned"][few]]),
+    ]
+    for row in rows:
+        score(row, test_pairs, data["test"], pcfg, out)
+    single_teacher = rows[0].answers_per_s
+    for row in rows:
+        row.speed_vs_teacher = row.answers_per_s / max(single_teacher, 1e-9)
+    return rows
+
+
+def score_curve(curve_paths: dict[str, dict[int, str]], rows: list[Row], data: dict[str, str], windows: dict, out: str) -> dict[str, Row]:
+    """Model path -> its scored row, for every model of the curve; those in the table are not scored twice."""
+    scored = {r.paths[0]: r for r in rows if len(r.paths) == 1}
+    test_pairs = read_pairs(data["test"])[0]
+    pcfg = PredictConfig(model="(demo)", data=data["test"], out="(memory)", batch_size=64, **windows)
+    for name, paths in curve_paths.items():
+        for n, path in paths.items():
+            if path not in scored:
+                key = "curve-" + ("labels-only" if name == "labels only" else "distilled-ft") + f"-{n}"
+                scored[path] = score(Row(f"{name}, {n} labels", key, 0, n, "", [path]), test_pairs, data["test"], pcfg, out)
+    return scored

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from qadist.demo import FULL, QUICK, Train, epochs_for
+from qadist.demo_report import COLUMNS, MeanLogitsEnsemble, Row, checks, markdown_table, report
+
+
+def make_rows(distilled_f1: float = 70.0) -> list[Row]:
+    specs = [("teacher_a", 6, 75.0, 10.0), ("teacher_b", 6, 74.0, 10.0), ("ensemble", 6, 76.0, 5.0),
+             ("labels_only", 2, 40.0, 30.0), ("distilled", 2, distilled_f1, 30.0), ("distilled_ft", 2, distilled_f1 + 1, 30.0)]
+    rows = []
+    for key, layers, f1, speed in specs:
+        row = Row(key.replace("_", " "), key, layers, 0 if key == "distilled" else 200, "", ["/nowhere"])
+        row.metrics = {"exact": f1 - 2, "f1": f1, "HasAns_f1": f1 - 5, "NoAns_f1": f1 + 5}
+        row.params, row.megabytes, row.answers_per_s, row.speed_vs_teacher = 1_000_000 * layers, 4.0 * layers, speed, speed / 10.0
+        rows.append(row)
+    return rows
+
+
+def test_markdown_table_has_every_column_and_one_line_per_model():
+    lines = markdown_table(make_rows()).splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == list(COLUMNS)
+    assert len(lines) == 2 + 6
+    assert all(line.count("|") == len(COLUMNS) + 1 for line in lines)
+
+
+@pytest.mark.parametrize("distilled_f1, holds", [(70.0, True), (60.0, False)])
+def test_checks_follow_the_numbers(distilled_f1, holds):
+    found = checks({r.key: r for r in make_rows(distilled_f1)})
+    claim = lambda start: next(ok for text, ok in found if text.startswith(start))  # noqa: E731
+    assert claim("distilled student (no labels) reaches >= 90%") is holds
+    assert claim("distilled student (no labels) beats") is True
+    assert claim("distilled, then fine-tuned is at least as good") is True
+    assert claim("the student answers faster") is True
+
+
+def test_report_writes_markdown_json_and_png(tmp_path, capsys):
+    curve = {"labels only": {50: 20.0, 200: 40.0}, "distilled, then fine-tuned": {50: 69.0, 200: 71.0}}
+    result = report(make_rows(), curve, {"teachers": 12.0, "distill": 30.0}, 50.0, {"seed": 0}, str(tmp_path))
+    assert (tmp_path / "f1_vs_labels.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert [r["key"] for r in saved["rows"]] == ["teacher_a", "teacher_b", "ensemble", "labels_only", "distilled", "distilled_ft"]
+    assert saved["curve"]["labels only"] == {"50": 20.0, "200": 40.0}
+    assert "| total | 50.0 |" in (tmp_path / "results.md").read_text()
+    assert "total" in capsys.readouterr().out
+
+
+def test_mean_logits_ensemble_averages_members():
+    class Fixed(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, input_ids, **_):
+            from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+            x = torch.full(input_ids.shape, self.value)
+            return QuestionAnsweringModelOutput(start_logits=x, end_logits=-x)
+
+    out = MeanLogitsEnsemble([Fixed(1.0), Fixed(3.0)])(input_ids=torch.zeros(2, 5, dtype=torch.long))
+    assert torch.equal(out.start_logits, torch.full((2, 5), 2.0)) and torch.equal(out.end_logits, torch.full((2, 5), -2.0))
+
+
+def test_few_label_runs_get_a_minimum_number_of_steps():
+    train = Train(epochs=2.0, learning_rate=1e-4, batch_size=16, min_steps=40)
+    assert epochs_for(train, 50) == pytest.approx(40 * 16 / 50)
+    assert epochs_for(train, 5000) == 2.0
+
+
+def test_quick_plan_is_smaller_than_the_full_one():
+    assert QUICK.sizes.logged < FULL.sizes.logged and QUICK.sizes.teacher < FULL.sizes.teacher
+    assert QUICK.few in QUICK.curve and FULL.few in FULL.curve
+    assert QUICK.student_layers < 6 and FULL.student_layers < 6
