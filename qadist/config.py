@@ -197,3 +197,14 @@ def load_config(cls: type[Config], stage: str, config_path: str | None = None, o
 def to_dict(cfg: StageConfig) -> dict[str, Any]:
     """The resolved config, for manifests and checkpoints (never holds credentials: URIs only)."""
     return cfg.model_dump(mode="json")
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "pairs": PairsConfig,
+    "label": LabelConfig,
+    "distill": DistillConfig,
+    "finetune": FinetuneConfig,
+    "predict": PredictConfig,
+    "evaluate": EvaluateConfig,
+    "demo": DemoConfig,
+}
