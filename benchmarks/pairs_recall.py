@@ -122,11 +122,11 @@ def main() -> None:
         rows.append((name, ranked, first, time.perf_counter() - t))
     ray.shutdown()
 
-    print(f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   {'r@1/r@5 articles 0-3':>21}   {'articles 4-8':>12} {'time':>6}")
+    print(f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   {'articles 0-3 r@1/r@5':>20}   {'articles 4-8 r@1/r@5':>20} {'time':>6}")
     for name, ranked, _, secs in rows:
         r1, r5 = recall(ranked, questions)
         h = [recall(ranked, part) for part in halves]
-        print(f"{name:<44} {r1:6.3f} {r5:6.3f}   {h[0][0]:10.3f} / {h[0][1]:.3f}   {h[1][0]:.3f}/{h[1][1]:.3f} {secs:5.0f}s")
+        print(f"{name:<44} {r1:6.3f} {r5:6.3f}   {h[0][0]:12.3f} / {h[0][1]:.3f}   {h[1][0]:12.3f} / {h[1][1]:.3f} {secs:5.0f}s")
     for name, _, first, _ in rows:
         if first is not None:
             p, c = answer_coverage(first, questions)

@@ -355,6 +355,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
             pairs.add(pair_row(r, docs, passages, int(stager.counts[int(r["slot"])]), cfg.top_k))
     pairs.flush()
     unmatched.flush()
+    if not pairs.rows:
+        log.warning("pairs: no question reached min_score=%s: no pairs written (see %s)", cfg.min_score, storage.join(cfg.out, "rejects"))
     storage.delete(storage.join(cfg.out, "_work"))
 
     counts = {
