@@ -5,7 +5,9 @@ on every training step; qadist labels once (`qadist label`) and trains from the 
 Both variants here train the same student (same initial weights) on the same batches in the same
 order with the same loss and step function (`qadist.train_loop.train_step`); the only difference
 is where the teacher logits come from: float16 columns of a Parquet shard (read back from disk),
-or the teacher's forward pass (inference mode, autocast on GPU) inside the step.
+or the teacher's forward pass (inference mode, autocast on GPU) inside the step. The variants
+take turns step by step, so a busy machine slows both alike; only the steps after the warm-up
+are timed (collate + teacher forward where online + forward/backward/optimizer step).
 
 FLOPs of one forward pass of each model are measured with `torch.utils.flop_counter` on the same
 batch; the teacher must be at least 8x the student (the script refuses otherwise).
@@ -80,32 +82,38 @@ def soft_label_table(windows: dict[str, list], teacher: torch.nn.Module, pad_id:
     return pq.read_table(folder / "shard.parquet")
 
 
-def run(variant: str, student0: torch.nn.Module, teacher: torch.nn.Module, rows: dict[str, list], batches: list[np.ndarray],
-        pad_id: int, device: torch.device, warmup: int) -> tuple[float, float]:
-    """(steps/s after `warmup` steps, first-step loss) of one variant."""
-    student = copy.deepcopy(student0).to(device)
-    optimizer = build_optimizer(student, 5e-5, 0.01)
-    scheduler = build_scheduler(optimizer, plan_steps(len(batches), 1, 1, 1, 1.0, 0.0))
-    dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = DistillationLoss(temperature=2.0)
-    columns = list(rows) if variant == "precomputed" else [c for c in rows if not c.endswith("_logits")]
-    first_loss, started = None, None
-    for n, idx in enumerate(batches):
-        if n == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-        batch = collate_windows({c: [rows[c][i] for i in idx] for c in columns}, pad_id)
-        if variant == "online":
-            start, end = qa_logits(teacher, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+class Variant:
+    """One way of getting teacher logits, with its own copy of the student and optimizer."""
+
+    def __init__(self, name: str, student0: torch.nn.Module, teacher: torch.nn.Module, rows: dict[str, list], pad_id: int,
+                 device: torch.device, total_steps: int):
+        self.name, self.teacher, self.rows, self.pad_id, self.device = name, teacher, rows, pad_id, device
+        self.student = copy.deepcopy(student0).to(device)
+        self.optimizer = build_optimizer(self.student, 5e-5, 0.01)
+        self.scheduler = build_scheduler(self.optimizer, plan_steps(total_steps, 1, 1, 1, 1.0, 0.0))
+        self.dtype = autocast_dtype(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.loss_fn = DistillationLoss(temperature=2.0)
+        self.columns = list(rows) if name == "precomputed" else [c for c in rows if not c.endswith("_logits")]
+        self.seconds, self.losses = 0.0, []
+
+    def step(self, idx: np.ndarray, timed: bool) -> None:
+        """One training step: collate (stored logits, or none), teacher forward if online, train_step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        batch = collate_windows({c: [self.rows[c][i] for i in idx] for c in self.columns}, self.pad_id)
+        if self.name == "online":
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            start, end = qa_logits(self.teacher, inputs, self.device)
             batch["teacher_start"], batch["teacher_end"] = torch.from_numpy(start), torch.from_numpy(end)
             batch["has_teacher"] = torch.ones(len(idx), dtype=torch.bool)
-        stats = train_step(student, [batch], loss_fn, optimizer, scheduler, scaler, 1.0, device, dtype)
-        first_loss = stats["loss"] if first_loss is None else first_loss
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (len(batches) - warmup) / (time.perf_counter() - started), first_loss
+        stats = train_step(self.student, [batch], self.loss_fn, self.optimizer, self.scheduler, self.scaler, 1.0, self.device, self.dtype)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        if timed:
+            self.seconds += time.perf_counter() - started
+        self.losses.append(stats["loss"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,15 +159,22 @@ def main(argv: list[str] | None = None) -> dict:
         rows = soft_label_table(windows, teacher, tokenizer.pad_token_id, device, Path(tmp)).to_pydict()
     order = np.random.default_rng(0).permutation(total)
     batches = [order[i:i + batch_size] for i in range(0, total, batch_size)]
+    # The two variants take turns, step by step (alternating which goes first), so that load from
+    # anything else on the machine falls on both alike.
+    variants = [Variant(name, student0, teacher, rows, tokenizer.pad_token_id, device, len(batches)) for name in ("precomputed", "online")]
+    for n, idx in enumerate(batches):
+        for v in (variants if n % 2 == 0 else variants[::-1]):
+            v.step(idx, timed=n >= args.warmup)
     results = {}
-    for variant in ("precomputed", "online"):
-        steps_per_s, first = run(variant, student0, teacher, rows, batches, tokenizer.pad_token_id, device, args.warmup)
-        results[variant] = {"steps_per_s": steps_per_s, "windows_per_s": steps_per_s * batch_size, "first_loss": first}
+    for v in variants:
+        steps_per_s = args.steps / v.seconds
+        results[v.name] = {"steps_per_s": steps_per_s, "windows_per_s": steps_per_s * batch_size, "first_loss": v.losses[0],
+                           "last_loss": v.losses[-1]}
     ratio = results["precomputed"]["steps_per_s"] / results["online"]["steps_per_s"]
-    print(f"\n{'variant':<34}{'steps/s':>10}{'windows/s':>12}{'first-step loss':>18}")
-    for variant, label in (("precomputed", "precomputed soft labels (qadist)"), ("online", "online (teacher forward per step)")):
+    print(f"\n{'variant':<36}{'steps/s':>9}{'windows/s':>11}{'loss first':>12}{'loss last':>11}")
+    for variant, label in (("precomputed", "precomputed soft labels (qadist)"), ("online", "online (teacher forward each step)")):
         r = results[variant]
-        print(f"{label:<34}{r['steps_per_s']:>10.2f}{r['windows_per_s']:>12.1f}{r['first_loss']:>18.4f}")
+        print(f"{label:<36}{r['steps_per_s']:>9.2f}{r['windows_per_s']:>11.1f}{r['first_loss']:>12.4f}{r['last_loss']:>11.4f}")
     print(f"\nprecomputed / online: {ratio:.2f}x the training steps per second on {device} "
           f"({args.steps} timed steps each, batch {batch_size}, teacher/student FLOPs {t_flops / s_flops:.1f}x)")
     out = {"device": str(device), "preset": args.preset, "batch_size": batch_size, "steps": args.steps,

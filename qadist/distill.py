@@ -1,7 +1,8 @@
 """`qadist distill` and `qadist finetune`: the driver side of training on Ray Train.
 
 The driver checks the inputs (soft labels, tokenizer, gold files) before any work starts, builds
-the windows dataset (soft-label shards, plus gold windows from a train file), prints a banner
+the windows dataset (the manifest-listed soft-label shards through `qadist.labels.read`, plus gold
+windows from a train file), prints a banner
 with the step arithmetic and launches a `TorchTrainer` whose workers run
 `qadist.train_loop.train_loop_per_worker`. Checkpoints go to `<out>/<stage>/` (local or
 `s3://`); re-running the same command resumes from the last checkpoint. The final student is
@@ -25,7 +26,9 @@ import pyarrow.fs as pafs
 from qadist import storage
 from qadist.config import DistillConfig, FinetuneConfig, TrainSettings, to_dict
 from qadist.errors import UserError
+from qadist.labels import read, read_manifest
 from qadist.models import load_tokenizer, tokenizer_fingerprint
+from qadist.shards import read_footer
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
 from qadist.train_loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, local_model, plan_steps, train_loop_per_worker
@@ -36,32 +39,6 @@ WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
 GOLD_CHUNK = 512  # pairs windowed at a time, and rows per block of the gold dataset
 RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer", "seed",
                         "epochs", "learning_rate", "warmup_ratio", "temperature", "alpha_kd", "alpha_hard", *WINDOW_KEYS)
-
-
-def read_manifest(uri: str) -> dict:
-    """The label stage's `_manifest.json`, checked for the fields training relies on."""
-    path = storage.join(uri, "_manifest.json")
-    if not storage.exists(path):
-        raise UserError(f"{path}: no manifest; --labels must be the --out of a finished `qadist label` run")
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON ({e.msg}); re-run `qadist label`") from e
-    if manifest.get("schema_version") != 1:
-        raise UserError(f"{path}: schema_version {manifest.get('schema_version')!r} is not 1; relabel with this qadist version")
-    if not manifest.get("shards"):
-        raise UserError(f"{path}: lists no shards; the label run produced no windows")
-    return manifest
-
-
-def read_labels(uri: str, manifest: dict) -> Any:
-    """The manifest-listed shards only (a stray file from a killed run is never read)."""
-    import ray.data
-
-    paths = [storage.join(uri, s["path"]) for s in manifest["shards"]]
-    if storage.is_s3(uri):
-        return ray.data.read_parquet([p[len("s3://"):] for p in paths], filesystem=storage.s3_filesystem())
-    return ray.data.read_parquet([storage.resolve(p)[1] for p in paths])
 
 
 def train_schema(has_types: bool) -> pa.Schema:
@@ -250,11 +227,13 @@ def run_distill(cfg: DistillConfig) -> dict:
     tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
     check_tokenizer(manifest, tokenizer, cfg.student, cfg.labels)
     windows = window_settings(cfg, {**(manifest.get("config") or {}), **{k: manifest[k] for k in WINDOW_KEYS if k in manifest}})
+    listed = [s for s in manifest["shards"] if s["rows"] > 0]
+    if not listed:
+        raise UserError(f"{cfg.labels}: the manifest lists no windows; label some pairs first")
+    has_types = "token_type_ids" in read_footer(storage.join(cfg.labels, listed[0]["path"]))[2].names
+    soft = sum(int(s["rows"]) for s in listed)
     ensure_ray(cfg.num_workers)
-    labels = read_labels(cfg.labels, manifest)
-    has_types = "token_type_ids" in labels.schema().names
-    soft = sum(int(s["rows"]) for s in manifest["shards"])
-    dataset = labels.select_columns(train_schema(has_types).names)
+    dataset = read(cfg.labels, tokenizer_hash=tokenizer_fingerprint(tokenizer), columns=train_schema(has_types).names)
     gold = 0
     if cfg.train_file:
         import ray.data

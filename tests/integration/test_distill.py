@@ -257,7 +257,29 @@ def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, t
 
 
 
-# ---- slow: learning, and surviving faults ---------------------------------------------------------
+# ---- slow: the real label stage, learning, and surviving faults ------------------------------------
+
+
+@pytest.mark.slow
+def test_label_then_distill_then_finetune_end_to_end(ray_local, tiny_models, split_pairs, tmp_path):
+    """`qadist label`'s own output (not the test factory) feeds distill; the student then fine-tunes."""
+    from qadist.config import LabelConfig
+    from qadist.distill import run_distill, run_finetune
+    from qadist.labels import run_label
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", split_pairs["label"][:60])
+    labels_out = str(tmp_path / "labels")
+    run_label(LabelConfig(pairs=pairs, out=labels_out, teachers=[tiny_models["teacher_a"], tiny_models["teacher_b"]],
+                          rows_per_shard=20, **WINDOWS))
+    distilled = run_distill(DistillConfig(labels=labels_out, student=tiny_models["student"], out=str(tmp_path / "distill"),
+                                          epochs=1, batch_size=16, checkpoint_every=1000))
+    assert distilled["metrics"]["train/step"] == distilled["plan"]["total_steps"]
+    gold = write_jsonl(tmp_path / "gold.jsonl", split_pairs["gold"][:20])
+    tuned = run_finetune(FinetuneConfig(train_file=gold, model=distilled["final"], out=str(tmp_path / "finetune"), epochs=1,
+                                        batch_size=16, eval_file=gold))
+    saved = json.loads((Path(tuned["final"]) / "qadist_config.json").read_text())
+    assert saved["windows"] == WINDOWS  # inherited from the distilled student's qadist_config.json
+    assert "eval/f1" in tuned["metrics"]
 
 
 @pytest.mark.slow
@@ -270,7 +292,7 @@ def test_student_learns_to_agree_with_the_teacher(ray_local, tiny_models, teache
     teacher_model, held = load_qa_model(teacher), split_pairs["held"]
     before = agreement(load_qa_model(tiny_models["student"]), teacher_model, tokenizer, held)
     started = time.perf_counter()
-    result = run_distill(DistillConfig(labels=labels_400, student=tiny_models["student"], out=str(tmp_path / "run"), epochs=4,
+    result = run_distill(DistillConfig(labels=labels_400, student=tiny_models["student"], out=str(tmp_path / "run"), epochs=6,
                                        batch_size=32, learning_rate=3e-3, checkpoint_every=1000))
     seconds = time.perf_counter() - started
     after = agreement(load_qa_model(result["final"]), teacher_model, tokenizer, held)
