@@ -12,7 +12,7 @@ are timed (collate + teacher forward where online + forward/backward/optimizer s
 FLOPs of one forward pass of each model are measured with `torch.utils.flop_counter` on the same
 batch; the teacher must be at least 8x the student (the script refuses otherwise).
 
-    python benchmarks/distill_throughput.py                     # CPU: BERT 4L-h256 teacher, 2L-h64 student
+    python benchmarks/distill_throughput.py                     # CPU: BERT 6L-h384 teacher, 2L-h128 student
     python benchmarks/distill_throughput.py --preset albert     # GPU: ALBERT-xxlarge vs ALBERT-base shapes
 
 Models are randomly initialised from configs (no downloads): throughput does not depend on weights.
@@ -43,7 +43,7 @@ from qadist.train_loop import build_optimizer, build_scheduler, collate_windows,
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
 # name -> (family, teacher shape, student shape, max_seq_len, batch size); shape = (layers, hidden)
 PRESETS = {
-    "tiny": ("bert", (4, 256), (2, 64), 192, 16),
+    "tiny": ("bert", (6, 384), (2, 128), 192, 16),  # MiniLM-L6-sized teacher
     "albert": ("albert", (12, 4096), (12, 768), 384, 32),  # ALBERT-xxlarge vs ALBERT-base
 }
 

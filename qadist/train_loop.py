@@ -64,10 +64,6 @@ def plan_steps(windows: int, num_workers: int, batch_size: int, grad_accum: int,
     return Plan(windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total))
 
 
-def _rows(column: Any) -> list:
-    return list(column)
-
-
 def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
     """A batch of window rows (numpy from Ray Data, or lists) -> tensors padded to its longest window.
 
@@ -75,7 +71,7 @@ def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tenso
     teacher_end [B, L] float32 (0 where padded); has_teacher [B] bool (the row carries soft labels,
     i.e. its logits are as long as its window); start_positions, end_positions [B] long (-1 = no gold).
     """
-    ids = _rows(batch["input_ids"])
+    ids = list(batch["input_ids"])
     lengths = [len(x) for x in ids]
     n, longest = len(ids), max(lengths)
     out = {
@@ -85,11 +81,11 @@ def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tenso
         "teacher_end": torch.zeros((n, longest), dtype=torch.float32),
         "has_teacher": torch.zeros(n, dtype=torch.bool),
     }
-    types = _rows(batch["token_type_ids"]) if batch.get("token_type_ids") is not None else None
+    types = list(batch["token_type_ids"]) if batch.get("token_type_ids") is not None else None
     if types is not None:
         out["token_type_ids"] = torch.zeros((n, longest), dtype=torch.long)
-    starts = _rows(batch["start_logits"]) if "start_logits" in batch else [()] * n
-    ends = _rows(batch["end_logits"]) if "end_logits" in batch else [()] * n
+    starts = list(batch["start_logits"]) if "start_logits" in batch else [()] * n
+    ends = list(batch["end_logits"]) if "end_logits" in batch else [()] * n
     for row, length in enumerate(lengths):
         out["input_ids"][row, :length] = torch.from_numpy(np.asarray(ids[row], dtype=np.int64))
         out["attention_mask"][row, :length] = 1
