@@ -92,6 +92,8 @@ class TrainSettings(WindowSettings):
     max_grad_norm: float = Field(1.0, gt=0)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    # How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     checkpoint_every: int = Field(500, ge=1)
     max_failures: int = Field(2, ge=0)
     keep_checkpoints: int = Field(2, ge=1)

@@ -35,6 +35,19 @@ STATE_FILE = "training_state.pt"
 QADIST_CONFIG_FILE = "qadist_config.json"
 
 
+def worker_node_ids() -> list[str]:
+    """The Ray node id of every training worker, by rank: shows how workers were placed on nodes."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    nodes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
+
+
 @dataclass
 class Plan:
     """Step arithmetic, known before training starts (for the scheduler and the banner)."""
@@ -280,6 +293,7 @@ class WorkerTrainer:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
+        self.worker_nodes = worker_node_ids()
         self.config, self.plan, self.train = config, Plan(**config["plan"]), config["train"]
         self.device = ray.train.torch.get_device()
         self.amp_dtype = autocast_dtype(self.device)
@@ -375,7 +389,7 @@ class WorkerTrainer:
 
         done = self.step >= self.plan.total_steps
         metrics = {"train/step": self.step, "train/epoch": round(self.step / self.plan.steps_per_epoch, 4),
-                   "train/lr": self.scheduler.get_last_lr()[0]}
+                   "train/lr": self.scheduler.get_last_lr()[0], "workers/node_ids": ",".join(self.worker_nodes)}
         if self.window:
             metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in ("loss", "kd_loss", "hard_loss", "grad_norm")})
         self.window.clear()
