@@ -1,7 +1,7 @@
 """`qadist demo`: the whole pipeline, embedded and offline on a CPU, on a generated camera-store domain.
 
     qadist demo                      # full size (about 15 minutes on 2 CPU cores) into ./qadist-demo
-    qadist demo --quick --out /tmp/d # a reduced run (a few minutes) for CI
+    qadist demo --quick --out /tmp/d # a smoke test of every stage (a few minutes) for CI
     qadist demo --out s3://bucket/demo   # artifacts in S3 (AWS_ENDPOINT_URL etc. from the environment)
 
 Every stage runs through the same functions a cluster job calls (`run_finetune`, `run_pairs`,
@@ -76,17 +76,17 @@ FULL = Plan(
     distill=Train(2.0, 2e-4, batch_size=16),
     temperature=2.0,
     finetune=Train(3.0, 3e-5, min_steps=20),
-    labels_only=Train(10.0, 1e-4, min_steps=40),
+    labels_only=Train(4.0, 1e-4, min_steps=40),
     self_distill=Train(0.2, 3e-5),
 )
-QUICK = Plan(
-    sizes=DomainSizes(teacher=400, logged=600, student=200, test=200),
+QUICK = Plan(  # a smoke test of every stage: too few teacher steps to learn the domain
+    sizes=DomainSizes(teacher=160, logged=400, student=200, test=100),
     student_layers=2,
     teacher=Train(1.0, 1e-4, batch_size=8),
-    distill=Train(2.0, 2e-4),
+    distill=Train(1.0, 2e-4),
     temperature=2.0,
-    finetune=Train(2.0, 3e-5, min_steps=10),
-    labels_only=Train(5.0, 1e-4, min_steps=20),
+    finetune=Train(1.0, 3e-5, min_steps=5),
+    labels_only=Train(2.0, 1e-4, min_steps=10),
     self_distill=None,
     few=200,
     curve=(50, 200),
@@ -106,7 +106,7 @@ class Stopwatch:
         t0 = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-        print(f"=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===", flush=True)
+        print(f"\n=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===", flush=True)
 
     def total(self) -> float:
         return time.perf_counter() - self.started
@@ -121,6 +121,9 @@ def start_ray(threads: int) -> None:
     if ray.is_initialized():
         return
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
+    # Ray runs its workers at nice 15; here they do all of the demo's work, so on a busy machine
+    # they would wait behind every other process. The raylet reads this when ray.init starts it.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address="local", num_cpus=max(4, 2 * threads), include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": env})
 

@@ -174,9 +174,10 @@ def report(rows: list[Row], curve: dict[str, dict[int, float]], stage_seconds: d
     found = checks(by_key)
     plot_uri = storage.join(out, "f1_vs_labels.png")
     plot_curve(curve, {"teacher ensemble": by_key["ensemble"].metrics["f1"], "distilled, no labels": by_key["distilled"].metrics["f1"]}, plot_uri)
-    times = "\n".join(f"  {name:<28} {seconds:7.1f} s" for name, seconds in stage_seconds.items())
+    width = max([len(name) for name in stage_seconds] + [5])
+    times = "\n".join(f"  {name:<{width}} {seconds:7.1f} s" for name, seconds in stage_seconds.items())
     checks_text = "\n".join(f"  [{'yes' if ok else 'NO '}] {text}" for text, ok in found)
-    print(f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\nStage times:\n{times}\n  {'total':<28} {total:7.1f} s\n", flush=True)
+    print(f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\nStage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n", flush=True)
     curve_md = "\n".join(
         f"| {name} | " + " | ".join(f"{points[n]:.1f}" for n in sorted(points)) + " |" for name, points in curve.items())
     sizes = sorted({n for points in curve.values() for n in points})
