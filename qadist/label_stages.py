@@ -141,11 +141,12 @@ class BlockTeacher(TeacherEnsemble):
     def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         rows = []
         for name, data, text in zip(batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist()):
-            windows, stats, started = unpack(data), json.loads(text), time.perf_counter()
+            windows, stats, started, cpu = unpack(data), json.loads(text), time.perf_counter(), time.process_time()
             labelled = pack(super().__call__(windows))
             lengths = np.diff(windows["input_ids"].combine_chunks().offsets.to_numpy()) if windows.num_rows else []
             stats.update(real_tokens=int(np.sum(lengths)), padded_tokens=padded_tokens(lengths, self.batch_size) if len(lengths) else 0,
-                         teacher_seconds=time.perf_counter() - started, **memory_mb("teacher"))
+                         teacher_seconds=time.perf_counter() - started, teacher_cpu_seconds=time.process_time() - cpu,
+                         **memory_mb("teacher"))
             rows.append((name, labelled, json.dumps(stats)))
         return _rows(rows)
 

@@ -158,7 +158,7 @@ def mixed_run(tmp_path_factory, squad_sample, squad_pairs, tiny_models, ray_loca
     put_jsonl(str(root / "in" / "c.jsonl"), rows)
     out = str(root / "labels")
     args = ["--pairs", str(root / "in"), "--out", out, "--teacher", tiny_models["teacher_a"], "--rows-per-shard", "70",
-            "--max-seq-len", "128", "--doc-stride", "32", "--combine", "mean_probs"]
+            "--max-seq-len", "128", "--doc-stride", "32", "--keep-teacher-logits", "--combine", "mean_probs"]
     code = run_cli(*args)
     manifest, table = load_output(out)
     return {"code": code, "args": args, "out": out, "manifest": manifest, "table": table, "rows": rows, "kinds": kinds,
@@ -206,6 +206,10 @@ def test_squad_json_and_parquet_answers_pass_through(mixed_run, tiny_models):
     assert set(rest.column("start_position").to_pylist()) == {-1} and set(rest.column("answers").to_pylist()) == {None}
     start = list_values(table["start_logits"])[0].astype(np.float64)
     assert np.exp(start).sum() == pytest.approx(1.0, abs=2e-2)  # mean_probs stores a log-distribution
+    per_teacher = table.column("teacher_start_logits")[0].as_py()  # --keep-teacher-logits: one list per teacher
+    assert table.schema.field("teacher_end_logits").type == pa.list_(pa.list_(pa.float16()))
+    assert len(per_teacher) == 1 and len(per_teacher[0]) == len(start)
+    assert manifest["keep_teacher_logits"] is True
 
 
 def test_same_settings_do_nothing_other_settings_are_refused(mixed_run, capsys, caplog):
@@ -253,7 +257,7 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
     first = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
     assert 6 <= len(first) < 24 and not (out / "_manifest.json").exists()
 
-    log = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    log = _run(cmd, env)
     assert log.returncode == 0, log.stderr[-3000:]
     assert f"resume: {len(first)} of 24 shards already finished" in log.stderr
     manifest, table = load_output(str(out))
@@ -263,6 +267,26 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
     assert len(keys) == len(set(keys)) == manifest["counts"]["windows"]
     assert {k for k, _ in keys} == {p["id"] for p in pairs} and manifest["counts"]["pairs_labeled"] == len(pairs)
     assert len(list((out / "shards").glob("*.parquet"))) == 24
+
+    # Other settings: refused without --overwrite; with it, the old shards are gone, not mixed in.
+    other = [*cmd[:cmd.index("--rows-per-shard")], "--rows-per-shard", "400", "--num-actors", "1"]
+    refused = _run(other, env)
+    assert refused.returncode == 2 and "changed: rows_per_shard" in refused.stderr
+    replaced = _run([*other, "--overwrite"], env)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    manifest = read_manifest(str(out))
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(s["path"].split("/")[1] for s in manifest["shards"])
+    assert len(manifest["shards"]) == 3 and manifest["counts"]["pairs_labeled"] == len(pairs)
+
+
+def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The CLI in its own session (so its embedded Ray can be ended with it), with a time limit."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=900)
+    finally:
+        _kill_group(proc.pid)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _kill_group(pgid: int) -> None:
@@ -277,12 +301,8 @@ def _label_subprocess(pairs_path: Path, out: Path, teacher: str, ray_tmp: str) -
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
     cmd = [sys.executable, "-m", "qadist.cli", "label", "--pairs", str(pairs_path), "--out", str(out), "--teacher", teacher,
            "--rows-per-shard", "2000", "--max-seq-len", "128", "--doc-stride", "32", "--max-query-len", "32"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=1500)
-    finally:
-        _kill_group(proc.pid)
-    assert proc.returncode == 0, err.decode()[-3000:]
+    done = _run(cmd, env)
+    assert done.returncode == 0, done.stderr[-3000:]
     return read_manifest(str(out))["run"]
 
 
