@@ -260,6 +260,7 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
     log = _run(cmd, env)
     assert log.returncode == 0, log.stderr[-3000:]
     assert f"resume: {len(first)} of 24 shards already finished" in log.stderr
+    print("\n" + "\n".join(line for line in log.stderr.splitlines() if "resume:" in line or "label: " in line))
     manifest, table = load_output(str(out))
     assert manifest["run"]["shards_skipped"] == len(first) and manifest["run"]["shards_computed"] == 24 - len(first)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet") if p.name in first} == first
@@ -289,12 +290,27 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _kill_group(pgid: int) -> None:
-    """The killed driver's own Ray processes (started in its session): end them, and only them."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _kill_group(sid: int) -> None:
+    """End every process of the CLI's session (it was started as a session leader): its embedded
+    Ray's raylet and workers too, which Ray puts in process groups of their own. Only processes
+    this test started are in that session."""
+    for _ in range(100):
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+            except OSError:
+                continue
+            if stat and int(stat.rsplit(")", 1)[1].split()[3]) == sid and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(entry))
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 def _label_subprocess(pairs_path: Path, out: Path, teacher: str, ray_tmp: str) -> dict:
