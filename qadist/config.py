@@ -73,6 +73,7 @@ class LabelConfig(WindowSettings):
     num_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(1.0, gt=0)  # also the torch threads of a CPU-only actor
+    spread_actors: bool = False  # place teacher actors on different nodes (Ray's SPREAD strategy)
     rows_per_shard: int = Field(10_000, ge=1)
     max_context_chars: int = Field(100_000, ge=1)
     overwrite: bool = False

@@ -29,7 +29,7 @@ from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_tabl
 from qadist.squad.io import Unparsable, make_reject, validate_pair
 from qadist.teacher import TeacherEnsemble, padded_tokens
 
-SHARD_STATS = ("block", "source", "row_start", "row_end", "pairs_in", "pairs_labeled", "pairs_rejected", "windows", "rejects")
+SHARD_STATS = ("block", "source", "row_start", "row_end", "pairs_in", "pairs_labeled", "pairs_rejected", "windows", "rejects", "node_id")
 
 
 def peak_rss_mb() -> float:
@@ -138,6 +138,12 @@ def _rows(rows: list[tuple[str, bytes, str]]) -> pa.Table:
 class BlockTeacher(TeacherEnsemble):
     """The ensemble over packed blocks: each Ray batch row is a whole block of windows."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()  # recorded per shard: where it was labelled
+
     def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         rows = []
         for name, data, text in zip(batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist()):
@@ -146,7 +152,7 @@ class BlockTeacher(TeacherEnsemble):
             lengths = np.diff(windows["input_ids"].combine_chunks().offsets.to_numpy()) if windows.num_rows else []
             stats.update(real_tokens=int(np.sum(lengths)), padded_tokens=padded_tokens(lengths, self.batch_size) if len(lengths) else 0,
                          teacher_seconds=time.perf_counter() - started, teacher_cpu_seconds=time.process_time() - cpu,
-                         **memory_mb("teacher"))
+                         node_id=self.node_id, **memory_mb("teacher"))
             rows.append((name, labelled, json.dumps(stats)))
         return _rows(rows)
 

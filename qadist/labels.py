@@ -133,7 +133,9 @@ def object_store_budget(cfg: LabelConfig) -> int:
 def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Block], header: dict):
     items = [{"block": b.to_json()} for b in pending]
     lengths = (cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
-    gpus = {"num_gpus": cfg.num_gpus_per_actor} if cfg.num_gpus_per_actor > 0 else {}
+    actor_args: dict[str, Any] = {"num_gpus": cfg.num_gpus_per_actor} if cfg.num_gpus_per_actor > 0 else {}
+    if cfg.spread_actors:
+        actor_args["scheduling_strategy"] = "SPREAD"
     ds = (
         ray.data.from_items(items, override_num_blocks=len(items))
         # The memory request (a block's rows and windows) also keeps Ray Data from fusing this CPU
@@ -142,7 +144,7 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
                      memory=WINDOW_WORKER_BYTES + cfg.rows_per_shard * WINDOW_BYTES_PER_ROW, fn_kwargs=dict(
             out=cfg.out, tokenizer_name=cfg.teachers[0], lengths=lengths, max_context_chars=cfg.max_context_chars,
             trust_remote_code=cfg.trust_remote_code))
-        .map_batches(BlockTeacher, batch_size=1, batch_format="pyarrow", num_cpus=cfg.num_cpus_per_actor, **gpus,
+        .map_batches(BlockTeacher, batch_size=1, batch_format="pyarrow", num_cpus=cfg.num_cpus_per_actor, **actor_args,
                      compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=2),
                      fn_constructor_kwargs=dict(
                          teachers=[t["name"] for t in teachers], revisions=[t["revision"] for t in teachers], combine=cfg.combine,
@@ -238,7 +240,8 @@ def build_manifest(cfg: LabelConfig, blocks: list[Block], results: dict, done: s
         for k in counts:
             counts[k] += stats[k]
         shards.append({"path": f"shards/{b.name}.parquet", "rows": stats["windows"], "pairs": stats["pairs_labeled"],
-                       **{k: stats[k] for k in ("source", "row_start", "row_end", "pairs_in", "pairs_rejected", "rejects")}})
+                       **{k: stats[k] for k in ("source", "row_start", "row_end", "pairs_in", "pairs_rejected", "rejects")},
+                       "node_id": stats.get("node_id")})
     assert counts["pairs_in"] == counts["pairs_labeled"] + counts["pairs_rejected"], counts
     run = summarize(list(results.values()), sorted(done), seconds)
     return {**header, "config": to_dict(cfg), "fingerprint": settings["fingerprint"], "inputs": settings["inputs"],
