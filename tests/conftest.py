@@ -107,7 +107,9 @@ def ray_local(s3_server):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False,
+        # address="local": never join whatever /tmp/ray/ray_current_cluster names (a stale file
+        # from an earlier `ray start` on the machine makes ray.init() try to connect to it).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()
