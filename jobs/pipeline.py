@@ -8,12 +8,12 @@ Laptop (tiny models built offline, embedded Ray, local folders):
     python jobs/pipeline.py --config jobs/configs/local.yaml
 
 One GPU (the production models; set `use_gpu: true` / `num_gpus_per_actor: 1` in the config):
-    python jobs/pipeline.py --config jobs/configs/pipeline-albert.yaml
+    python jobs/pipeline.py --config jobs/configs/distill-then-finetune.yaml
 
 Cluster:
     ray up cluster.yaml
     RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- \
-        python jobs/pipeline.py --config jobs/configs/pipeline-albert.yaml
+        python jobs/pipeline.py --config jobs/configs/distill-then-finetune.yaml
 """
 
 from __future__ import annotations
