@@ -48,10 +48,11 @@ def gold_positions(offsets: Sequence[tuple[int, int]], answer_start: int, answer
     context_idx = [i for i, (s, e) in enumerate(offsets) if s >= 0]
     if not context_idx or offsets[context_idx[0]][0] > start_char or offsets[context_idx[-1]][1] < end_char:
         return 0, 0
-    # The first token that ends after the answer starts; the last that starts before it ends.
-    start = next(i for i in context_idx if offsets[i][1] > start_char)
-    end = next(i for i in reversed(context_idx) if offsets[i][0] < end_char)
-    return (start, end) if start <= end else (0, 0)
+    # The first token that ends after the answer starts; the last that starts before it ends
+    # (none for an empty answer text at the context's end).
+    start = next((i for i in context_idx if offsets[i][1] > start_char), None)
+    end = next((i for i in reversed(context_idx) if offsets[i][0] < end_char), None)
+    return (start, end) if start is not None and end is not None and start <= end else (0, 0)
 
 
 def make_windows(

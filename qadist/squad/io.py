@@ -58,12 +58,43 @@ def _normalize_answers(answers: Any) -> dict | str:
         answers = {"text": [a.get("text") for a in answers], "answer_start": [a.get("answer_start") for a in answers]}
     if not isinstance(answers, dict):
         return "answers must be {'text': [...], 'answer_start': [...]}"
-    texts, starts = list(answers.get("text") or []), list(answers.get("answer_start") or [])
+    texts, starts = answers.get("text"), answers.get("answer_start")
+    texts, starts = [] if texts is None else texts, [] if starts is None else starts
+    if not isinstance(texts, (list, tuple)) or not isinstance(starts, (list, tuple)):
+        return "answers.text and answers.answer_start must be lists"  # a bare string would split into characters
     if len(texts) != len(starts):
         return "answers.text and answers.answer_start differ in length"
     if not all(isinstance(t, str) for t in texts) or not all(isinstance(s, int) and not isinstance(s, bool) for s in starts):
         return "answers.text must be strings and answers.answer_start integers"
     return {"text": texts, "answer_start": [int(s) for s in starts]}
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (JSON's "\\ud800" escape makes one), else None.
+
+    Such a string is not Unicode text: tokenizers refuse it and UTF-8 cannot encode it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates written as backslash escapes, so it can go to a UTF-8 file."""
+    return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bad_unicode(pair: dict) -> str | None:
+    """A reject reason when a text field the pipeline tokenizes or stores holds a lone surrogate."""
+    fields = [("id", pair["id"]), ("question", pair["question"]), ("context", pair["context"])]
+    fields += [("answers.text", t) for t in pair.get("answers", {}).get("text", [])]
+    for name, value in fields:
+        at = lone_surrogate(value)
+        if at is not None:
+            return f"field '{name}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
+    return None
 
 
 def validate_pair(raw: Any, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple[dict | None, str | None]:
@@ -97,7 +128,8 @@ def validate_pair(raw: Any, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple
             if not 0 <= start <= len(context) - len(text) or context[start:start + len(text)] != text:
                 return None, f"answer {text[:40]!r} is not at answer_start={start} in the context"
         pair["answers"] = answers
-    return pair, None
+    reason = _bad_unicode(pair)
+    return (None, reason) if reason else (pair, None)
 
 
 def iter_raw_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
@@ -113,9 +145,11 @@ def iter_raw_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
             for n, row in enumerate(_parquet_rows(file_uri, data), start=1):
                 yield file_uri, n, row
         elif file_uri.endswith(".jsonl"):
-            for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+            # Lines end at "\n" only (as in `qadist.blocks`): str.splitlines() would also cut a row at
+            # U+2028, U+0085 or \x1c, which JSON allows unescaped inside strings.
+            for n, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
                 if line.strip():
-                    yield file_uri, n, parse_json_line(line)
+                    yield file_uri, n, parse_json_line(line.rstrip("\r"))
         else:
             yield from _json_rows(file_uri, data)
 
@@ -182,10 +216,13 @@ def read_pairs(uri: str, strict: bool = True, max_context_chars: int = MAX_CONTE
 def make_reject(raw: Any, source: str, row: int, reason: str) -> dict:
     raw_id = raw.get("id") if isinstance(raw, dict) else None
     text = raw.text if isinstance(raw, Unparsable) else json.dumps(raw, default=str, ensure_ascii=False)
+    if lone_surrogate(text) is not None:  # \u escapes keep the raw row exact and writable as UTF-8
+        text = json.dumps(raw, default=str)
+    # Every field must encode as UTF-8, or writing the rejects file would fail the whole block.
     return {
-        "id": None if raw_id is None else str(raw_id),
-        "source": source,
+        "id": None if raw_id is None else encodable(str(raw_id)),
+        "source": encodable(source),
         "row": row,
-        "reason": reason,
+        "reason": encodable(reason),
         "raw": text[:10_000],
     }
