@@ -100,6 +100,36 @@ def check_tokenizer(manifest: dict, tokenizer: Any, student: str, labels: str) -
             f"({recorded.get('name')}, hash {recorded.get('hash')}); use a student that shares the teachers' tokenizer")
 
 
+def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
+    """Every manifest-listed shard's footer: the schema version and tokenizer this student reads.
+
+    The manifest speaks for the run, but a shard copied in from another run (or left by an older
+    qadist) would otherwise only fail (or silently mistrain) inside the workers. Footers only, in
+    parallel. Returns whether the shards carry token_type_ids.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qadist.shards import check_header
+
+    def footer(shard: dict) -> tuple[str, dict, list[str]]:
+        uri = storage.join(labels, shard["path"])
+        try:
+            header, _, schema = read_footer(uri)
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(f"{uri}: listed in {storage.join(labels, '_manifest.json')} but cannot be read ({str(e).splitlines()[0]}); "
+                            "re-run `qadist label --overwrite` into this output") from e
+        return uri, header, schema.names
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        footers = list(pool.map(footer, listed))
+    for uri, header, _ in footers:
+        check_header(header, uri, tokenizer_hash)
+    typed = {"token_type_ids" in names for _, _, names in footers}
+    if len(typed) > 1:
+        raise UserError(f"{labels}: some shards have token_type_ids and some do not (mixed labelling runs); re-run `qadist label --overwrite`")
+    return typed.pop()
+
+
 def run_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
     """RunConfig's storage_path and storage_filesystem for a local folder or an s3:// prefix."""
     if storage.is_s3(out):
@@ -231,7 +261,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     listed = [s for s in manifest["shards"] if s["rows"] > 0]
     if not listed:
         raise UserError(f"{cfg.labels}: the manifest lists no windows; label some pairs first")
-    has_types = "token_type_ids" in read_footer(storage.join(cfg.labels, listed[0]["path"]))[2].names
+    has_types = check_shards(cfg.labels, listed, tokenizer_fingerprint(tokenizer))
     soft = sum(int(s["rows"]) for s in listed)
     ensure_ray(cfg.num_workers)
     dataset = read(cfg.labels, tokenizer_hash=tokenizer_fingerprint(tokenizer), columns=train_schema(has_types).names)

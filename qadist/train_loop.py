@@ -305,7 +305,8 @@ class WorkerTrainer:
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 model = load_qa_model(folder, trust_remote_code=remote_code)
-                self.state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+                # weights_only: tensors and plain values only, so a tampered checkpoint cannot run code.
+                self.state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
                 self.log(f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)")

@@ -368,6 +368,17 @@ def committed_step(run: Path) -> int:
         return 0
 
 
+def committed_steps(run: Path) -> list[int]:
+    """The step of every checkpoint Ray Train committed, in report order (its snapshot)."""
+    snapshot = json.loads((run / "distill" / "checkpoint_manager_snapshot.json").read_text())
+    return [int(r["metrics"]["train/step"]) for r in snapshot["checkpoint_results"]]
+
+
+def folder_steps(run: Path) -> list[int]:
+    """The step of every checkpoint folder in storage, oldest first (Ray names them by time)."""
+    return [int(torch.load(p / STATE_FILE, weights_only=True)["step"]) for p in checkpoints(run)]
+
+
 def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) -> tuple[Path, Path]:
     run = tmp_path / "run"
     config = tmp_path / "distill.yaml"
@@ -377,15 +388,26 @@ def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) ->
     return config, run
 
 
-def check_resumed(run: Path, log: Path, committed: int) -> None:
+def check_resumed(run: Path, log: Path, committed: int, before: list[int]) -> None:
+    """Resumed once, from the latest committed checkpoint at the fault or later, and steps only went forward.
+
+    `before`: the committed steps when the fault was injected. Committed steps must rise strictly
+    (a restart from step 0 would repeat them); a checkpoint folder whose report the fault cut off
+    (never committed) may be redone once, at the same step, never at an earlier one.
+    """
     final = json.loads((run / "final" / "qadist_config.json").read_text())
-    last = torch.load(checkpoints(run)[-1] / STATE_FILE, weights_only=False)
+    last = torch.load(checkpoints(run)[-1] / STATE_FILE, weights_only=True)
     total = last["plan"]["total_steps"]
-    print(f"\nresumed at step(s) {last['resumed_at']}; finished at step {final['step']} of {total} planned")
+    steps, folders = committed_steps(run), folder_steps(run)
+    print(f"\nfault after committed checkpoints at steps {before}; resumed at step(s) {last['resumed_at']}; "
+          f"committed steps {steps}; checkpoint folders by time {folders}; finished at step {final['step']} of {total} planned")
     assert final["step"] == last["step"] == total
     assert len(last["resumed_at"]) == 1
     resumed = last["resumed_at"][0]
     assert committed <= resumed < total and resumed % 5 == 0, log.read_text()[-3000:]
+    assert resumed in steps and steps[:len(before)] == before, (steps, before)
+    assert all(a < b for a, b in zip(steps, steps[1:])), steps
+    assert all(a <= b for a, b in zip(folders, folders[1:])) and len(folders) - len(set(folders)) <= 1, folders
 
 
 @pytest.mark.slow
@@ -394,9 +416,9 @@ def test_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint
     log = tmp_path / "distill.log"
     proc = start_cli(config, log)
     try:
-        wait_for(lambda: committed_step(run) or proc.poll() is not None, 300, "the first committed checkpoint")
+        wait_for(lambda: committed_step(run) >= 10 or proc.poll() is not None, 300, "two committed checkpoints")
         assert proc.poll() is None, log.read_text()[-3000:]
-        committed = committed_step(run)
+        committed, before = committed_step(run), committed_steps(run)
         workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in cmdline(p)]
         assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
         os.kill(workers[-1], signal.SIGKILL)
@@ -404,7 +426,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-    check_resumed(run, log, committed)
+    check_resumed(run, log, committed, before)
 
 
 @pytest.mark.slow
@@ -412,9 +434,9 @@ def test_killed_job_rerun_continues_from_the_last_checkpoint(tiny_models, labels
     config, run = fault_config(tmp_path, labels, tiny_models["student"], num_workers=1)
     proc = start_cli(config, tmp_path / "killed.log")
     try:
-        wait_for(lambda: committed_step(run) or proc.poll() is not None, 300, "the first committed checkpoint")
+        wait_for(lambda: committed_step(run) >= 10 or proc.poll() is not None, 300, "two committed checkpoints")
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        committed = committed_step(run)
+        committed, before = committed_step(run), committed_steps(run)
     finally:
         kill_tree(proc)
     assert not (run / "final").exists()
@@ -425,4 +447,4 @@ def test_killed_job_rerun_continues_from_the_last_checkpoint(tiny_models, labels
     finally:
         if rerun.poll() is None:
             kill_tree(rerun)
-    check_resumed(run, log, committed)
+    check_resumed(run, log, committed, before)
