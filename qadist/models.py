@@ -42,13 +42,22 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 
 
 def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them."""
+    """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them.
+
+    Pickled (.bin) weights are only read with torch's weights-only unpickler: a file that needs
+    more (code) is refused, not run.
+    """
+    import pickle
+
     from transformers import AutoModelForQuestionAnswering
 
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
         )
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{name_or_path}: its pickled weights hold more than tensors and were not loaded ({str(e).splitlines()[0][:120]}); "
+                        "give the model as safetensors (model.safetensors)") from e
     except (OSError, ValueError) as e:
         raise UserError(f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name") from e
 

@@ -120,6 +120,22 @@ def test_validate_pair_accepts_or_gives_a_reason(raw):
         assert pair["context"][s:s + len(t)] == t
 
 
+@FUZZ
+@given(raw_row)
+def test_pairs_stage_question_and_document_validation_accept_or_give_a_reason(raw):
+    """`qadist pairs` validates its own rows (questions, documents): the same property."""
+    from qadist.pairs import validate_question
+    from qadist.passages import validate_document
+
+    for validate in (validate_question, validate_document):
+        row, reason = validate(raw)
+        assert (row is None) != (reason is None)
+        if row is None:
+            check_reject(make_reject(raw, "fuzz.jsonl", 1, reason))
+        else:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")  # the stage's UTF-8 part writers take it
+
+
 line_text = st.one_of(
     raw_row.map(lambda r: json.dumps(r, ensure_ascii=False)),  # raw U+2028/U+0085 etc. inside JSON strings
     raw_row.map(json.dumps),                                   # \\u escapes, lone surrogates included
