@@ -68,12 +68,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(vocab.encode("utf-8")).hexdigest()[:16]
 
 
-def model_revision(name_or_path: str) -> str:
+def model_revision(name_or_path: str, trust_remote_code: bool = False) -> str:
     """The commit hash of a hub model (when it came from the hub cache), else 'local'."""
     try:
         from transformers import AutoConfig
 
-        return getattr(AutoConfig.from_pretrained(name_or_path), "_commit_hash", None) or "local"
+        # An explicit False: left unset, transformers asks on a terminal whether to run the folder's code.
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return getattr(config, "_commit_hash", None) or "local"
     except (OSError, ValueError):
         return "local"
 

@@ -248,7 +248,7 @@ def load_tokenizer_for(model: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(model))
+        return AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)  # explicit: no prompt, no remote code
     except (OSError, ValueError) as e:
         raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); give a sentence-transformers name or folder") from e
 
