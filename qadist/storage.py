@@ -17,7 +17,14 @@ import pyarrow.fs as pafs
 
 from qadist.errors import UserError
 
-S3_RETRIES = 10
+S3_RETRIES = 10  # attempts per request (boto3 and pyarrow); AWS_MAX_ATTEMPTS overrides it
+
+
+def s3_attempts() -> int:
+    """Attempts per S3 request: transient errors (500, 503 SlowDown, dropped connections) are retried
+    with jittered exponential backoff by both clients; 4xx errors are not. Read per call, so a Ray
+    worker uses its own environment."""
+    return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or S3_RETRIES))
 
 
 def is_s3(uri: str) -> bool:
@@ -36,7 +43,7 @@ def s3_region() -> str:
 def s3_filesystem() -> pafs.S3FileSystem:
     kwargs: dict = {
         "region": s3_region(),
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3_attempts()),
     }
     endpoint = s3_endpoint()
     if endpoint:
@@ -196,5 +203,27 @@ def s3_client():
         "s3",
         region_name=s3_region(),
         endpoint_url=s3_endpoint(),
-        config=Config(retries={"max_attempts": S3_RETRIES, "mode": "standard"}),
+        config=Config(retries={"max_attempts": s3_attempts(), "mode": "standard"}),
     )
+
+
+def check_s3_access(uri: str, flag: str) -> None:
+    """Fail fast, before any work, when an s3:// URI's bucket is missing or the credentials are refused
+    (errors that no retry fixes); a UserError naming the URI and the flag. No-op for local paths."""
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    bucket, _ = split_s3(uri)
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except NoCredentialsError as e:
+        raise UserError(f"{uri} ({flag}): no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                        "AWS_PROFILE or an instance role") from e
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket"):
+            raise UserError(f"{uri} ({flag}): bucket {bucket!r} does not exist; create it or fix {flag}") from e
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            raise UserError(f"{uri} ({flag}): access denied ({code}); check the AWS credentials and the bucket policy") from e
+        raise

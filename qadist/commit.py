@@ -1,0 +1,114 @@
+"""The last step of an output's commit protocol: once its manifest is committed, remove what it does not list.
+
+A label output is committed by its manifest (`_manifest.json`, written once with a conditional put);
+readers read only the shards it lists, so leftovers are never *read*, but they cost storage and
+confuse people browsing the bucket. What can be left behind:
+- shards and rejects files under names this output's manifest does not list (a file copied in by
+  hand, or a name from an older layout);
+- local temporary files (`.tmp-*`) of writes a killed process never renamed into place;
+- S3 multipart uploads that a killed writer never completed or aborted (invisible to listings and
+  readers, billed until aborted).
+
+`sweep` runs only after the manifest is committed (by this run or, for a run that finds the output
+complete, an earlier one). It never deletes a listed file. A concurrent run of the same job writes
+only listed names (names are derived from the input), so the only things it could own that the sweep
+might touch are its in-flight temporary files and uploads: the sweep leaves alone any that started
+after this run did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+
+import pyarrow.fs as pafs
+
+from qadist import storage
+
+log = logging.getLogger(__name__)
+SWEPT_FOLDERS = ("shards", "rejects")
+
+
+def listed_paths(manifest: dict) -> set[str]:
+    """Paths (relative to the output) that the manifest references."""
+    return {s["path"] for s in manifest["shards"]} | set(manifest.get("rejects") or [])
+
+
+def _files(uri: str) -> list[pafs.FileInfo]:
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File]
+
+
+def unlisted_files(out: str, manifest: dict, started: float) -> list[str]:
+    """URIs under `out` that the sweep removes: unlisted files in shards/ and rejects/, and temporary
+    files (`.tmp-*`, local outputs) older than `started` (seconds since the epoch)."""
+    listed = listed_paths(manifest)
+    _, root = storage.resolve(out)
+    found = []
+    candidates = [(folder, f) for folder in SWEPT_FOLDERS for f in _files(storage.join(out, folder))]
+    if not storage.is_s3(out):  # write_if_absent's temporary files sit in the output folder itself
+        fs, path = storage.resolve(out)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            candidates += [("", f) for f in fs.get_file_info(pafs.FileSelector(path)) if f.type == pafs.FileType.File]
+    for folder, f in candidates:
+        rel = f.path[len(root):].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".tmp-"):
+            # A concurrent writer's temporary file exists for milliseconds; one older than this run is orphaned.
+            if f.mtime is not None and f.mtime.timestamp() < started:
+                found.append(storage.join(out, rel))
+        elif folder and rel not in listed:
+            found.append(storage.join(out, rel))
+    return sorted(found)
+
+
+def abort_multipart_uploads(out: str, started: float) -> int:
+    """Abort S3 multipart uploads under `out/` initiated before `started`; returns how many."""
+    if not storage.is_s3(out):
+        return 0
+    bucket, key = storage.split_s3(out)
+    client = storage.s3_client()
+    cutoff = dt.datetime.fromtimestamp(started, dt.timezone.utc)
+    aborted = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] >= cutoff:
+                continue  # a live writer that started after this run; not ours to end
+            with contextlib.suppress(client.exceptions.NoSuchUpload):  # completed or aborted meanwhile
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+                log.info("aborted an orphaned multipart upload of s3://%s/%s (initiated %s)", bucket, upload["Key"], upload["Initiated"])
+    return aborted
+
+
+def _delete(uri: str) -> None:
+    # boto3 on S3: pyarrow's delete_file would put an empty "folder/" marker object in the file's place.
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(uri)
+        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(storage.resolve(uri)[1])
+
+
+def sweep(out: str, manifest: dict, started: float) -> dict:
+    """Remove what the committed `manifest` of `out` does not reference; never a listed file.
+
+    Call only after the manifest is committed. Returns {"removed": [uris], "aborted_uploads": n}.
+    """
+    listed = {storage.join(out, p) for p in listed_paths(manifest)}
+    removed = []
+    for uri in unlisted_files(out, manifest, started):
+        assert uri not in listed, uri
+        _delete(uri)
+        removed.append(uri)
+    aborted = abort_multipart_uploads(out, started)
+    if removed or aborted:
+        log.info("%s: swept %d file(s) the manifest does not list%s; aborted %d orphaned multipart upload(s)", out, len(removed),
+                 f" ({', '.join(storage.basename(u) for u in removed[:3])}{', ...' if len(removed) > 3 else ''})" if removed else "",
+                 aborted)
+    return {"removed": removed, "aborted_uploads": aborted}
