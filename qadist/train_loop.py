@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -286,6 +287,7 @@ class WorkerTrainer:
         import ray.train
         import ray.train.torch
 
+        started = time.perf_counter()
         from qadist.inference import autocast_dtype
         from qadist.models import load_qa_model, load_tokenizer
         from qadist.squad.io import read_pairs
@@ -330,6 +332,7 @@ class WorkerTrainer:
         self.eval_cfg = config.get("eval")
         self.eval_pairs = read_pairs(self.eval_cfg["file"], strict=True)[0] if self.eval_cfg and self.rank == 0 else None
         self.window: list[dict[str, float]] = []  # step stats since the last report
+        self.timings = {"setup_s": time.perf_counter() - started, "steps_s": 0.0, "checkpoint_s": 0.0}
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -343,12 +346,17 @@ class WorkerTrainer:
             return
         shard = ray.train.get_dataset_shard("train")
         self.bar = _Bar(self.plan.total_steps, self.step, self.rank == 0)
+        started, first = time.perf_counter(), self.step
         try:
             while self.step < self.plan.total_steps:
                 self.run_epoch(shard)
                 self.epoch, self.position = self.epoch + 1, 0
         finally:
             self.bar.close()
+        t = self.timings
+        t["steps_s"] = time.perf_counter() - started - t["checkpoint_s"]
+        self.log(f"worker timings: setup {t['setup_s']:.1f}s, {self.step - first} steps {t['steps_s']:.1f}s "
+                 f"(data wait included), checkpoints {t['checkpoint_s']:.1f}s")
 
     def run_epoch(self, shard: Any) -> None:
         """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
@@ -401,6 +409,7 @@ class WorkerTrainer:
             ray.train.report(metrics)
             return
         folder = tempfile.mkdtemp(prefix="qadist-ckpt-") if self.rank == 0 else None
+        started = time.perf_counter()
         try:
             if folder:
                 epoch, position = (self.epoch + 1, 0) if epoch_end else (self.epoch, self.position)
@@ -414,6 +423,7 @@ class WorkerTrainer:
         finally:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
+            self.timings["checkpoint_s"] += time.perf_counter() - started
 
 
 def train_loop_per_worker(config: dict) -> None:
