@@ -18,7 +18,9 @@ How exactly-once works with an at-least-once engine:
    longest window. A retried task rewrites the same shard name with the same content. Memory stays
    flat: the driver holds block descriptors and the 16-byte-a-row pre-pass, workers one block.
 4. The manifest is written last with a conditional put, built from this run's results and the
-   footers of shards an earlier run finished. Readers (`read`) only read what it lists.
+   footers of shards an earlier run finished. Readers (`read`) only read what it lists. Then, and
+   only then, `qadist.commit.sweep` removes files it does not list and aborts orphaned multipart
+   uploads (docs/reliability.md).
 
 A fingerprint of everything that changes the output (teachers and their revisions, tokenizer,
 lengths, combine, rows_per_shard, the input files and their sizes) is stored in
@@ -37,6 +39,7 @@ from typing import Any
 
 from qadist import storage
 from qadist.blocks import Block, find_duplicates, plan_blocks, scan_block
+from qadist.commit import sweep
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError
 from qadist.label_stages import BlockTeacher, memory_mb, window_blocks, write_shards
@@ -170,21 +173,11 @@ def check_resources(ray, cfg: LabelConfig) -> None:
                     cfg.num_gpus_per_actor, resources.get("GPU", 0))
 
 
-def remove_partial_files(out: str) -> None:
-    """Temporary files of writes a killed run left behind (local outputs; S3 puts leave none)."""
-    if storage.is_s3(out):
-        return
-    for part in ("shards", "rejects"):
-        _, path = storage.resolve(storage.join(out, part))
-        if os.path.isdir(path):
-            for name in os.listdir(path):
-                if name.startswith(".tmp-"):
-                    os.unlink(os.path.join(path, name))
-
-
 def run_label(cfg: LabelConfig) -> dict:
     """Label `cfg.pairs` into `cfg.out` (shards, rejects, manifest); resumes a killed run. Returns the manifest."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
+    storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now, not after retries
+    storage.check_s3_access(cfg.out, "--out")
     cfg = cfg.model_copy(update={"pairs": _absolute(cfg.pairs), "out": _absolute(cfg.out), "teachers": [
         os.path.abspath(t) if os.path.exists(t) else t for t in cfg.teachers]})  # Ray workers may run elsewhere
     teachers, tokenizer = resolve_teachers(cfg)
@@ -195,12 +188,12 @@ def run_label(cfg: LabelConfig) -> dict:
     finished = prepare_output(cfg, settings)
     if finished is not None:
         log.info("%s: already complete (%d shards, %d windows); nothing to do", cfg.out, len(finished["shards"]), finished["counts"]["windows"])
+        sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
         return finished
     header = {"schema_version": SCHEMA_VERSION, "teachers": teachers, "tokenizer": tokenizer, "max_seq_len": cfg.max_seq_len,
               "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len, "combine": cfg.combine}
     ray = ensure_ray()
     check_resources(ray, cfg)
-    remove_partial_files(cfg.out)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars)
     log.info("planned %d blocks in %.1fs; pre-pass over the ids in %.1fs", len(blocks), planned - started, time.perf_counter() - planned)
@@ -214,18 +207,31 @@ def run_label(cfg: LabelConfig) -> dict:
     log.info("labelling %s -> %s: %d blocks of <= %d rows, %d teacher(s), %d actor(s) x %g GPU, batch %d windows",
              cfg.pairs, cfg.out, len(pending), cfg.rows_per_shard, len(teachers), cfg.num_actors, cfg.num_gpus_per_actor, cfg.batch_size)
     results: dict[str, dict] = {}
-    if pending:
-        for row in build_pipeline(ray, cfg, teachers, pending, header).iter_rows():
+    try:
+        for row in build_pipeline(ray, cfg, teachers, pending, header).iter_rows() if pending else ():
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
             log.info("shard %s: %d pairs -> %d windows (%d rejected) [%d/%d]", stats["block"], stats["pairs_in"], stats["windows"],
                      stats["pairs_rejected"], len(results), len(pending))
-    missing = [b.name for b in pending if b.name not in results]
-    assert not missing, f"pipeline finished without shards for {missing[:3]}"
-    manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
-    if not storage.write_if_absent(storage.join(cfg.out, MANIFEST), json.dumps(manifest, indent=2).encode("utf-8")):
-        log.warning("%s: a manifest appeared while this run worked (a concurrent run with the same settings); kept it", cfg.out)
-    log.info(manifest["run"]["summary"])
+        missing = [b.name for b in pending if b.name not in results]
+        assert not missing, f"pipeline finished without shards for {missing[:3]}"
+        manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
+        committed = storage.write_if_absent(storage.join(cfg.out, MANIFEST), json.dumps(manifest, indent=2).encode("utf-8"))
+    except Exception:
+        # Ray retries lost workers and actors itself, the S3 clients transient errors; what arrives here
+        # is not retried (an error raised by a stage, S3 errors past their retries). Finished shards stay.
+        log.error("%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
+                  "resumes (finished shards are skipped)", cfg.out, len(results), len(pending))
+        raise
+    if not committed:
+        # A concurrent run with the same settings committed first, or our own commit's reply was lost
+        # and its retry found the object: either way the stored manifest is the one that counts.
+        log.warning("%s: a manifest appeared while this run worked (a concurrent run of the same job, or this run's own "
+                    "commit whose reply was lost); kept the stored one", cfg.out)
+        manifest = json.loads(storage.read_text(storage.join(cfg.out, MANIFEST)))
+    else:
+        log.info(manifest["run"]["summary"])
+    sweep(cfg.out, manifest, started_at)  # only now: the committed manifest says what to keep
     return manifest
 
 

@@ -203,7 +203,7 @@ def s3_client():
         "s3",
         region_name=s3_region(),
         endpoint_url=s3_endpoint(),
-        config=Config(retries={"max_attempts": s3_attempts(), "mode": "standard"}),
+        config=Config(retries={"total_max_attempts": s3_attempts(), "mode": "standard"}),
     )
 
 
