@@ -203,14 +203,12 @@ def hostile_rows(squad_pairs: list[dict]) -> list[dict]:
 def label_one_block(rows: list[dict], out: str, tokenizer) -> tuple[dict, list[str]]:
     """The label stage's window and write stages for one block, in this process (a fake teacher:
     zero logits); returns the block's counts and the shard name it wrote."""
-    from qadist.blocks import Block, block_name
+    from qadist.blocks import Block, block_name, find_duplicates, scan_block
     from qadist.label_stages import window_block, write_shards
     from qadist.shards import LOGITS_TYPE, list_array, pack
 
     name = block_name("/in", "/in/pairs.json", 0, len(rows))
     block = Block(name, "/in/pairs.json", "inline", 0, len(rows), rows=rows, with_answers=True)
-    from qadist.blocks import find_duplicates, scan_block
-
     find_duplicates([block], [scan_block(block.to_json(), 100_000)])
     table, stats = window_block(block, tokenizer, out, (128, 32, 32), 100_000)
     lengths = [len(x) for x in table.column("input_ids").to_pylist()]
