@@ -415,7 +415,7 @@ def test_shard_writes_failing_past_retries_fail_cleanly_and_rerun_succeeds(s3_bu
     code, err = _finish(_cli(args, {"AWS_MAX_ATTEMPTS": "3"}))  # workers inherit the setting from the CLI's Ray
     elapsed = time.perf_counter() - started
     print(f"\nshard PUTs answered 503 past 3 attempts: exit {code} after {elapsed:.0f}s, {rule.hits} faulted PUTs; "
-          f"last line: {err.strip().splitlines()[-1][:200]}")
+          f"error: {next((line for line in err.splitlines() if 'SlowDown' in line), '')[:200]}")
     assert code == 1 and "SlowDown" in err and "no manifest written" in err
     assert s3_keys(out) == ["_fingerprint.json"]
     faults.clear()
