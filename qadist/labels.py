@@ -66,7 +66,7 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
         raise UserError(f"revisions has {len(cfg.revisions)} entries for {len(cfg.teachers)} teachers; give one revision per teacher")
     fingerprints = [tokenizer_fingerprint(load_tokenizer(t, cfg.trust_remote_code)) for t in cfg.teachers]
     check_shared_tokenizer(cfg.teachers, fingerprints)
-    revisions = cfg.revisions or [model_revision(t) for t in cfg.teachers]
+    revisions = cfg.revisions or [model_revision(t, cfg.trust_remote_code) for t in cfg.teachers]
     return [{"name": t, "revision": r} for t, r in zip(cfg.teachers, revisions)], {"name": cfg.teachers[0], "hash": fingerprints[0]}
 
 
