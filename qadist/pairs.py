@@ -37,7 +37,7 @@ from qadist.config import PairsConfig, to_dict
 from qadist.errors import UserError
 from qadist.passages import build_passages, load_documents, passage_texts
 from qadist.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
-from qadist.squad.io import Unparsable, iter_raw_rows, lone_surrogate, make_reject, parse_json_line
+from qadist.squad.io import Unparsable, bad_unicode, iter_raw_rows, make_reject, parse_json_line
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,9 @@ def validate_question(raw: Any) -> tuple[dict | None, str | None]:
         return None, f"field 'question' is {type(question).__name__}, not a string"
     if not question.strip():
         return None, "field 'question' is empty"
-    for name, value in (("id", str(qid)), ("question", question)):
-        at = lone_surrogate(value)  # not Unicode text: the tokenizer and the UTF-8 writers would fail the run
-        if at is not None:
-            return None, f"field '{name}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
+    reason = bad_unicode([("id", str(qid)), ("question", question)])
+    if reason:
+        return None, reason
     return {"id": str(qid), "question": question}, None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qadist.errors import UserError
-from qadist.squad.io import Unparsable, iter_raw_rows, lone_surrogate, make_reject
+from qadist.squad.io import Unparsable, bad_unicode, iter_raw_rows, make_reject
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,9 @@ def validate_document(raw: Any) -> tuple[dict | None, str | None]:
     title = raw.get("title")
     if title is not None and not isinstance(title, str):
         return None, f"field 'title' is {type(title).__name__}, not a string"
-    for field, value in (("id", str(doc_id)), (name, text), ("title", title or "")):
-        at = lone_surrogate(value)  # not Unicode text: the tokenizer and the UTF-8 writers would fail the run
-        if at is not None:
-            return None, f"field '{field}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
+    reason = bad_unicode([("id", str(doc_id)), (name, text), ("title", title or "")])
+    if reason:
+        return None, reason
     return {"id": str(doc_id), "text": text, "title": title}, None
 
 

@@ -86,15 +86,19 @@ def encodable(text: str) -> str:
     return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _bad_unicode(pair: dict) -> str | None:
-    """A reject reason when a text field the pipeline tokenizes or stores holds a lone surrogate."""
-    fields = [("id", pair["id"]), ("question", pair["question"]), ("context", pair["context"])]
-    fields += [("answers.text", t) for t in pair.get("answers", {}).get("text", [])]
+def bad_unicode(fields: list[tuple[str, str]]) -> str | None:
+    """A reject reason when one of the (name, text) fields holds a lone surrogate: not Unicode text,
+    so the tokenizer and the UTF-8 writers would fail the run."""
     for name, value in fields:
         at = lone_surrogate(value)
         if at is not None:
             return f"field '{name}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
     return None
+
+
+def _bad_unicode(pair: dict) -> str | None:
+    fields = [("id", pair["id"]), ("question", pair["question"]), ("context", pair["context"])]
+    return bad_unicode(fields + [("answers.text", t) for t in pair.get("answers", {}).get("text", [])])
 
 
 def validate_pair(raw: Any, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple[dict | None, str | None]:
