@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 
 ConfigOpt = typer.Option(None, "--config", help="YAML config; flags override its keys.")
+PrecisionOpt = typer.Option(None, "--precision", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16: bf16 on a CPU "
+                            "with AVX512-BF16/AMX: inference ~2x, training ~1.2-1.3x faster than fp32.")
 
 
 def _overrides(**kwargs) -> dict:
@@ -77,6 +79,7 @@ def label(
     num_gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per teacher actor (fractions allowed)."),
     num_cpus_per_actor: Optional[float] = typer.Option(None, help="CPUs per teacher actor (torch threads on CPU-only actors)."),
     rows_per_shard: Optional[int] = typer.Option(None, help="Input rows per shard: the unit of work and of resume."),
+    precision: Optional[str] = PrecisionOpt,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an output made with another config."),
 ):
     """Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards."""
@@ -87,7 +90,7 @@ def label(
         pairs=pairs, out=out, teachers=teacher, max_seq_len=max_seq_len, doc_stride=doc_stride,
         max_query_len=max_query_len, combine=combine, keep_teacher_logits=keep_teacher_logits,
         batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-        num_cpus_per_actor=num_cpus_per_actor, rows_per_shard=rows_per_shard, overwrite=overwrite)))
+        num_cpus_per_actor=num_cpus_per_actor, rows_per_shard=rows_per_shard, precision=precision, overwrite=overwrite)))
 
 
 def _train_overrides(**kwargs) -> dict:
@@ -111,6 +114,7 @@ def distill(
     learning_rate: Optional[float] = typer.Option(None),
     num_workers: Optional[int] = typer.Option(None),
     use_gpu: Optional[bool] = typer.Option(None, "--use-gpu"),
+    precision: Optional[str] = PrecisionOpt,
 ):
     """Train the student on the soft labels with Ray Train."""
     from qadist.config import DistillConfig, load_config
@@ -119,7 +123,7 @@ def distill(
     run_distill(load_config(DistillConfig, "distill", config, _train_overrides(
         labels=labels, student=student, out=out, temperature=temperature, alpha_kd=alpha_kd, alpha_hard=alpha_hard,
         train_file=train_file, eval_file=eval_file, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu)))
+        learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu, precision=precision)))
 
 
 @app.command()
@@ -135,6 +139,7 @@ def finetune(
     learning_rate: Optional[float] = typer.Option(None),
     num_workers: Optional[int] = typer.Option(None),
     use_gpu: Optional[bool] = typer.Option(None, "--use-gpu"),
+    precision: Optional[str] = PrecisionOpt,
 ):
     """Fine-tune on gold labels (the distill loop with a_kd = 0)."""
     from qadist.config import FinetuneConfig, load_config
@@ -142,7 +147,7 @@ def finetune(
 
     run_finetune(load_config(FinetuneConfig, "finetune", config, _train_overrides(
         train_file=train_file, model=model, out=out, eval_file=eval_file, epochs=epochs, batch_size=batch_size,
-        grad_accum=grad_accum, learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu)))
+        grad_accum=grad_accum, learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu, precision=precision)))
 
 
 @app.command()
@@ -157,6 +162,7 @@ def predict(
     doc_stride: Optional[int] = typer.Option(None),
     null_threshold: Optional[float] = typer.Option(None, help="Answer '' when null - best span score exceeds this."),
     use_gpu: Optional[bool] = typer.Option(None, "--use-gpu/--cpu"),
+    precision: Optional[str] = PrecisionOpt,
 ):
     """Answer questions with a QA model (batched; CPU or GPU)."""
     from qadist.config import PredictConfig, load_config
@@ -164,7 +170,7 @@ def predict(
 
     run_predict(load_config(PredictConfig, "predict", config, _overrides(
         model=model, data=data, out=out, na_probs=na_probs, batch_size=batch_size, max_seq_len=max_seq_len,
-        doc_stride=doc_stride, null_threshold=null_threshold, use_gpu=use_gpu)))
+        doc_stride=doc_stride, null_threshold=null_threshold, use_gpu=use_gpu, precision=precision)))
 
 
 @app.command()
@@ -201,7 +207,7 @@ def tiny_model(
 def demo(
     config: Optional[str] = ConfigOpt,
     out: Optional[str] = typer.Option(None, help="Folder (or s3:// URI) for every stage's artifacts."),
-    quick: Optional[bool] = typer.Option(None, "--quick", help="A reduced run (about a minute) for CI."),
+    quick: Optional[bool] = typer.Option(None, "--quick", help="Every stage at a reduced size (about 4 minutes on 2 cores), as CI runs it."),
     seed: Optional[int] = typer.Option(None),
 ):
     """The whole pipeline, embedded and offline on a CPU, with a results table."""

@@ -25,6 +25,11 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Compute precision of forward (and backward) passes: "auto" = bf16 autocast on a GPU (fp16 where
+# it has no bf16), fp32 on a CPU; "bf16" on a CPU with AVX512-BF16/AMX: inference ~2x, training ~1.2-1.3x faster.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class WindowSettings(StageConfig):
     """How contexts are cut into windows (the same for teacher, student and prediction)."""
 
@@ -73,6 +78,7 @@ class LabelConfig(WindowSettings):
     num_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(1.0, gt=0)  # also the torch threads of a CPU-only actor
+    precision: Precision = "auto"
     spread_actors: bool = False  # place teacher actors on different nodes (Ray's SPREAD strategy)
     rows_per_shard: int = Field(10_000, ge=1)
     max_context_chars: int = Field(100_000, ge=1)
@@ -99,6 +105,10 @@ class TrainSettings(WindowSettings):
     max_failures: int = Field(2, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
     shuffle_buffer: int = Field(2048, ge=0)  # windows in each worker's local shuffle buffer; 0 = stream order
+    # Micro-batches drawn together and re-cut by window length: less padding (SQuAD windows: 1.68
+    # padded tokens per real token in stream order, 1.08 in groups of 8); 1 = stream order.
+    length_group: int = Field(1, ge=1)
+    precision: Precision = "auto"
     eval_file: str | None = None
     seed: int = 0
     trust_remote_code: bool = False
@@ -129,6 +139,7 @@ class PredictConfig(WindowSettings):
     max_answer_len: int = Field(30, ge=1)
     null_threshold: float = 0.0
     use_gpu: bool | None = None
+    precision: Precision = "auto"
     trust_remote_code: bool = False
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
 GOLD_CHUNK = 512  # pairs windowed at a time, and rows per block of the gold dataset
-RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer", "seed",
+RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer", "length_group", "precision", "seed",
                         "epochs", "learning_rate", "warmup_ratio", "temperature", "alpha_kd", "alpha_hard", *WINDOW_KEYS)
 
 
@@ -224,7 +224,7 @@ def launch(stage: str, cfg: TrainSettings, model: str, dataset: Any, soft: int, 
             "plan": asdict(plan),
             "loss": loss,
             "train": {k: getattr(cfg, k) for k in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_every", "seed",
-                                                   "shuffle_buffer", "trust_remote_code")},
+                                                   "shuffle_buffer", "length_group", "precision", "trust_remote_code")},
             "eval": {"file": cfg.eval_file, "batch_size": 64, **windows} if cfg.eval_file else None,
             "qadist_config": qadist_config,
         },

@@ -53,7 +53,7 @@ BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a
 MIN_OBJECT_STORE_BUDGET = 32 << 20
 WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
 WINDOW_BYTES_PER_ROW = 16 << 10  # a pair's raw row plus its windows, generously
-SETTINGS = ("pairs", "max_seq_len", "doc_stride", "max_query_len", "combine", "keep_teacher_logits", "rows_per_shard", "max_context_chars")
+SETTINGS = ("pairs", "max_seq_len", "doc_stride", "max_query_len", "combine", "keep_teacher_logits", "rows_per_shard", "max_context_chars", "precision")
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -152,7 +152,8 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
                      fn_constructor_kwargs=dict(
                          teachers=[t["name"] for t in teachers], revisions=[t["revision"] for t in teachers], combine=cfg.combine,
                          keep_teacher_logits=cfg.keep_teacher_logits, batch_size=cfg.batch_size, use_gpu=cfg.num_gpus_per_actor > 0,
-                         num_threads=max(1, int(cfg.num_cpus_per_actor)), trust_remote_code=cfg.trust_remote_code))
+                         num_threads=max(1, int(cfg.num_cpus_per_actor)), precision=cfg.precision,
+                         trust_remote_code=cfg.trust_remote_code))
         .map_batches(write_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.5, fn_kwargs=dict(out=cfg.out, header=header))
     )
     # A dataset carries its own copy of the DataContext: this cap applies to this pipeline only.

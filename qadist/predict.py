@@ -30,7 +30,7 @@ def predict_pairs(pairs: list[dict], model, tokenizer, cfg: PredictConfig, devic
         chunk = pairs[i:i + CHUNK]
         batch = {k: [p[k] for p in chunk] for k in ("id", "question", "context")}
         w = make_windows(batch, tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
-        logits = run_windows(model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, cfg.batch_size, device)
+        logits = run_windows(model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, cfg.batch_size, device, cfg.precision)
         windows += [
             {"id": w["id"][j], "offsets": w["offsets"][j], "start_logits": s, "end_logits": e}
             for j, (s, e) in enumerate(logits)

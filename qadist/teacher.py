@@ -90,6 +90,7 @@ class TeacherEnsemble:
         batch_size: int = 64,
         use_gpu: bool | None = False,
         num_threads: int | None = None,
+        precision: str = "auto",
         trust_remote_code: bool = False,
     ):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -116,11 +117,12 @@ class TeacherEnsemble:
         self.combine = combine
         self.keep_teacher_logits = keep_teacher_logits
         self.batch_size = batch_size
+        self.precision = precision
         log.info("teacher ensemble of %d on %s: %s", len(self.models), self.device, ", ".join(self.names))
 
     def logits(self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per window: (start, end) float32 arrays of shape [n_teachers, real length]."""
-        runs = [run_windows(m, input_ids, token_type_ids, self.pad_id, self.batch_size, self.device) for m in self.models]
+        runs = [run_windows(m, input_ids, token_type_ids, self.pad_id, self.batch_size, self.device, self.precision) for m in self.models]
         return [(np.stack([r[i][0] for r in runs]), np.stack([r[i][1] for r in runs])) for i in range(len(input_ids))]
 
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table | dict[str, Any]:

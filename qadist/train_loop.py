@@ -1,8 +1,10 @@
 """The per-worker training loop of `qadist distill` / `qadist finetune` (run by Ray Train workers).
 
-Each worker streams its shard of the windows dataset, pads each batch to its longest window,
-and makes one optimizer step per `grad_accum` micro-batches (AdamW, linear warm-up and decay,
-gradient clipping, bf16/fp16 autocast on GPU, DDP through `prepare_model`). Every
+Each worker streams its shard of the windows dataset (with `length_group` > 1, that many
+micro-batches at a time, re-cut into micro-batches of similar window length and served in shuffled
+order: less padding), pads each micro-batch to its longest window, and makes one optimizer step
+per `grad_accum` micro-batches (fused AdamW, linear warm-up and decay, gradient clipping, autocast
+at the configured `precision`, DDP through `prepare_model`). Every
 `checkpoint_every` steps and at the end, rank 0 writes a checkpoint: a `save_pretrained` folder
 (model, tokenizer, `qadist_config.json`) with `training_state.pt` beside the weights (optimizer,
 scheduler, scaler, step and data position), reported with `ray.train.report`. A restarted worker
@@ -76,6 +78,21 @@ def plan_steps(windows: int, num_workers: int, batch_size: int, grad_accum: int,
     per_epoch = math.ceil(micro / grad_accum)
     total = max(1, math.ceil(epochs * per_epoch))
     return Plan(windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total))
+
+
+def length_grouped(chunk: dict[str, Any], batch_size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """A chunk of window rows -> micro-batches of `batch_size` rows of similar length, in random order.
+
+    Rows are sorted by window length (stable, so ties keep stream order) and cut into consecutive
+    micro-batches (only the last may be short), so a chunk of n rows gives ceil(n / batch_size)
+    micro-batches, as an ungrouped stream would. Less padding, less compute: with short pages
+    and long ones mixed, a batch padded to its longest window wastes a third of its tokens.
+    """
+    lengths = np.fromiter((len(x) for x in chunk["input_ids"]), dtype=np.int64, count=len(chunk["input_ids"]))
+    order = np.argsort(lengths, kind="stable")
+    pieces = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [{k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in chunk.items()}
+            for idx in (pieces[j] for j in rng.permutation(len(pieces)))]
 
 
 def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
@@ -170,12 +187,17 @@ def train_step(
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and normalisation weights (the BERT recipe)."""
+    """AdamW with no weight decay on biases and normalisation weights (the BERT recipe).
+
+    The fused kernel (CPU and CUDA) updates all parameters in one pass: on a CPU the per-tensor
+    loop took ~15% of a MiniLM training step."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate)
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay) or None
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=learning_rate, fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
@@ -298,7 +320,7 @@ class WorkerTrainer:
         self.worker_nodes = worker_node_ids()
         self.config, self.plan, self.train = config, Plan(**config["plan"]), config["train"]
         self.device = ray.train.torch.get_device()
-        self.amp_dtype = autocast_dtype(self.device)
+        self.amp_dtype = autocast_dtype(self.device, self.train["precision"])
         remote_code = self.train["trust_remote_code"]
         start_model = local_model(config["model"])
         self.tokenizer = load_tokenizer(start_model, remote_code)
@@ -363,8 +385,11 @@ class WorkerTrainer:
         plan, group, seen = self.plan, [], 0
         # A seeded local shuffle over an ordered stream: the same order again after a resume.
         shuffle = {"local_shuffle_buffer_size": self.train["shuffle_buffer"], "local_shuffle_seed": self.train["seed"] + self.epoch}
-        batches = shard.iter_batches(batch_size=plan.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=False,
-                                     **(shuffle if self.train["shuffle_buffer"] else {}))
+        group_size = self.train["length_group"]
+        chunks = shard.iter_batches(batch_size=plan.batch_size * group_size, batch_format="numpy", prefetch_batches=2,
+                                    drop_last=False, **(shuffle if self.train["shuffle_buffer"] else {}))
+        rng = np.random.default_rng([self.train["seed"], self.epoch])  # the same micro-batch order after a resume
+        batches = (mb for chunk in chunks for mb in length_grouped(chunk, plan.batch_size, rng))
         for i, raw in enumerate(batches):
             seen += 1
             if i < self.position:  # consumed before the checkpoint we resumed from

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qadist.errors import UserError
-from qadist.inference import collate, qa_logits
+from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
 from qadist.models import load_qa_model, load_tokenizer
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
@@ -117,3 +117,23 @@ def test_tokenizer_mismatch_is_a_user_error(tiny_models):
         TeacherEnsemble([tiny_models["teacher_a"], tiny_models["albert"]])
     with pytest.raises(UserError, match="combine"):
         TeacherEnsemble([tiny_models["teacher_a"]], combine="median")
+
+
+def test_precision_picks_the_autocast_dtype():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16 and autocast_dtype(cpu, "fp16") == torch.float16
+    assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    assert isinstance(cpu_has_bf16(), bool)
+
+
+def test_bf16_teacher_logits_stay_close_to_fp32(windows, tiny_models):
+    """bf16 autocast on a CPU (the demo's setting where the CPU has it natively): the same ranking of
+    positions, logits within bf16 rounding."""
+    fp32 = TeacherEnsemble([tiny_models["teacher_a"]], batch_size=4)(dict(windows))
+    bf16 = TeacherEnsemble([tiny_models["teacher_a"]], batch_size=4, precision="bf16")(dict(windows))
+    assert not all(np.array_equal(a, b) for a, b in zip(fp32["start_logits"], bf16["start_logits"]))  # bf16 really ran
+    for a, b in zip(fp32["start_logits"], bf16["start_logits"]):
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        np.testing.assert_allclose(b, a, atol=0.1 * (np.abs(a).max() + 1))
+        assert int(np.argmax(a)) == int(np.argmax(b)) or abs(a[np.argmax(b)] - a.max()) < 0.05 * (np.abs(a).max() + 1)
