@@ -207,7 +207,7 @@ def tiny_model(
 def demo(
     config: Optional[str] = ConfigOpt,
     out: Optional[str] = typer.Option(None, help="Folder (or s3:// URI) for every stage's artifacts."),
-    quick: Optional[bool] = typer.Option(None, "--quick", help="Every stage at a reduced size (about 4 minutes on 2 cores), as CI runs it."),
+    quick: Optional[bool] = typer.Option(None, "--quick", help="Every stage at a reduced size (about 5 minutes on 2 cores), as CI runs it."),
     seed: Optional[int] = typer.Option(None),
 ):
     """The whole pipeline, embedded and offline on a CPU, with a results table."""

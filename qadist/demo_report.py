@@ -184,7 +184,8 @@ def report(rows: list[Row], curve: dict[str, dict[int, float]], stage_seconds: d
     md = "\n".join([
         "# qadist demo results", "", markdown_table(rows), "",
         "Labelled examples used: the gold answers a model was trained on itself; in brackets, those that reached it through its teachers.",
-        "Speed: answers per second on this machine over the whole test set (one process, fp32), and the ratio to a single teacher.", "",
+        f"Speed: answers per second on this machine over the whole test set (one process, {extra.get('precision', 'fp32')}), "
+        "and the ratio to a single teacher.", "",
         "## Checks", "", *[f"- [{'x' if ok else ' '}] {text}" for text, ok in found], "",
         "## F1 against labelled examples", "", "| model | " + " | ".join(str(n) for n in sizes) + " |",
         "|---|" + "---|" * len(sizes), curve_md, "", "![F1 against labelled examples](f1_vs_labels.png)", "",
