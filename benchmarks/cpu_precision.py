@@ -15,7 +15,6 @@ elsewhere PyTorch emulates it and it is slower than fp32. The script says which 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -27,15 +26,14 @@ from qadist.inference import cpu_has_bf16, run_windows
 from qadist.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
+from qadist.squad.io import read_pairs
 from qadist.train_loop import build_optimizer, collate_windows, train_step
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
 
 
 def squad_windows(tokenizer, n: int) -> dict:
-    data = json.loads(SQUAD.read_text())["data"]
-    pairs = [{"id": qa["id"], "question": qa["question"], "context": p["context"]}
-             for a in data for p in a["paragraphs"] for qa in p["qas"]][:n]
+    pairs = read_pairs(str(SQUAD))[0][:n]
     batch = {k: [p[k] for p in pairs] for k in ("id", "question", "context")}
     return make_windows(batch, tokenizer, 160, 64, 32)
 

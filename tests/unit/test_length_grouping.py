@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 from qadist.train_loop import length_grouped
-
-SQUAD = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "squad-v2-dev-sample.json")
 
 
 def chunk_of(lengths: list[int]) -> dict:
@@ -46,11 +41,9 @@ def test_same_seed_same_order_other_seed_other_order():
     assert lengths_in_order != sorted(lengths_in_order)  # the micro-batches are not served shortest first
 
 
-def test_less_padding_on_real_squad_lengths():
+def test_less_padding_on_real_squad_lengths(squad_pairs):
     """Question + context lengths (characters / 4, a token estimate) of the real SQuAD sample, in stream order."""
-    with open(SQUAD) as f:
-        data = json.load(f)["data"]
-    lengths = [min(384, (len(qa["question"]) + len(p["context"])) // 4) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    lengths = [min(384, (len(p["question"]) + len(p["context"])) // 4) for p in squad_pairs]
     rng = np.random.default_rng(0)
     lengths = rng.permutation(lengths)[:1024].tolist()
     chunk = chunk_of(lengths)
