@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from qadist.inference import cpu_has_bf16, run_windows
-from qadist.losses import DistillationLoss
+from qadist.train.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train_loop import build_optimizer, collate_windows, train_step
+from qadist.train.loop import build_optimizer, collate_windows, train_step
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
 

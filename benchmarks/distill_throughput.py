@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 import torch
 
 from qadist.inference import autocast_dtype, qa_logits, run_windows
-from qadist.losses import DistillationLoss
+from qadist.train.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train_loop import build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
+from qadist.train.loop import build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
 # name -> (family, teacher shape, student shape, max_seq_len, batch size); shape = (layers, hidden)

@@ -122,11 +122,11 @@ def main() -> None:
 
     from qadist.config import LabelConfig
     from qadist.inference import pick_device, run_windows
-    from qadist.labels import run_label
+    from qadist.label.stage import run_label
     from qadist.models import load_qa_model
     from qadist.squad.features import make_windows
     from qadist.squad.io import read_pairs
-    from qadist.teacher import padded_tokens
+    from qadist.label.teacher import padded_tokens
 
     root = Path(tempfile.mkdtemp(prefix="qadist-bench-"))
     pairs = [{k: v for k, v in p.items() if k != "answers"} for p in read_pairs(str(SAMPLE))[0]][: args.limit]

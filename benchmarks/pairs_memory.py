@@ -104,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
     import ray
 
     from qadist.config import PairsConfig
-    from qadist.pairs import run_pairs
+    from qadist.pairs.stage import run_pairs
 
     logging.basicConfig(level=logging.WARNING)
     sampler = Sampler()
@@ -154,7 +154,7 @@ def main() -> None:
         child(args)
         return
 
-    from qadist.retrieval import build_tiny_encoder
+    from qadist.pairs.retrieval import build_tiny_encoder
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

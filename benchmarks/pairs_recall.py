@@ -54,7 +54,7 @@ def recall(ranked: dict[str, list[str]], questions: list[dict]) -> tuple[float, 
 
 
 def baseline(model: str, docs: list[dict], questions: list[dict]) -> dict[str, list[str]]:
-    from qadist.retrieval import Encoder
+    from qadist.pairs.retrieval import Encoder
 
     enc = Encoder(model, batch_size=64)
     d = enc.embed([x["text"] for x in docs])
@@ -66,7 +66,7 @@ def baseline(model: str, docs: list[dict], questions: list[dict]) -> dict[str, l
 def run_stage(out: str, model: str, qfile: str, dfile: str, **overrides) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """Run `qadist pairs` (top 5) -> (question id -> ranked doc ids, question id -> its rank-1 pair)."""
     from qadist.config import PairsConfig
-    from qadist.pairs import run_pairs
+    from qadist.pairs.stage import run_pairs
 
     cfg = PairsConfig(questions=qfile, documents=dfile, out=out, model=model, top_k=5, overwrite=True, **overrides)
     run_pairs(cfg)

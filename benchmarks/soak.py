@@ -101,7 +101,7 @@ class Killer(threading.Thread):
 def conservation(out: str, ids: list[str]) -> dict:
     import pyarrow as pa
 
-    from qadist.labels import read_manifest
+    from qadist.label.stage import read_manifest
     from qadist.shards import read_shard
 
     manifest = read_manifest(out)
@@ -116,7 +116,7 @@ def conservation(out: str, ids: list[str]) -> dict:
 
 def run(args, pairs: Path, out: Path, teacher: str, ids: list[str], kill_every: float | None) -> dict:
     from qadist.config import LabelConfig
-    from qadist.labels import run_label
+    from qadist.label.stage import run_label
 
     killer = Killer(kill_every, args.min_age) if kill_every else None
     started = time.perf_counter()

@@ -44,7 +44,7 @@ def evaluation_configs(args: argparse.Namespace) -> tuple[PredictConfig, Evaluat
 
 
 def predict_task(cfg: PredictConfig) -> int:
-    from qadist.predict import run_predict
+    from qadist.answer.predict import run_predict
 
     return len(run_predict(cfg))
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predict, evaluate = evaluation_configs(args)
         predict_on_ray(predict)
-        from qadist.evaluate import run_evaluate
+        from qadist.answer.evaluate import run_evaluate
 
         run_evaluate(evaluate)  # prints the metrics
     except UserError as e:

@@ -55,7 +55,7 @@ def pairs(
 ):
     """Match logged questions to documents with a bi-encoder -> question-document pairs."""
     from qadist.config import PairsConfig, load_config
-    from qadist.pairs import run_pairs
+    from qadist.pairs.stage import run_pairs
 
     run_pairs(load_config(PairsConfig, "pairs", config, _overrides(
         lexical_weight=lexical_weight, batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
@@ -84,7 +84,7 @@ def label(
 ):
     """Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards."""
     from qadist.config import LabelConfig, load_config
-    from qadist.labels import run_label
+    from qadist.label.stage import run_label
 
     run_label(load_config(LabelConfig, "label", config, _overrides(
         pairs=pairs, out=out, teachers=teacher, max_seq_len=max_seq_len, doc_stride=doc_stride,
@@ -118,7 +118,7 @@ def distill(
 ):
     """Train the student on the soft labels with Ray Train."""
     from qadist.config import DistillConfig, load_config
-    from qadist.distill import run_distill
+    from qadist.train.stage import run_distill
 
     run_distill(load_config(DistillConfig, "distill", config, _train_overrides(
         labels=labels, student=student, out=out, temperature=temperature, alpha_kd=alpha_kd, alpha_hard=alpha_hard,
@@ -143,7 +143,7 @@ def finetune(
 ):
     """Fine-tune on gold labels (the distill loop with a_kd = 0)."""
     from qadist.config import FinetuneConfig, load_config
-    from qadist.distill import run_finetune
+    from qadist.train.stage import run_finetune
 
     run_finetune(load_config(FinetuneConfig, "finetune", config, _train_overrides(
         train_file=train_file, model=model, out=out, eval_file=eval_file, epochs=epochs, batch_size=batch_size,
@@ -166,7 +166,7 @@ def predict(
 ):
     """Answer questions with a QA model (batched; CPU or GPU)."""
     from qadist.config import PredictConfig, load_config
-    from qadist.predict import run_predict
+    from qadist.answer.predict import run_predict
 
     run_predict(load_config(PredictConfig, "predict", config, _overrides(
         model=model, data=data, out=out, na_probs=na_probs, batch_size=batch_size, max_seq_len=max_seq_len,
@@ -183,7 +183,7 @@ def evaluate(
 ):
     """Score predictions with the official SQuAD 2.0 metric."""
     from qadist.config import EvaluateConfig, load_config
-    from qadist.evaluate import run_evaluate
+    from qadist.answer.evaluate import run_evaluate
 
     run_evaluate(load_config(EvaluateConfig, "evaluate", config, _overrides(
         data=data, predictions=predictions, na_probs=na_probs, out=out)))
@@ -212,7 +212,7 @@ def demo(
 ):
     """The whole pipeline, embedded and offline on a CPU, with a results table."""
     from qadist.config import DemoConfig, load_config
-    from qadist.demo import run_demo
+    from qadist.demo.run import run_demo
 
     run_demo(load_config(DemoConfig, "demo", config, _overrides(out=out, quick=quick, seed=seed)))
 

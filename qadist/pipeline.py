@@ -38,17 +38,17 @@ def completion_marker(stage: str, cfg: StageConfig) -> str:
 
 def runner(stage: str) -> Callable[[StageConfig], object]:
     if stage == "pairs":
-        from qadist.pairs import run_pairs as run
+        from qadist.pairs.stage import run_pairs as run
     elif stage == "label":
-        from qadist.labels import run_label as run
+        from qadist.label.stage import run_label as run
     elif stage == "distill":
-        from qadist.distill import run_distill as run
+        from qadist.train.stage import run_distill as run
     elif stage == "finetune":
-        from qadist.distill import run_finetune as run
+        from qadist.train.stage import run_finetune as run
     elif stage == "predict":
-        from qadist.predict import run_predict as run
+        from qadist.answer.predict import run_predict as run
     else:
-        from qadist.evaluate import run_evaluate as run
+        from qadist.answer.evaluate import run_evaluate as run
     return run
 
 

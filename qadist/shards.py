@@ -8,7 +8,7 @@ resumed run can rebuild the manifest from the footers of shards it did not compu
 
 Between pipeline stages a whole block of windows travels as one Arrow IPC stream in a binary
 column (`pack`/`unpack`): Ray Data can then never split a block across batches, which is what
-makes one block -> exactly one shard (see `qadist.labels`).
+makes one block -> exactly one shard (see `qadist.label.stage`).
 """
 
 from __future__ import annotations

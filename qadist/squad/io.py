@@ -149,7 +149,7 @@ def iter_raw_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
             for n, row in enumerate(_parquet_rows(file_uri, data), start=1):
                 yield file_uri, n, row
         elif file_uri.endswith(".jsonl"):
-            # Lines end at "\n" only (as in `qadist.blocks`): str.splitlines() would also cut a row at
+            # Lines end at "\n" only (as in `qadist.label.blocks`): str.splitlines() would also cut a row at
             # U+2028, U+0085 or \x1c, which JSON allows unescaped inside strings.
             for n, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
                 if line.strip():

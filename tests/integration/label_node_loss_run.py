@@ -39,7 +39,7 @@ def main(workdir: str, pairs: str, teacher: str, mode: str, deadline_s: str) -> 
     from ray.cluster_utils import Cluster
 
     from qadist.config import LabelConfig
-    from qadist.labels import run_label
+    from qadist.label.stage import run_label
 
     started = time.time()
     step("starting the head", started)

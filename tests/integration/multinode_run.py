@@ -20,8 +20,8 @@ def main(workdir: str, pairs: str, teacher_a: str, teacher_b: str, student: str)
     from ray.cluster_utils import Cluster
 
     from qadist.config import DistillConfig, LabelConfig
-    from qadist.distill import run_distill
-    from qadist.labels import read_manifest, run_label
+    from qadist.train.stage import run_distill
+    from qadist.label.stage import read_manifest, run_label
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
                                                            "include_dashboard": False})

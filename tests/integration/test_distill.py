@@ -23,9 +23,9 @@ import torch
 
 from qadist.config import DistillConfig, FinetuneConfig, PredictConfig
 from qadist.errors import UserError
-from qadist.losses import DistillationLoss
+from qadist.train.losses import DistillationLoss
 from qadist.models import load_qa_model, load_tokenizer
-from qadist.train_loop import STATE_FILE, build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
+from qadist.train.loop import STATE_FILE, build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shard_factory import make_label_shards, sharpen_teacher  # noqa: E402
@@ -83,7 +83,7 @@ def mean_kd(model, rows: dict[str, list], pad_id: int, temperature: float = 2.0)
 
 def agreement(student, teacher, tokenizer, pairs: list[dict]) -> tuple[float, float]:
     """(EM, F1) of the student's answers against the teacher's, on the same windows and post-processing."""
-    from qadist.predict import predict_pairs
+    from qadist.answer.predict import predict_pairs
     from qadist.squad.metrics import squad_v2_metrics
 
     cfg = PredictConfig(model="-", data="-", out="-", **WINDOWS)
@@ -169,14 +169,14 @@ def test_plan_counts_equal_shards_and_partial_groups():
 
 
 def test_student_with_another_tokenizer_is_a_user_error(tiny_models, labels, tmp_path):
-    from qadist.distill import run_distill
+    from qadist.train.stage import run_distill
 
     with pytest.raises(UserError, match="tokenizer"):
         run_distill(DistillConfig(labels=labels, student=tiny_models["albert"], out=str(tmp_path / "out")))
 
 
 def test_missing_manifest_and_unlabelled_train_file_are_user_errors(tiny_models, labels, split_pairs, tmp_path):
-    from qadist.distill import run_distill, run_finetune
+    from qadist.train.stage import run_distill, run_finetune
 
     with pytest.raises(UserError, match="_manifest.json"):
         run_distill(DistillConfig(labels=str(tmp_path), student=tiny_models["student"], out=str(tmp_path / "out")))
@@ -191,7 +191,7 @@ def test_missing_manifest_and_unlabelled_train_file_are_user_errors(tiny_models,
 def test_two_worker_ddp_distills_and_the_student_answers_through_predict(ray_local, tiny_models, labels, split_pairs, tmp_path):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from qadist.distill import run_distill
+    from qadist.train.stage import run_distill
 
     gold = write_jsonl(tmp_path / "gold.jsonl", split_pairs["gold"][:20])
     held = write_jsonl(tmp_path / "held.jsonl", split_pairs["held"][:15])
@@ -229,7 +229,7 @@ def test_two_worker_ddp_distills_and_the_student_answers_through_predict(ray_loc
 
 def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, tiny_models, split_pairs, tmp_path):
     from qadist import storage
-    from qadist.distill import run_finetune
+    from qadist.train.stage import run_finetune
 
     train = write_jsonl(tmp_path / "train.jsonl", split_pairs["gold"])
     model = f"{s3_bucket}/models/student"  # a model kept in S3 (as <out>/final of a distill run into S3 is)
@@ -263,8 +263,8 @@ def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, t
 def test_label_then_distill_then_finetune_end_to_end(ray_local, tiny_models, split_pairs, tmp_path):
     """`qadist label`'s own output (not the test factory) feeds distill; the student then fine-tunes."""
     from qadist.config import LabelConfig
-    from qadist.distill import run_distill, run_finetune
-    from qadist.labels import run_label
+    from qadist.train.stage import run_distill, run_finetune
+    from qadist.label.stage import run_label
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", split_pairs["label"][:60])
     labels_out = str(tmp_path / "labels")
@@ -284,7 +284,7 @@ def test_label_then_distill_then_finetune_end_to_end(ray_local, tiny_models, spl
 @pytest.mark.slow
 def test_student_learns_to_agree_with_the_teacher(ray_local, tiny_models, teacher, split_pairs, tmp_path):
     """From chance to high agreement: EM of the student's answers against the teacher's, held-out pairs."""
-    from qadist.distill import run_distill
+    from qadist.train.stage import run_distill
 
     labels_400 = make_label_shards(tmp_path / "labels", teacher, split_pairs["label"], pairs_per_shard=100, **WINDOWS)
     tokenizer = load_tokenizer(teacher)

@@ -21,7 +21,7 @@ import pytest
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.labels import read, read_manifest
+from qadist.label.stage import read, read_manifest
 from qadist.shards import list_values, read_footer, read_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -214,7 +214,7 @@ def test_squad_json_and_parquet_answers_pass_through(mixed_run, tiny_models):
 
 def test_same_settings_do_nothing_other_settings_are_refused(mixed_run, capsys, caplog):
     args, out = mixed_run["args"], mixed_run["out"]
-    with caplog.at_level("INFO", logger="qadist.labels"):
+    with caplog.at_level("INFO", logger="qadist.label.stage"):
         assert run_cli(*args) == 0
     assert "already complete" in caplog.text
     assert run_cli(*args[:-2], "--combine", "mean_logits") == 2

@@ -28,7 +28,7 @@ import pytest
 from qadist import storage
 from qadist.config import LabelConfig
 from qadist.errors import UserError
-from qadist.labels import read, read_manifest, run_label
+from qadist.label.stage import read, read_manifest, run_label
 from qadist.shards import read_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -236,7 +236,7 @@ def test_a_teacher_that_always_raises_fails_fast_without_a_manifest(tmp_path, sq
     put_pairs(str(tmp_path / "pairs.jsonl"), pairs)
     out = str(tmp_path / "labels")
     started = time.perf_counter()
-    with pytest.raises(Exception, match="must match the size of tensor") as failure, caplog.at_level("ERROR", logger="qadist.labels"):
+    with pytest.raises(Exception, match="must match the size of tensor") as failure, caplog.at_level("ERROR", logger="qadist.label.stage"):
         run_label(LabelConfig(pairs=str(tmp_path / "pairs.jsonl"), out=out, teachers=[broken_teacher], rows_per_shard=20,
                               max_seq_len=128, doc_stride=32))
     print(f"\nfailed after {time.perf_counter() - started:.1f}s with {type(failure.value).__name__}: "
@@ -314,7 +314,7 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
         except BaseException as e:  # noqa: BLE001 (reported by the assertion below)
             results[i] = e
 
-    with caplog.at_level("INFO", logger="qadist.labels"):
+    with caplog.at_level("INFO", logger="qadist.label.stage"):
         threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
@@ -332,7 +332,7 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
 
     before = storage.read_bytes(f"{cfg.out}/_manifest.json")
     caplog.clear()
-    with caplog.at_level("INFO", logger="qadist.labels"):
+    with caplog.at_level("INFO", logger="qadist.label.stage"):
         again = run_label(cfg)  # one after the other: a no-op
     assert "already complete" in caplog.text and json.loads(json.dumps(again)) == stored
     assert storage.read_bytes(f"{cfg.out}/_manifest.json") == before

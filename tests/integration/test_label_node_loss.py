@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from qadist.labels import read_manifest
+from qadist.label.stage import read_manifest
 from qadist.shards import read_shard
 
 HERE = Path(__file__).resolve().parent

@@ -63,7 +63,7 @@ def collection(squad_sample, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
-    from qadist.retrieval import build_tiny_encoder
+    from qadist.pairs.retrieval import build_tiny_encoder
 
     return build_tiny_encoder(str(tmp_path_factory.mktemp("tiny-encoder")))
 
@@ -124,7 +124,7 @@ def test_existing_output_needs_overwrite(collection, minilm_run, capsys):
 
 
 def test_pairs_feed_label_unchanged(collection, minilm_run, tiny_models, tmp_path):
-    labels = pytest.importorskip("qadist.labels")
+    labels = pytest.importorskip("qadist.label.stage")
     out = tmp_path / "labels"
     assert run_cli("label", "--pairs", str(minilm_run / "pairs"), "--out", str(out), "--teacher", tiny_models["teacher_a"]) == 0
     manifest = labels.read_manifest(str(out))
@@ -189,7 +189,7 @@ def test_bad_input_is_a_one_line_error(collection, tiny_encoder, tmp_path, capsy
 
 def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_path, monkeypatch, caplog):
     """faiss installed: HNSW candidates; not installed: a warning and exact search, same output layout."""
-    import qadist.retrieval
+    import qadist.pairs.retrieval
 
     args = ["pairs", "--questions", str(collection["root"] / "questions.jsonl"), "--documents", str(collection["root"] / "documents.jsonl"),
             "--model", tiny_encoder, "--config", str(tmp_path / "c.yaml")]
@@ -203,7 +203,7 @@ def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_pat
         assert run_cli(*args, "--out", str(tmp_path / "ann")) == 0
         manifest = json.loads((tmp_path / "ann" / "_manifest.json").read_text())
         assert manifest["search"].startswith("approximate") and manifest["counts"]["pairs_out"] == 3 * manifest["counts"]["questions_matched"]
-    monkeypatch.setattr(qadist.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
+    monkeypatch.setattr(qadist.pairs.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
     assert run_cli(*args, "--out", str(tmp_path / "exact")) == 0
     manifest = json.loads((tmp_path / "exact" / "_manifest.json").read_text())
     assert manifest["search"] == "exact" and "faiss is not installed" in caplog.text

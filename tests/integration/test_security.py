@@ -99,10 +99,10 @@ def test_remote_code_runs_in_no_stage_unless_the_config_turns_it_on(remote_code_
     from sentence_transformers import SentenceTransformer
 
     from qadist.config import LabelConfig, PredictConfig
-    from qadist.labels import run_label
+    from qadist.label.stage import run_label
     from qadist.models import load_qa_model, load_tokenizer, model_revision
-    from qadist.pairs import load_tokenizer_for
-    from qadist.predict import run_predict
+    from qadist.pairs.stage import load_tokenizer_for
+    from qadist.answer.predict import run_predict
 
     folder, marker = remote_code_model
     model = str(folder)
@@ -168,7 +168,7 @@ def test_saved_models_and_checkpoints_are_safetensors_and_training_state_is_weig
     from dataclasses import asdict
 
     from qadist.models import load_qa_model, load_tokenizer
-    from qadist.train_loop import STATE_FILE, build_optimizer, build_scheduler, plan_steps, save_checkpoint
+    from qadist.train.loop import STATE_FILE, build_optimizer, build_scheduler, plan_steps, save_checkpoint
 
     model, tokenizer = load_qa_model(tiny_models["student"]), load_tokenizer(tiny_models["student"])
     plan = plan_steps(64, 1, 8, 1, 1.0, 0.1)
@@ -203,8 +203,8 @@ def hostile_rows(squad_pairs: list[dict]) -> list[dict]:
 def label_one_block(rows: list[dict], out: str, tokenizer) -> tuple[dict, list[str]]:
     """The label stage's window and write stages for one block, in this process (a fake teacher:
     zero logits); returns the block's counts and the shard name it wrote."""
-    from qadist.blocks import Block, block_name, find_duplicates, scan_block
-    from qadist.label_stages import window_block, write_shards
+    from qadist.label.blocks import Block, block_name, find_duplicates, scan_block
+    from qadist.label.stages import window_block, write_shards
     from qadist.shards import LOGITS_TYPE, list_array, pack
 
     name = block_name("/in", "/in/pairs.json", 0, len(rows))

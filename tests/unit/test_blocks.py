@@ -1,4 +1,4 @@
-"""Row blocks of the label input (`qadist.blocks`) and the shard helpers of `qadist.shards`."""
+"""Row blocks of the label input (`qadist.label.blocks`) and the shard helpers of `qadist.shards`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qadist.blocks import block_name, find_duplicates, plan_blocks, read_block, scan_block
+from qadist.label.blocks import block_name, find_duplicates, plan_blocks, read_block, scan_block
 from qadist.errors import UserError
 from qadist.shards import list_array, list_values, pack, shard_schema, unpack, windows_table
 from qadist.squad.io import Unparsable, iter_raw_rows

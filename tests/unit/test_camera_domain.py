@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from qadist.camera_domain import QUESTIONS, STATEMENTS, DomainSizes, generate_domain, write_domain
+from qadist.demo.camera_domain import QUESTIONS, STATEMENTS, DomainSizes, generate_domain, write_domain
 from qadist.squad.io import read_pairs, validate_pair
 
 SIZES = DomainSizes(teacher=300, logged=600, student=120, test=200)

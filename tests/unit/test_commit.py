@@ -7,7 +7,7 @@ import os
 import time
 
 from qadist import storage
-from qadist.commit import abort_multipart_uploads, sweep, unlisted_files
+from qadist.label.commit import abort_multipart_uploads, sweep, unlisted_files
 
 MANIFEST = {"shards": [{"path": "shards/a.r0-10.parquet"}, {"path": "shards/a.r10-20.parquet"}], "rejects": ["rejects/a.r0-10.jsonl"]}
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from qadist import storage
-from qadist.blocks import Block, block_name, find_duplicates, scan_block
-from qadist.label_stages import window_block
+from qadist.label.blocks import Block, block_name, find_duplicates, scan_block
+from qadist.label.stages import window_block
 from qadist.squad.features import gold_positions, make_windows
 from qadist.squad.io import make_reject, parse_json_line, read_pairs, validate_pair
 from qadist.squad.postprocess import postprocess
@@ -124,8 +124,8 @@ def test_validate_pair_accepts_or_gives_a_reason(raw):
 @given(raw_row)
 def test_pairs_stage_question_and_document_validation_accept_or_give_a_reason(raw):
     """`qadist pairs` validates its own rows (questions, documents): the same property."""
-    from qadist.pairs import validate_question
-    from qadist.passages import validate_document
+    from qadist.pairs.stage import validate_question
+    from qadist.pairs.passages import validate_document
 
     for validate in (validate_question, validate_document):
         row, reason = validate(raw)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from qadist.losses import DistillationLoss
+from qadist.train.losses import DistillationLoss
 
 
 def softmax(xs: list[float], t: float = 1.0) -> list[float]:

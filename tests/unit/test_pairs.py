@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadist.errors import UserError
-from qadist.pairs import PartWriter, QuestionStager, iter_question_rows, normalize_question, validate_question
-from qadist.passages import build_passages, load_documents, split_document, token_windows, validate_document, widen
-from qadist.retrieval import (
+from qadist.pairs.stage import PartWriter, QuestionStager, iter_question_rows, normalize_question, validate_question
+from qadist.pairs.passages import build_passages, load_documents, split_document, token_windows, validate_document, widen
+from qadist.pairs.retrieval import (
     LexicalBatch,
     SearchIndex,
     build_ann,

@@ -1,4 +1,4 @@
-"""The teacher ensemble (`qadist.teacher`): combining logits, padding accounting, the callable class."""
+"""The teacher ensemble (`qadist.label.teacher`): combining logits, padding accounting, the callable class."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
 from qadist.models import load_qa_model, load_tokenizer
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
-from qadist.teacher import TeacherEnsemble, combine_logits, padded_tokens
+from qadist.label.teacher import TeacherEnsemble, combine_logits, padded_tokens
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -2,14 +2,14 @@
 
 How exactly-once works with an at-least-once engine:
 
-1. The driver cuts the input into row blocks of `rows_per_shard` rows (`qadist.blocks`: a few
+1. The driver cuts the input into row blocks of `rows_per_shard` rows (`qadist.label.blocks`: a few
    numbers per block, no rows) and names each block's shard after its file and row range. A shard
    is written whole in one atomic put (rename locally, a single PUT on S3), so a shard that exists
    is complete; blocks whose shard exists are skipped, which is all that resuming is.
 2. A cheap pre-pass (Ray tasks, 16 bytes a row back to the driver) finds duplicate ids across the
    whole input, so "keep the first, reject the rest" means the same rows on every run.
 3. One streaming Ray Data pipeline over the pending blocks, one row per block (the stages are in
-   `qadist.label_stages`): read + validate + window (CPU tasks; bad rows ->
+   `qadist.label.stages`): read + validate + window (CPU tasks; bad rows ->
    `rejects/<block>.jsonl`) -> the teacher ensemble (`ActorPoolStrategy` actors, `num_gpus`
    each) -> write the shard (CPU tasks).
    A block's windows travel as one Arrow IPC cell, so Ray Data's batching can never split or
@@ -38,13 +38,13 @@ import time
 from typing import Any
 
 from qadist import storage
-from qadist.blocks import Block, find_duplicates, plan_blocks, scan_block
-from qadist.commit import sweep
+from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
+from qadist.label.commit import sweep
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError
-from qadist.label_stages import BlockTeacher, memory_mb, window_blocks, write_shards
+from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
 from qadist.shards import SCHEMA_VERSION, read, read_footer, read_manifest  # noqa: F401 (read, read_manifest: the reader API)
-from qadist.teacher import check_shared_tokenizer
+from qadist.label.teacher import check_shared_tokenizer
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "_fingerprint.json"

@@ -27,12 +27,12 @@ import pyarrow.fs as pafs
 from qadist import storage
 from qadist.config import DistillConfig, FinetuneConfig, TrainSettings, to_dict
 from qadist.errors import UserError
-from qadist.labels import read, read_manifest
+from qadist.label.stage import read, read_manifest
 from qadist.models import load_tokenizer, tokenizer_fingerprint
 from qadist.shards import read_footer
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train_loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, local_model, plan_steps, train_loop_per_worker
+from qadist.train.loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, local_model, plan_steps, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

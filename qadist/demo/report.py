@@ -19,9 +19,9 @@ import torch
 
 from qadist import storage
 from qadist.config import PredictConfig
-from qadist.evaluate import gold_answers
+from qadist.answer.evaluate import gold_answers
 from qadist.models import load_qa_model, load_tokenizer
-from qadist.predict import predict_pairs
+from qadist.answer.predict import predict_pairs
 from qadist.squad.metrics import squad_v2_metrics
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`qadist pairs`: logged questions + a document collection -> question-document pairs.
 
-1. Documents are validated, cut into passages (qadist.passages), embedded by a pool of `Encoder`
-   actors in Ray Data, and indexed with BM25 (qadist.retrieval); the index goes once into the
+1. Documents are validated, cut into passages (qadist.pairs.passages), embedded by a pool of `Encoder`
+   actors in Ray Data, and indexed with BM25 (qadist.pairs.retrieval); the index goes once into the
    object store.
 2. Questions stream through the driver once: bad rows and duplicate ids go to rejects, identical
    questions (case and whitespace aside) are merged (the first id is kept, the others listed in
@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 from qadist import storage
 from qadist.config import PairsConfig, to_dict
 from qadist.errors import UserError
-from qadist.passages import build_passages, load_documents, passage_texts
-from qadist.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
+from qadist.pairs.passages import build_passages, load_documents, passage_texts
+from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
 from qadist.squad.io import Unparsable, bad_unicode, iter_raw_rows, make_reject, parse_json_line
 
 log = logging.getLogger(__name__)

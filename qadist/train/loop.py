@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qadist.losses import DistillationLoss, real_at
+from qadist.train.losses import DistillationLoss, real_at
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,8 @@ def save_checkpoint(folder: str, model: torch.nn.Module, tokenizer: Any, qadist_
 def evaluate_model(model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device) -> dict[str, float]:
     """SQuAD 2.0 EM/F1 of the model on labelled pairs, with the shared windows and post-processing."""
     from qadist.config import PredictConfig
-    from qadist.evaluate import gold_answers
-    from qadist.predict import predict_pairs
+    from qadist.answer.evaluate import gold_answers
+    from qadist.answer.predict import predict_pairs
     from qadist.squad.metrics import squad_v2_metrics
 
     pcfg = PredictConfig(model="(training)", data=eval_cfg["file"], out="(memory)", max_seq_len=eval_cfg["max_seq_len"],

@@ -7,7 +7,7 @@
 Every stage runs through the same functions a cluster job calls (`run_finetune`, `run_pairs`,
 `run_label`, `run_distill`, `predict_pairs` and the SQuAD 2.0 metric), on an embedded local Ray:
 
-1. generate the domain (`qadist.camera_domain`): product pages, labelled sets, logged questions;
+1. generate the domain (`qadist.demo.camera_domain`): product pages, labelled sets, logged questions;
 2. teachers: the pretrained all-MiniLM-L6-v2 encoder with a QA head, fine-tuned on the teacher
    set twice with different seeds (the ensemble; ALBERT-xxlarge cannot be had offline);
 3. `pairs`: the logged questions matched to the product pages with the packaged bi-encoder;
@@ -35,9 +35,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 from qadist import storage
-from qadist.camera_domain import DomainSizes, generate_domain, write_domain
+from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
 from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PredictConfig, to_dict
-from qadist.demo_report import Row, report, score
+from qadist.demo.report import Row, report, score
 from qadist.errors import UserError
 from qadist.inference import cpu_has_bf16
 from qadist.squad.io import read_pairs
@@ -228,7 +228,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             run_out = p("models", name)
             with clock.stage(stage):
                 if finished_model(run_out) is None:
-                    from qadist.distill import run_finetune
+                    from qadist.train.stage import run_finetune
 
                     run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, epochs=epochs_for(train, examples),
                                                 learning_rate=train.learning_rate, batch_size=train.batch_size, seed=seed, **shared))
@@ -243,7 +243,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
             print(f"pairs: {accuracy:.1%} of the logged questions were matched to the page they were asked about", flush=True)
         with clock.stage("label: soft labels from the two-teacher ensemble"):
-            from qadist.labels import run_label
+            from qadist.label.stage import run_label
 
             label_manifest = run_label(LabelConfig(pairs=p("pairs", "pairs"), out=p("labels"), teachers=[teacher_a, teacher_b],
                                                    num_cpus_per_actor=threads, batch_size=64, **shared))
@@ -279,7 +279,7 @@ def run_stage_pairs(data: dict[str, str], out: str) -> dict:
     manifest_uri = storage.join(out, "_manifest.json")
     if storage.exists(manifest_uri):
         return json.loads(storage.read_text(manifest_uri))
-    from qadist.pairs import run_pairs
+    from qadist.pairs.stage import run_pairs
 
     return run_pairs(PairsConfig(questions=data["questions"], documents=data["documents"], out=out, top_k=1))
 
@@ -295,7 +295,7 @@ def distill_model(clock: Stopwatch, stage: str, labels: str, student: str, run_o
                   seed: int, shared: dict, cache: str | None) -> str:
     with clock.stage(stage):
         if finished_model(run_out) is None:
-            from qadist.distill import run_distill
+            from qadist.train.stage import run_distill
 
             run_distill(DistillConfig(labels=labels, student=student, out=run_out, epochs=train.epochs, learning_rate=train.learning_rate,
                                       temperature=temperature, alpha_kd=1.0, alpha_hard=0.0, batch_size=train.batch_size, seed=seed, **shared))
