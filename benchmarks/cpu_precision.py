@@ -2,7 +2,7 @@
 
 The same model (the packaged all-MiniLM-L6-v2 encoder with a QA head, 6 layers as the demo's
 teachers and its first 2 as the demo's student), the same windows (real SQuAD 2.0 questions and
-contexts from ../shared/data, cut as the demo cuts them), the same step function
+contexts from tests/data, cut as the demo cuts them), the same step function
 (`qadist.train_loop.train_step`) and forward pass (`qadist.inference.run_windows`). The two
 precisions take turns round by round, so a busy machine slows both alike; the ratio is printed.
 
@@ -27,9 +27,10 @@ from qadist.train.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train.loop import build_optimizer, collate_windows, train_step
+from qadist.train.batches import collate_windows
+from qadist.train.loop import build_optimizer, train_step
 
-SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
+SQUAD = Path(__file__).resolve().parents[1] / "tests" / "data" / "squad-v2-dev-sample.json"
 
 
 def squad_windows(tokenizer, n: int) -> dict:

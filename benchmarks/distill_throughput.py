@@ -38,9 +38,10 @@ from qadist.train.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train.loop import build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
+from qadist.train.batches import collate_windows, plan_steps
+from qadist.train.loop import build_optimizer, build_scheduler, train_step
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v2-dev-sample.json"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "squad-v2-dev-sample.json"
 # name -> (family, teacher shape, student shape, max_seq_len, batch size); shape = (layers, hidden)
 PRESETS = {
     "tiny": ("bert", (6, 384), (2, 128), 192, 16),  # MiniLM-L6-sized teacher

@@ -1,6 +1,6 @@
 """`qadist label` throughput against a bare loop and the padded-to-max_seq_len way, in one run.
 
-On the same pairs (the shared SQuAD 2.0 sample, answers dropped) and the same small model:
+On the same pairs (the SQuAD 2.0 sample in tests/data, answers dropped) and the same small model:
   1. qadist label: the Ray Data pipeline, end to end (windowing, teacher actor, shard writes; the
      actor's start-up and model load included), one actor with `--threads` CPUs (or one GPU);
   2. bare: an in-process loop of the model over pre-tokenized windows in length-sorted batches,
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "squad-v2-dev-sample.json"
+SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 
 
 def build_model(args, root: Path) -> tuple[str, object]:

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SAMPLE = REPO.parent / "shared" / "data" / "squad-v2-dev-sample.json"
+SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 
 
 def children_of(root: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Recall of `qadist pairs` on the shared SQuAD sample: does each question find its own paragraph?
+"""Recall of `qadist pairs` on the SQuAD sample (tests/data): does each question find its own paragraph?
 
 Paragraphs are the documents (id `<title>/<n>`), the answerable questions the logged questions.
 Printed side by side, all with the same model (default: the packaged all-MiniLM-L6-v2):
@@ -21,15 +21,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SAMPLE = REPO.parent / "shared" / "data" / "squad-v2-dev-sample.json"
+SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 
 
 def squad_collection(sample: Path) -> tuple[list[dict], list[dict]]:

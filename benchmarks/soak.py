@@ -8,9 +8,9 @@ throughput ratio faulty/clean. Exit status 1 when any conservation check fails.
     python benchmarks/soak.py                      # 50,000 pairs, a kill every 5 s (of an actor alive >= 10 s)
     python benchmarks/soak.py --pairs 5000 --kill-every 3
 
-The pairs are the shared SQuAD 2.0 sample's questions and contexts (contexts cut to 400 characters),
-repeated under fresh ids. The teacher is a 1-layer, hidden-32 BERT with the MiniLM tokenizer: the
-point is the fault path (actor restarts, retried blocks), not model speed.
+The pairs are the questions and contexts of the SQuAD 2.0 sample in tests/data (contexts cut to
+400 characters), repeated under fresh ids. The teacher is a 1-layer, hidden-32 BERT with the MiniLM
+tokenizer: the point is the fault path (actor restarts, retried blocks), not model speed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "squad-v2-dev-sample.json"
+SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 
 
 def make_pairs(path: Path, n: int) -> list[str]:
@@ -101,7 +101,7 @@ class Killer(threading.Thread):
 def conservation(out: str, ids: list[str]) -> dict:
     import pyarrow as pa
 
-    from qadist.label.stage import read_manifest
+    from qadist.shards import read_manifest
     from qadist.shards import read_shard
 
     manifest = read_manifest(out)

@@ -1,15 +1,22 @@
-"""The `qadist` command: one sub-command per stage. Thin: parse flags, load the config, run a stage.
+"""The `qadist` command: one sub-command per stage, and the only door to them.
+
+Each stage's flags are derived from its pydantic config model (`qadist.config`): a flag per key,
+with the key's help text, so a setting is declared once. A command parses its flags, loads the
+config (YAML, then the flags given on top), opens the stage's console and runs the stage.
 
 Exit codes: 0 success; 2 bad usage, config or input (one line naming the file, key or row and the
-fix); 1 anything else.
+fix), also when the error was raised inside a Ray worker, actor or task; 1 anything else.
 """
 
 from __future__ import annotations
 
-import logging
+import inspect
 import os
 import sys
-from typing import Optional
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -18,6 +25,18 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
+from qadist.config import (
+    DemoConfig,
+    DistillConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    LabelConfig,
+    PairsConfig,
+    PredictConfig,
+    StageConfig,
+    flag_for,
+    load_config,
+)
 from qadist.errors import UserError
 
 app = typer.Typer(
@@ -28,165 +47,137 @@ app = typer.Typer(
     help="Distil a large extractive-QA teacher ensemble into a small, fast student, on Ray.",
 )
 
-ConfigOpt = typer.Option(None, "--config", help="YAML config; flags override its keys.")
-PrecisionOpt = typer.Option(None, "--precision", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16: bf16 on a CPU "
-                            "with AVX512-BF16/AMX: inference ~2x, training ~1.2-1.3x faster than fp32.")
+COMMON = {
+    "config": (Optional[str], typer.Option(None, "--config", help="YAML config; flags override its keys.")),
+    "verbose": (bool, typer.Option(False, "--verbose", help="Show Ray's and qadist's logs here, not only in the log file.")),
+}
 
 
-def _overrides(**kwargs) -> dict:
-    return {k: v for k, v in kwargs.items() if v is not None and v != []}
+def flag_type(annotation: Any) -> tuple[Any, bool]:
+    """A config field's type -> (the Optional type typer parses, whether the flag repeats)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is Literal:
+        return Optional[str], False  # the model names the choices when a value is wrong
+    if typing.get_origin(annotation) is list:
+        return Optional[list[str]], True
+    return Optional[annotation], False
 
 
-@app.command()
-def pairs(
-    config: Optional[str] = ConfigOpt,
-    questions: Optional[str] = typer.Option(None, help="Questions URI (JSONL/Parquet: id, question)."),
-    documents: Optional[str] = typer.Option(None, help="Documents URI (JSONL/Parquet: id, text or context, title)."),
-    out: Optional[str] = typer.Option(None, help="Output folder URI for pairs and rejects."),
-    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or path (default: the packaged all-MiniLM-L6-v2)."),
-    top_k: Optional[int] = typer.Option(None, help="Documents kept per question (each with its best passage)."),
-    min_score: Optional[float] = typer.Option(None, help="Drop matches whose score (cosine + lexical weight x normalised BM25) is below this."),
-    lexical_weight: Optional[float] = typer.Option(None, help="Weight of the normalised BM25 score (0: cosine only)."),
-    batch_size: Optional[int] = typer.Option(None, help="Texts per embedding batch."),
-    num_actors: Optional[int] = typer.Option(None, help="Embedding/matching actors in each pool."),
-    num_gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (0: CPU)."),
-    output_format: Optional[str] = typer.Option(None, help="jsonl (default) or parquet."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing output."),
-):
-    """Match logged questions to documents with a bi-encoder -> question-document pairs."""
-    from qadist.config import PairsConfig, load_config
+def metavar(field: Any) -> str | None:
+    """URI, NAME|PATH, the choices of a Literal, N or X: what a flag's value is."""
+    kind = (field.json_schema_extra or {}).get("kind") if isinstance(field.json_schema_extra, dict) else None
+    if kind:
+        return "URI" if kind == "uri" else "NAME|PATH"
+    annotation = field.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is Literal:
+        return "|".join(map(str, typing.get_args(annotation)))
+    return {int: "N", float: "X", str: "TEXT"}.get(annotation)
+
+
+def stage_options(cls: type[StageConfig]) -> dict[str, tuple[Any, Any]]:
+    """One typer option per config key, spelled by `flag_for`, with the key's help text."""
+    options = {}
+    for name, field in cls.model_fields.items():
+        kind, _ = flag_type(field.annotation)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        spelling = str(extra.get("flag") or flag_for(cls, name))
+        if kind is Optional[bool] and "/" not in spelling:
+            spelling = f"{spelling}/--no-{spelling[2:]}"
+        required = field.is_required()
+        default = "" if required else f" [default: {field.default}]" if field.default not in (None, [], "") else ""
+        help_text = (field.description or "") + (" (required)" if required else default)
+        options[name] = (kind, typer.Option(None, spelling, help=help_text, metavar=metavar(field)))
+    return options
+
+
+def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_text: str,
+            out_key: str | None = "out") -> None:
+    """Register `qadist <name>`: its flags from `cls`, then load the config and run the stage."""
+    params = {**COMMON, **stage_options(cls)}
+
+    def invoke(**kwargs: Any) -> None:
+        from qadist import console
+
+        config, verbose = kwargs.pop("config"), kwargs.pop("verbose")
+        cfg = load_config(cls, name, config, {k: v for k, v in kwargs.items() if v is not None and v != []})
+        with console.session(name, getattr(cfg, out_key, None) if out_key else None, verbose):
+            run(cfg)
+
+    invoke.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for k, (kind, opt) in params.items()])
+    invoke.__annotations__ = {k: kind for k, (kind, _) in params.items()}
+    invoke.__doc__ = help_text
+    app.command(name)(invoke)
+
+
+def _run_pairs(cfg):
     from qadist.pairs.stage import run_pairs
 
-    run_pairs(load_config(PairsConfig, "pairs", config, _overrides(
-        lexical_weight=lexical_weight, batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-        output_format=output_format,
-        questions=questions, documents=documents, out=out, model=model, top_k=top_k, min_score=min_score, overwrite=overwrite)))
+    return run_pairs(cfg)
 
 
-@app.command()
-def label(
-    config: Optional[str] = ConfigOpt,
-    pairs: Optional[str] = typer.Option(None, "--pairs", help="Pairs URI (SQuAD JSON, JSONL or Parquet; file or prefix)."),
-    out: Optional[str] = typer.Option(None, help="Output URI for shards, manifest and rejects."),
-    teacher: Optional[list[str]] = typer.Option(None, "--teacher", help="Teacher model name or path; repeat for an ensemble."),
-    max_seq_len: Optional[int] = typer.Option(None),
-    doc_stride: Optional[int] = typer.Option(None),
-    max_query_len: Optional[int] = typer.Option(None),
-    combine: Optional[str] = typer.Option(None, help="mean_logits (default) or mean_probs."),
-    keep_teacher_logits: Optional[bool] = typer.Option(None, "--keep-teacher-logits", help="Also store each teacher's logits."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per teacher batch."),
-    num_actors: Optional[int] = typer.Option(None, help="Teacher actors in the pool."),
-    num_gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per teacher actor (fractions allowed)."),
-    num_cpus_per_actor: Optional[float] = typer.Option(None, help="CPUs per teacher actor (torch threads on CPU-only actors)."),
-    rows_per_shard: Optional[int] = typer.Option(None, help="Input rows per shard: the unit of work and of resume."),
-    precision: Optional[str] = PrecisionOpt,
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an output made with another config."),
-):
-    """Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards."""
-    from qadist.config import LabelConfig, load_config
+def _run_label(cfg):
     from qadist.label.stage import run_label
 
-    run_label(load_config(LabelConfig, "label", config, _overrides(
-        pairs=pairs, out=out, teachers=teacher, max_seq_len=max_seq_len, doc_stride=doc_stride,
-        max_query_len=max_query_len, combine=combine, keep_teacher_logits=keep_teacher_logits,
-        batch_size=batch_size, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-        num_cpus_per_actor=num_cpus_per_actor, rows_per_shard=rows_per_shard, precision=precision, overwrite=overwrite)))
+    return run_label(cfg)
 
 
-def _train_overrides(**kwargs) -> dict:
-    return _overrides(**kwargs)
-
-
-@app.command()
-def distill(
-    config: Optional[str] = ConfigOpt,
-    labels: Optional[str] = typer.Option(None, help="Soft-label output URI of `qadist label`."),
-    student: Optional[str] = typer.Option(None, help="Student model name or path."),
-    out: Optional[str] = typer.Option(None, help="Output URI for checkpoints and the final student."),
-    temperature: Optional[float] = typer.Option(None),
-    alpha_kd: Optional[float] = typer.Option(None),
-    alpha_hard: Optional[float] = typer.Option(None),
-    train_file: Optional[str] = typer.Option(None, help="Gold-labelled pairs mixed into training."),
-    eval_file: Optional[str] = typer.Option(None, help="SQuAD JSON or pairs with answers, scored after each epoch."),
-    epochs: Optional[float] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per worker per step."),
-    grad_accum: Optional[int] = typer.Option(None),
-    learning_rate: Optional[float] = typer.Option(None),
-    num_workers: Optional[int] = typer.Option(None),
-    use_gpu: Optional[bool] = typer.Option(None, "--use-gpu"),
-    precision: Optional[str] = PrecisionOpt,
-):
-    """Train the student on the soft labels with Ray Train."""
-    from qadist.config import DistillConfig, load_config
+def _run_distill(cfg):
     from qadist.train.stage import run_distill
 
-    run_distill(load_config(DistillConfig, "distill", config, _train_overrides(
-        labels=labels, student=student, out=out, temperature=temperature, alpha_kd=alpha_kd, alpha_hard=alpha_hard,
-        train_file=train_file, eval_file=eval_file, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu, precision=precision)))
+    return run_distill(cfg)
 
 
-@app.command()
-def finetune(
-    config: Optional[str] = ConfigOpt,
-    train_file: Optional[str] = typer.Option(None, help="Labelled pairs or SQuAD JSON."),
-    model: Optional[str] = typer.Option(None, help="Model to fine-tune (e.g. a distilled student)."),
-    out: Optional[str] = typer.Option(None),
-    eval_file: Optional[str] = typer.Option(None),
-    epochs: Optional[float] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    grad_accum: Optional[int] = typer.Option(None),
-    learning_rate: Optional[float] = typer.Option(None),
-    num_workers: Optional[int] = typer.Option(None),
-    use_gpu: Optional[bool] = typer.Option(None, "--use-gpu"),
-    precision: Optional[str] = PrecisionOpt,
-):
-    """Fine-tune on gold labels (the distill loop with a_kd = 0)."""
-    from qadist.config import FinetuneConfig, load_config
+def _run_finetune(cfg):
     from qadist.train.stage import run_finetune
 
-    run_finetune(load_config(FinetuneConfig, "finetune", config, _train_overrides(
-        train_file=train_file, model=model, out=out, eval_file=eval_file, epochs=epochs, batch_size=batch_size,
-        grad_accum=grad_accum, learning_rate=learning_rate, num_workers=num_workers, use_gpu=use_gpu, precision=precision)))
+    return run_finetune(cfg)
 
 
-@app.command()
-def predict(
-    config: Optional[str] = ConfigOpt,
-    model: Optional[str] = typer.Option(None, help="QA model folder or name."),
-    data: Optional[str] = typer.Option(None, help="SQuAD JSON, JSONL or Parquet pairs."),
-    out: Optional[str] = typer.Option(None, help="predictions.json to write."),
-    na_probs: Optional[str] = typer.Option(None, help="na_probs.json to write."),
-    batch_size: Optional[int] = typer.Option(None),
-    max_seq_len: Optional[int] = typer.Option(None),
-    doc_stride: Optional[int] = typer.Option(None),
-    null_threshold: Optional[float] = typer.Option(None, help="Answer '' when null - best span score exceeds this."),
-    use_gpu: Optional[bool] = typer.Option(None, "--use-gpu/--cpu"),
-    precision: Optional[str] = PrecisionOpt,
-):
-    """Answer questions with a QA model (batched; CPU or GPU)."""
-    from qadist.config import PredictConfig, load_config
+def _run_predict(cfg):
     from qadist.answer.predict import run_predict
 
-    run_predict(load_config(PredictConfig, "predict", config, _overrides(
-        model=model, data=data, out=out, na_probs=na_probs, batch_size=batch_size, max_seq_len=max_seq_len,
-        doc_stride=doc_stride, null_threshold=null_threshold, use_gpu=use_gpu, precision=precision)))
+    return run_predict(cfg)
+
+
+def _run_evaluate(cfg):
+    from qadist.answer.evaluate import run_evaluate
+
+    return run_evaluate(cfg)
+
+
+def _run_demo(cfg):
+    from qadist.demo.run import run_demo
+
+    return run_demo(cfg)
+
+
+command("pairs", PairsConfig, _run_pairs, "Match logged questions to documents with a bi-encoder -> question-document pairs.")
+command("label", LabelConfig, _run_label, "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.")
+command("distill", DistillConfig, _run_distill, "Train the student on the soft labels with Ray Train.")
+command("finetune", FinetuneConfig, _run_finetune, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
+command("predict", PredictConfig, _run_predict, "Answer questions with a QA model (batched; CPU or GPU).")
+command("evaluate", EvaluateConfig, _run_evaluate,
+        "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).")
+command("demo", DemoConfig, _run_demo, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 
 @app.command()
-def evaluate(
-    config: Optional[str] = ConfigOpt,
-    data: Optional[str] = typer.Option(None, help="Gold SQuAD JSON or pairs with answers."),
-    predictions: Optional[str] = typer.Option(None, help="predictions.json (id -> answer text)."),
-    na_probs: Optional[str] = typer.Option(None, help="na_probs.json (id -> no-answer probability)."),
-    out: Optional[str] = typer.Option(None, help="Write the metrics JSON here too."),
+def pipeline(
+    config: str = typer.Option(..., "--config", help="A sectioned YAML config: one section per stage to run, in order."),
+    verbose: bool = COMMON["verbose"][1],
 ):
-    """Score predictions with the official SQuAD 2.0 metric."""
-    from qadist.config import EvaluateConfig, load_config
-    from qadist.answer.evaluate import run_evaluate
+    """Every stage section of the config in order; a stage whose output is complete is skipped."""
+    from qadist import console
+    from qadist.pipeline import run_pipeline
 
-    run_evaluate(load_config(EvaluateConfig, "evaluate", config, _overrides(
-        data=data, predictions=predictions, na_probs=na_probs, out=out)))
+    with console.session("pipeline", None, verbose):
+        run_pipeline(config)
 
 
 @app.command("tiny-model")
@@ -203,22 +194,31 @@ def tiny_model(
     print(build_tiny_model(family, out, seed=seed, num_layers=layers, hidden=hidden))
 
 
-@app.command()
-def demo(
-    config: Optional[str] = ConfigOpt,
-    out: Optional[str] = typer.Option(None, help="Folder (or s3:// URI) for every stage's artifacts."),
-    quick: Optional[bool] = typer.Option(None, "--quick", help="Every stage at a reduced size (about 5 minutes on 2 cores), as CI runs it."),
-    seed: Optional[int] = typer.Option(None),
-):
-    """The whole pipeline, embedded and offline on a CPU, with a results table."""
-    from qadist.config import DemoConfig, load_config
-    from qadist.demo.run import run_demo
+def user_error_in(error: BaseException, depth: int = 0) -> UserError | None:
+    """The innermost UserError behind `error`: what a Ray task, actor or Train worker raised (Ray
+    wraps it: RayTaskError.cause, WorkerGroupError.worker_failures, ...), a cause, or `error` itself."""
+    if depth > 8:
+        return None
+    inner: list[Any] = [getattr(error, "cause", None), getattr(error, "controller_failure", None), error.__cause__]
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict):
+        inner += list(failures.values())
+    inner.append(error.__context__)
+    for e in inner:
+        if isinstance(e, BaseException) and e is not error:
+            found = user_error_in(e, depth + 1)
+            if found is not None:
+                return found
+    return error if isinstance(error, UserError) else None
 
-    run_demo(load_config(DemoConfig, "demo", config, _overrides(out=out, quick=quick, seed=seed)))
+
+def one_line(error: UserError) -> str:
+    """A UserError's own message (a Ray wrapper's class may carry a traceback in str())."""
+    text = str(error.args[0]) if error.args else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("QADIST_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = app(args=argv, prog_name="qadist", standalone_mode=False)
@@ -229,12 +229,15 @@ def main(argv: list[str] | None = None) -> None:
         cmd = e.ctx.command_path if e.ctx else "qadist"
         print(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", file=sys.stderr)
         sys.exit(2)
-    except UserError as e:
-        print(f"qadist: error: {e}", file=sys.stderr)
-        sys.exit(2)
     except typer.Abort:
         print("qadist: aborted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        user = user_error_in(e)
+        if user is None:
+            raise
+        print(f"qadist: error: {one_line(user)}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

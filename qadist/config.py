@@ -7,6 +7,7 @@ fail before any work starts, with a one-line error naming the file and the key.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -18,24 +19,92 @@ from qadist.errors import UserError
 PRODUCTION_TEACHER = "ahotrod/albert_xxlargev1_squad2_512"
 PRODUCTION_STUDENT = "albert-base-v2"
 PRODUCTION_ENCODER = "sentence-transformers/multi-qa-MiniLM-L6-cos-v1"
-STAGES = ("pairs", "label", "distill", "finetune", "predict", "evaluate", "demo")
+STAGES = ("pairs", "label", "distill", "finetune", "predict", "evaluate", "demo")  # sections of a config file
+
+
+def Uri(default: Any = ..., help: str = "") -> Any:  # noqa: N802 (a Field factory)
+    """A file or folder URI: a local path (made absolute on the driver, so Ray workers anywhere
+    find it), file://... or s3://bucket/prefix."""
+    return Field(default, description=help, json_schema_extra={"kind": "uri"})
+
+
+def Model(default: Any = ..., help: str = "", flag: str | None = None) -> Any:  # noqa: N802
+    """A model: a Hugging Face name, a local save_pretrained folder (made absolute) or an s3:// folder."""
+    extra: dict[str, Any] = {"kind": "model"}
+    if flag:
+        extra["flag"] = flag
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+def Opt(default: Any = None, help: str = "", flag: str | None = None, **constraints: Any) -> Any:  # noqa: N802
+    """A plain setting with its help text (and a flag spelling when it is not `--<name>`)."""
+    return Field(default, description=help, json_schema_extra={"flag": flag} if flag else None, **constraints)
+
+
+def _looks_like_path(value: str) -> bool:
+    # Hub names are `name` or `org/name`; anything else with a slash, or starting like a path, is a folder.
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or os.sep != "/" and os.sep in value
+
+
+def resolve_uri(value: str) -> str:
+    if "://" in value and not value.startswith("file://"):
+        return value
+    return os.path.abspath(os.path.expanduser(value.removeprefix("file://")))
+
+
+def resolve_model(value: str) -> str:
+    """A local folder -> its absolute path; a hub name or s3:// URI as it is; a missing folder: an error."""
+    if value.startswith("s3://") or value.startswith("packaged:"):
+        return value
+    path = os.path.expanduser(value.removeprefix("file://"))
+    if os.path.isdir(path):
+        return os.path.abspath(path)
+    if _looks_like_path(value):
+        raise ValueError(f"no model folder at {os.path.abspath(path)}; give an existing save_pretrained folder, "
+                         "a Hugging Face model name or an s3:// folder")
+    return value
 
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_paths(cls, values: Any) -> Any:
+        """Every path is resolved where the config is made (the driver): relative paths then work from
+        any directory, and in Ray workers whose working directory is elsewhere."""
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for name, field in cls.model_fields.items():
+            kind = (field.json_schema_extra or {}).get("kind") if isinstance(field.json_schema_extra, dict) else None
+            value = out.get(name)
+            if kind is None or value is None:
+                continue
+            resolve = resolve_uri if kind == "uri" else resolve_model
+            try:
+                if isinstance(value, str):
+                    out[name] = resolve(value)
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    out[name] = [resolve(v) for v in value]
+            except ValueError as e:
+                raise ValueError(f"key '{name}': {e}") from e
+        return out
+
 
 # Compute precision of forward (and backward) passes: "auto" = bf16 autocast on a GPU (fp16 where
 # it has no bf16), fp32 on a CPU; "bf16" on a CPU with AVX512-BF16/AMX: inference ~2x, training ~1.2-1.3x faster.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISION_HELP = ("auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16; bf16 on a CPU with AVX512-BF16/AMX: "
+                  "inference ~2x, training ~1.2-1.3x faster than fp32")
 
 
 class WindowSettings(StageConfig):
     """How contexts are cut into windows (the same for teacher, student and prediction)."""
 
-    max_seq_len: int = Field(384, ge=16)
-    doc_stride: int = Field(128, ge=0)
-    max_query_len: int = Field(64, ge=4)
+    max_seq_len: int = Opt(384, "Tokens per window (question + context + special tokens).", ge=16)
+    doc_stride: int = Opt(128, "Tokens shared by consecutive windows of a long context.", ge=0)
+    max_query_len: int = Opt(64, "Question tokens kept (longer questions are cut).", ge=4)
 
     @model_validator(mode="after")
     def _lengths_fit(self):
@@ -48,113 +117,124 @@ class WindowSettings(StageConfig):
 
 
 class PairsConfig(StageConfig):
-    questions: str
-    documents: str
-    out: str
-    model: str = "packaged:all-MiniLM-L6-v2"
-    top_k: int = Field(1, ge=1)
-    min_score: float | None = None
-    passage_tokens: int = Field(128, ge=16)
-    passage_overlap: int = Field(32, ge=0)
-    context_tokens: int = Field(300, ge=0)  # a pair's context: the passage widened to this many tokens (0: passage only)
-    lexical_weight: float = Field(1.0, ge=0)  # score = cosine + lexical_weight * normalised BM25 (0: dense only)
-    batch_size: int = Field(256, ge=1)
-    num_actors: int = Field(1, ge=1)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
-    approximate_above: int = Field(1_000_000, ge=0)
-    output_format: Literal["jsonl", "parquet"] = "jsonl"
-    rows_per_file: int = Field(10_000, ge=1)
-    overwrite: bool = False
+    questions: str = Uri(help="Questions URI (JSONL/Parquet: id, question).")
+    documents: str = Uri(help="Documents URI (JSONL/Parquet: id, text or context, title).")
+    out: str = Uri(help="Output folder URI for pairs and rejects.")
+    model: str = Opt("packaged:all-MiniLM-L6-v2", "sentence-transformers model name or path (default: the packaged all-MiniLM-L6-v2).")
+    top_k: int = Opt(1, "Documents kept per question (each with its best passage).", ge=1)
+    min_score: float | None = Opt(None, "Drop matches whose score (cosine + lexical weight x normalised BM25) is below this.")
+    passage_tokens: int = Opt(128, "Tokens of the embedding model per passage.", ge=16)
+    passage_overlap: int = Opt(32, "Tokens shared by consecutive passages.", ge=0)
+    context_tokens: int = Opt(300, "A pair's context: the passage widened to this many tokens (0: the passage only).", ge=0)
+    lexical_weight: float = Opt(1.0, "Weight of the normalised BM25 score (0: cosine only).", ge=0)
+    batch_size: int = Opt(256, "Texts per embedding batch.", ge=1)
+    num_actors: int = Opt(1, "Embedding/matching actors in each pool.", ge=1)
+    num_gpus_per_actor: float = Opt(0.0, "GPUs per actor (0: CPU).", ge=0)
+    approximate_above: int = Opt(1_000_000, "Passages above which search is approximate (with faiss installed).", ge=0)
+    output_format: Literal["jsonl", "parquet"] = Opt("jsonl", "jsonl or parquet.")
+    rows_per_file: int = Opt(10_000, "Pairs per output part file.", ge=1)
+    overwrite: bool = Opt(False, "Replace an existing output.")
 
 
 class LabelConfig(WindowSettings):
-    pairs: str
-    out: str
-    teachers: list[str] = Field(min_length=1)
-    revisions: list[str] | None = None
-    combine: Literal["mean_logits", "mean_probs"] = "mean_logits"
-    keep_teacher_logits: bool = False
-    batch_size: int = Field(64, ge=1)
-    num_actors: int = Field(1, ge=1)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
-    num_cpus_per_actor: float = Field(1.0, gt=0)  # also the torch threads of a CPU-only actor
-    precision: Precision = "auto"
-    spread_actors: bool = False  # place teacher actors on different nodes (Ray's SPREAD strategy)
-    rows_per_shard: int = Field(10_000, ge=1)
-    max_context_chars: int = Field(100_000, ge=1)
-    overwrite: bool = False
-    trust_remote_code: bool = False
+    pairs: str = Uri(help="Pairs URI (SQuAD JSON, JSONL or Parquet; file or prefix).")
+    out: str = Uri(help="Output URI for shards, manifest and rejects.")
+    teachers: list[str] = Model(help="Teacher model name or path; repeat for an ensemble.", flag="--teacher")
+    revisions: list[str] | None = Opt(None, "Hub revision of each teacher, in --teacher order (default: the resolved commit).",
+                                      flag="--revision")
+    combine: Literal["mean_logits", "mean_probs"] = Opt("mean_logits", "How the ensemble's logits are combined.")
+    keep_teacher_logits: bool = Opt(False, "Also store each teacher's logits.")
+    batch_size: int = Opt(64, "Windows per teacher batch.", ge=1)
+    num_actors: int = Opt(1, "Teacher actors in the pool.", ge=1)
+    num_gpus_per_actor: float = Opt(0.0, "GPUs per teacher actor (fractions allowed).", ge=0)
+    num_cpus_per_actor: float = Opt(1.0, "CPUs per teacher actor (torch threads on CPU-only actors).", gt=0)
+    precision: Precision = Opt("auto", PRECISION_HELP)
+    spread_actors: bool = Opt(False, "Place teacher actors on different nodes (Ray's SPREAD strategy).")
+    rows_per_shard: int = Opt(10_000, "Input rows per shard: the unit of work and of resume.", ge=1)
+    max_context_chars: int = Opt(100_000, "Longer contexts are rejected.", ge=1)
+    overwrite: bool = Opt(False, "Replace an output made with another config.")
+    trust_remote_code: bool = Opt(False, "Run code shipped in a model folder (off: only safetensors/weights are read).")
 
 
 class TrainSettings(WindowSettings):
     """Optimiser, schedule and scale settings shared by distill and finetune."""
 
-    out: str
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    # How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node.
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    checkpoint_every: int = Field(500, ge=1)
-    max_failures: int = Field(2, ge=0)
-    keep_checkpoints: int = Field(2, ge=1)
-    shuffle_buffer: int = Field(2048, ge=0)  # windows in each worker's local shuffle buffer; 0 = stream order
-    # Micro-batches drawn together and re-cut by window length: less padding (SQuAD windows: 1.68
-    # padded tokens per real token in stream order, 1.08 in groups of 8); 1 = stream order.
-    length_group: int = Field(1, ge=1)
-    precision: Precision = "auto"
-    eval_file: str | None = None
-    seed: int = 0
-    trust_remote_code: bool = False
+    out: str = Uri(help="Output URI for checkpoints and the final model (<out>/final).")
+    epochs: float = Opt(2.0, "Passes over the training windows (fractions allowed).", gt=0)
+    batch_size: int = Opt(32, "Windows per worker per micro-batch.", ge=1)
+    grad_accum: int = Opt(1, "Micro-batches per optimizer step.", ge=1)
+    learning_rate: float = Opt(5e-5, "Peak learning rate (linear warm-up and decay).", gt=0)
+    weight_decay: float = Opt(0.01, "AdamW weight decay (not on biases and norms).", ge=0)
+    warmup_ratio: float = Opt(0.1, "Fraction of the steps spent warming up.", ge=0, le=1)
+    max_grad_norm: float = Opt(1.0, "Gradient clipping norm.", gt=0)
+    num_workers: int = Opt(1, "Ray Train workers (one per GPU with --use-gpu).", ge=1)
+    use_gpu: bool = Opt(False, "Train on GPUs (one per worker).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Opt(
+        "PACK", "How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node.")
+    checkpoint_every: int = Opt(500, "Optimizer steps between checkpoints.", ge=1)
+    max_failures: int = Opt(2, "Worker-group restarts from the last checkpoint before the run fails.", ge=0)
+    keep_checkpoints: int = Opt(2, "Checkpoints kept.", ge=1)
+    shuffle_buffer: int = Opt(2048, "Windows in each worker's local shuffle buffer (0: stream order).", ge=0)
+    length_group: int = Opt(1, "Micro-batches drawn together and re-cut by window length (less padding; 1: stream order).", ge=1)
+    precision: Precision = Opt("auto", PRECISION_HELP)
+    eval_file: str | None = Uri(None, "SQuAD JSON or pairs with answers, scored after each epoch.")
+    seed: int = Opt(0, "Seed of initialisation, shuffling and dropout.")
+    trust_remote_code: bool = Opt(False, "Run code shipped in a model folder.")
 
 
 class DistillConfig(TrainSettings):
-    labels: str
-    student: str
-    temperature: float = Field(2.0, gt=0)
-    alpha_kd: float = Field(1.0, ge=0)
-    alpha_hard: float = Field(0.0, ge=0)
-    train_file: str | None = None
+    labels: str = Uri(help="Soft-label output URI of `qadist label`.")
+    student: str = Model(help="Student model name or path (an initialisation).")
+    temperature: float = Opt(2.0, "Softmax temperature T of the KD loss.", gt=0)
+    alpha_kd: float = Opt(1.0, "Weight of the KD loss.", ge=0)
+    alpha_hard: float = Opt(0.0, "Weight of the gold-label loss (windows with gold labels only).", ge=0)
+    train_file: str | None = Uri(None, "Gold-labelled pairs mixed into training.")
 
 
 class FinetuneConfig(TrainSettings):
-    train_file: str
-    model: str
-    epochs: float = Field(3.0, gt=0)
+    train_file: str = Uri(help="Labelled pairs or SQuAD JSON.")
+    model: str = Model(help="Model to fine-tune (e.g. a distilled student's <out>/final).")
+    epochs: float = Opt(3.0, "Passes over the labelled windows.", gt=0)
 
 
-class PredictConfig(WindowSettings):
-    model: str
-    data: str
-    out: str
-    na_probs: str | None = None
-    batch_size: int = Field(64, ge=1)
-    n_best: int = Field(20, ge=1)
-    max_answer_len: int = Field(30, ge=1)
-    null_threshold: float = 0.0
-    use_gpu: bool | None = None
-    precision: Precision = "auto"
-    trust_remote_code: bool = False
+class AnswerSettings(WindowSettings):
+    """How a model answers: batching, post-processing, device (shared by predict and evaluate)."""
+
+    batch_size: int = Opt(64, "Windows per forward pass.", ge=1)
+    n_best: int = Opt(20, "Start/end candidates considered per window.", ge=1)
+    max_answer_len: int = Opt(30, "Longest answer, in tokens.", ge=1)
+    null_threshold: float = Opt(0.0, "Answer '' when the null score minus the best span score exceeds this.")
+    use_gpu: bool | None = Opt(None, "GPU or CPU (default: a GPU when there is one).", flag="--use-gpu/--cpu")
+    precision: Precision = Opt("auto", PRECISION_HELP)
+    trust_remote_code: bool = Opt(False, "Run code shipped in a model folder.")
 
 
-class EvaluateConfig(StageConfig):
-    data: str
-    predictions: str
-    na_probs: str | None = None
-    na_prob_thresh: float = 1.0
-    out: str | None = None
+class PredictConfig(AnswerSettings):
+    model: str = Model(help="QA model folder or name.")
+    data: str = Uri(help="SQuAD JSON, JSONL or Parquet pairs.")
+    out: str = Uri(help="predictions.json to write (id -> answer text).")
+    na_probs: str | None = Uri(None, "na_probs.json to write (id -> no-answer probability).")
+
+
+class EvaluateConfig(AnswerSettings):
+    data: str = Uri(help="Gold SQuAD JSON or pairs with answers.")
+    model: str | None = Model(None, "A model to answer `data` first (predict and score in one); else --predictions is read.")
+    predictions: str | None = Uri(None, "predictions.json: read, or written when --model is given.")
+    na_probs: str | None = Uri(None, "na_probs.json: read, or written when --model is given.")
+    na_prob_thresh: float = Opt(1.0, "No-answer probability above which a prediction counts as no answer.")
+    out: str | None = Uri(None, "Write the metrics JSON here too.")
+
+    @model_validator(mode="after")
+    def _predictions_or_model(self):
+        if self.model is None and self.predictions is None:
+            raise ValueError("give --predictions (a predictions.json) or --model (to predict first)")
+        return self
 
 
 class DemoConfig(StageConfig):
-    out: str = "qadist-demo"
-    quick: bool = False
-    seed: int = 0
+    out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
+    quick: bool = Opt(False, "Every stage at a reduced size (about 5 minutes on 2 cores), as CI runs it.")
+    seed: int = Opt(0, "Seed of the generated domain and of every model.")
 
 
 Config = TypeVar("Config", bound=StageConfig)
@@ -184,13 +264,21 @@ def stage_section(data: dict[str, Any], stage: str, path: str) -> dict[str, Any]
     return section
 
 
+def flag_for(cls: type[StageConfig], name: str) -> str:
+    """The command-line flag of a config key: `--<key with dashes>` unless the field names another
+    (`teachers` -> `--teacher`, repeated); a `--x/--y` pair is given as its first spelling."""
+    field = cls.model_fields.get(name)
+    extra = field.json_schema_extra if field is not None and isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag") or f"--{name.replace('_', '-')}").split("/")[0]
+
+
 def describe_error(e: ValidationError, cls: type[StageConfig], source: str) -> str:
     err = e.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(config)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; valid keys are: {', '.join(cls.model_fields)}"
     if err["type"] == "missing":
-        return f"{source}: missing required key '{key}'; set it in the config or with --{key.replace('_', '-')}"
+        return f"{source}: missing required key '{key}'; set it in the config or with {flag_for(cls, key)}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{source}: key '{key}': {msg} (got {err.get('input')!r})" if err["loc"] else f"{source}: {msg}"
 

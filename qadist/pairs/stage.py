@@ -32,17 +32,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qadist import storage
+from qadist import console, storage
 from qadist.config import PairsConfig, to_dict
 from qadist.errors import UserError
 from qadist.pairs.passages import build_passages, load_documents, passage_texts
+from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
+from qadist.runtime import ensure_ray
 from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
-from qadist.squad.io import Unparsable, bad_unicode, iter_raw_rows, make_reject, parse_json_line
+from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-QUESTION_SUFFIXES = (".json", ".jsonl", ".parquet")
+PAIRS_FORMAT_VERSION = 1  # of the pairs manifest
+CLAIM = "_qadist_pairs_run.json"
 OUTPUT_DIRS = ("pairs", "rejects", "duplicates", "_work")
 STAGE_ROWS = 4096  # unique questions per staged file: the unit of work of a matching actor
 PASSAGE_BLOCK = 4096
@@ -57,46 +59,16 @@ def validate_question(raw: Any) -> tuple[dict | None, str | None]:
     """A raw row -> ({id, question}, None) or (None, the reason it cannot be used)."""
     if not isinstance(raw, dict):
         return None, f"row is {type(raw).__name__}, not a JSON object"
-    qid = raw.get("id")
-    if qid is None or (isinstance(qid, str) and not qid.strip()):
-        return None, "missing field 'id'"
-    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-        return None, f"field 'id' is {type(qid).__name__}, not a string"
-    question = raw.get("question")
-    if question is None:
-        return None, "missing field 'question'"
-    if not isinstance(question, str):
-        return None, f"field 'question' is {type(question).__name__}, not a string"
-    if not question.strip():
-        return None, "field 'question' is empty"
-    reason = bad_unicode([("id", str(qid)), ("question", question)])
+    qid, reason = check_id(raw)
     if reason:
         return None, reason
-    return {"id": str(qid), "question": question}, None
-
-
-def iter_question_rows(uri: str) -> Iterator[tuple[str, int, Any]]:
-    """(file, row number from 1, raw row or `Unparsable`), streaming: JSONL line by line, Parquet
-    by record batch (a .json file, a list or SQuAD, is read whole)."""
-    files = storage.list_files(uri, QUESTION_SUFFIXES)
-    if not files:
-        raise UserError(f"{uri}: no .jsonl, .parquet or .json files found; check --questions")
-    for file_uri in files:
-        fs, path = storage.resolve(file_uri)
-        if file_uri.endswith(".jsonl"):
-            with fs.open_input_stream(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as lines:
-                for n, line in enumerate(lines, start=1):
-                    if line.strip():
-                        yield file_uri, n, parse_json_line(line)
-        elif file_uri.endswith(".parquet"):
-            with fs.open_input_file(path) as f:
-                n = 0
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
-                    for row in batch.to_pylist():
-                        n += 1
-                        yield file_uri, n, row
-        else:
-            yield from iter_raw_rows(file_uri)
+    question, reason = check_text(raw, "question")
+    if reason:
+        return None, reason
+    reason = bad_unicode([("id", qid), ("question", question)])
+    if reason:
+        return None, reason
+    return {"id": qid, "question": question}, None
 
 
 class PartWriter:
@@ -233,13 +205,17 @@ def embed_passages(texts: list[str], cfg: PairsConfig) -> np.ndarray:
     return emb
 
 
-def prepare_out(cfg: PairsConfig) -> str:
-    manifest = storage.join(cfg.out, "_manifest.json")
-    if storage.exists(manifest) and not cfg.overwrite:
-        raise UserError(f"{cfg.out}: already holds a finished output (_manifest.json); pass --overwrite to replace it, or choose another --out")
-    for name in (*OUTPUT_DIRS, "_manifest.json"):
+def prepare_out(cfg: PairsConfig) -> dict | None:
+    """Claim `cfg.out` for these settings; the manifest when the same run already finished (a no-op
+    re-run). A run killed part way is redone from the start: its leftovers are deleted."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
+    resumed = claim(cfg.out, CLAIM, settings, what="pairs", overwrite=cfg.overwrite, parts=(*OUTPUT_DIRS, MANIFEST),
+                    foreign=(MANIFEST, "pairs"), fix="use another --out, or pass --overwrite to replace them")
+    if resumed and storage.exists(manifest_uri(cfg.out)):
+        return read_json(manifest_uri(cfg.out))
+    for name in OUTPUT_DIRS:
         storage.delete(storage.join(cfg.out, name))
-    return manifest
+    return None
 
 
 def load_tokenizer_for(model: str) -> Any:
@@ -294,7 +270,6 @@ def pair_row(r: dict[str, Any], docs: list[dict], passages: dict[str, np.ndarray
 
 def run_pairs(cfg: PairsConfig) -> dict:
     """Run the whole stage; returns the manifest."""
-    import ray
     import ray.data
 
     started = time.perf_counter()
@@ -305,11 +280,15 @@ def run_pairs(cfg: PairsConfig) -> dict:
         raise UserError(f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); lower --passage-tokens")
     tokenizer = load_tokenizer_for(cfg.model)
     docs, doc_rejects = load_documents(cfg.documents)
-    manifest_uri = prepare_out(cfg)
+    finished = prepare_out(cfg)
+    if finished is not None:
+        console.summary(f"qadist pairs: {cfg.out} is complete with these settings ({finished['counts']['pairs_out']:,} pairs); nothing to do")
+        return finished
+    ray = ensure_ray()
 
     # Pass 1: questions, streamed through the driver.
     stager = QuestionStager(cfg.out)
-    for source, n, raw in iter_question_rows(cfg.questions):
+    for source, n, raw in iter_raw_rows(cfg.questions, "--questions"):
         stager.add(source, n, raw)
     stager.finish()
     if not stager.rep_ids:
@@ -325,10 +304,10 @@ def run_pairs(cfg: PairsConfig) -> dict:
     # The index: passages, embeddings, BM25; once into the object store.
     passages = build_passages(docs, tokenizer, cfg.passage_tokens, cfg.passage_overlap, cfg.context_tokens)
     n_passages = len(passages["doc"])
-    log.info("pairs: %d documents (%d rejected) -> %d passages of %d tokens (overlap %d); %d questions read, "
-             "%d unique, %d merged as identical, %d rejected; model %s, top_k=%d, min_score=%s",
-             len(docs), len(doc_rejects), n_passages, cfg.passage_tokens, cfg.passage_overlap, stager.rows_in,
-             len(stager.rep_ids), stager.duplicates.rows, stager.rejects.rows, cfg.model, cfg.top_k, cfg.min_score)
+    console.banner(f"qadist pairs: {stager.rows_in:,} questions ({len(stager.rep_ids):,} unique, {stager.duplicates.rows:,} merged as "
+                   f"identical, {stager.rejects.rows:,} rejected) x {len(docs):,} documents ({len(doc_rejects):,} rejected) -> "
+                   f"{n_passages:,} passages of {cfg.passage_tokens} tokens (overlap {cfg.passage_overlap}); model {cfg.model}, "
+                   f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}")
     emb = embed_passages(list(passage_texts(docs, passages)), cfg)
     index = build_index(emb, passages, passage_texts(docs, passages), cfg.approximate_above)
     log_index(index)
@@ -377,7 +356,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     assert counts["questions_in"] == matched + counts["questions_duplicate"] + counts["questions_rejected"], counts
     rel = lambda files: [{"path": f["path"][len(cfg.out.rstrip('/')) + 1:], "rows": f["rows"]} for f in files]  # noqa: E731
     manifest = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": PAIRS_FORMAT_VERSION,
         "stage": "pairs",
         "config": to_dict(cfg),
         "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
@@ -387,9 +366,9 @@ def run_pairs(cfg: PairsConfig) -> dict:
                   "duplicates": rel(stager.duplicates.files)},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if not storage.write_if_absent(manifest_uri, json.dumps(manifest, indent=2).encode("utf-8")):
-        raise UserError(f"{manifest_uri}: another run wrote this output at the same time; run again with --overwrite")
-    log.info("pairs: %d questions in -> %d matched (%d pairs), %d merged as identical, %d rejected (%d below min_score) "
-             "in %.0fs -> %s", counts["questions_in"], matched, pairs.rows, counts["questions_duplicate"],
-             counts["questions_rejected"], unmatched.rows, manifest["seconds"], cfg.out)
+    if not storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8")):
+        raise UserError(f"{manifest_uri(cfg.out)}: another run wrote this output at the same time; run again with --overwrite")
+    console.summary(f"qadist pairs: {counts['questions_in']:,} questions in -> {matched:,} matched ({pairs.rows:,} pairs), "
+                    f"{counts['questions_duplicate']:,} merged as identical, {counts['questions_rejected']:,} rejected "
+                    f"({unmatched.rows:,} below min_score) in {manifest['seconds']:.0f}s -> {cfg.out}")
     return manifest

@@ -14,28 +14,24 @@ already consumed.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
-from qadist.train.losses import DistillationLoss, real_at
+from qadist.train.batches import MODEL_INPUTS, Plan, collate_windows, group_counts, length_grouped
+from qadist.train.checkpoint import load_state, save_checkpoint, unwrap
+from qadist.train.losses import DistillationLoss
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-STATE_FILE = "training_state.pt"
-QADIST_CONFIG_FILE = "qadist_config.json"
 
 
 def worker_node_ids() -> list[str]:
@@ -49,100 +45,6 @@ def worker_node_ids() -> list[str]:
     nodes: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(nodes, node)
     return [str(n) for n in nodes]
-
-
-@dataclass
-class Plan:
-    """Step arithmetic, known before training starts (for the scheduler and the banner)."""
-
-    windows: int
-    num_workers: int
-    batch_size: int
-    grad_accum: int
-    windows_per_worker: int
-    micro_batches_per_epoch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.num_workers * self.grad_accum
-
-
-def plan_steps(windows: int, num_workers: int, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float) -> Plan:
-    """Ray Train splits the dataset into equal shards (`streaming_split(equal=True)`), so every
-    worker sees `windows // num_workers` windows per epoch; the last micro-batch may be short."""
-    per_worker = windows // num_workers
-    micro = math.ceil(per_worker / batch_size)
-    per_epoch = math.ceil(micro / grad_accum)
-    total = max(1, math.ceil(epochs * per_epoch))
-    return Plan(windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total))
-
-
-def length_grouped(chunk: dict[str, Any], batch_size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """A chunk of window rows -> micro-batches of `batch_size` rows of similar length, in random order.
-
-    Rows are sorted by window length (stable, so ties keep stream order) and cut into consecutive
-    micro-batches (only the last may be short), so a chunk of n rows gives ceil(n / batch_size)
-    micro-batches, as an ungrouped stream would. Less padding, less compute: with short pages
-    and long ones mixed, a batch padded to its longest window wastes a third of its tokens.
-    """
-    lengths = np.fromiter((len(x) for x in chunk["input_ids"]), dtype=np.int64, count=len(chunk["input_ids"]))
-    order = np.argsort(lengths, kind="stable")
-    pieces = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [{k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in chunk.items()}
-            for idx in (pieces[j] for j in rng.permutation(len(pieces)))]
-
-
-def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
-    """A batch of window rows (numpy from Ray Data, or lists) -> tensors padded to its longest window.
-
-    Output: input_ids, attention_mask, token_type_ids (when present) [B, L] long; teacher_start,
-    teacher_end [B, L] float32 (0 where padded); has_teacher [B] bool (the row carries soft labels,
-    i.e. its logits are as long as its window); start_positions, end_positions [B] long (-1 = no gold).
-    """
-    ids = list(batch["input_ids"])
-    lengths = [len(x) for x in ids]
-    n, longest = len(ids), max(lengths)
-    out = {
-        "input_ids": torch.full((n, longest), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros((n, longest), dtype=torch.long),
-        "teacher_start": torch.zeros((n, longest), dtype=torch.float32),
-        "teacher_end": torch.zeros((n, longest), dtype=torch.float32),
-        "has_teacher": torch.zeros(n, dtype=torch.bool),
-    }
-    types = list(batch["token_type_ids"]) if batch.get("token_type_ids") is not None else None
-    if types is not None:
-        out["token_type_ids"] = torch.zeros((n, longest), dtype=torch.long)
-    starts = list(batch["start_logits"]) if "start_logits" in batch else [()] * n
-    ends = list(batch["end_logits"]) if "end_logits" in batch else [()] * n
-    for row, length in enumerate(lengths):
-        out["input_ids"][row, :length] = torch.from_numpy(np.asarray(ids[row], dtype=np.int64))
-        out["attention_mask"][row, :length] = 1
-        if types is not None:
-            out["token_type_ids"][row, :length] = torch.from_numpy(np.asarray(types[row], dtype=np.int64))
-        if starts[row] is not None and len(starts[row]) == length and ends[row] is not None and len(ends[row]) == length:
-            out["teacher_start"][row, :length] = torch.from_numpy(np.asarray(starts[row], dtype=np.float32))
-            out["teacher_end"][row, :length] = torch.from_numpy(np.asarray(ends[row], dtype=np.float32))
-            out["has_teacher"][row] = True
-    out["start_positions"] = torch.as_tensor(np.asarray(batch["start_position"], dtype=np.int64))
-    out["end_positions"] = torch.as_tensor(np.asarray(batch["end_position"], dtype=np.int64))
-    return out
-
-
-def group_counts(micro_batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
-    """Windows with soft labels and windows with gold labels over an accumulation group."""
-    n_kd = n_hard = 0
-    for mb in micro_batches:
-        mask = mb["attention_mask"].bool()
-        n_kd += int((mb["has_teacher"] & mask.any(-1)).sum())
-        n_hard += int((real_at(mask, mb["start_positions"]) & real_at(mask, mb["end_positions"])).sum())
-    return n_kd, n_hard
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def train_step(
@@ -206,63 +108,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
     return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
 
 
-def local_model(name_or_uri: str) -> str:
-    """A model name or local folder as is; an s3:// folder downloaded once per machine (cached).
-
-    Hugging Face loaders read local folders and hub names only; a distilled student kept in S3
-    (`<out>/final`) is fetched to the local temp dir, into a folder named after the URI.
-    """
-    from qadist import storage
-
-    if not storage.is_s3(name_or_uri):
-        return name_or_uri
-    import hashlib
-
-    folder = os.path.join(tempfile.gettempdir(), "qadist-models", hashlib.sha256(name_or_uri.encode()).hexdigest()[:16])
-    if os.path.exists(os.path.join(folder, ".complete")):
-        return folder
-    files = storage.list_files(name_or_uri)
-    if not any(f.endswith("/config.json") for f in files):
-        from qadist.errors import UserError
-
-        raise UserError(f"{name_or_uri}: no config.json there; give a save_pretrained folder (e.g. <out>/final of a distill run)")
-    staging = tempfile.mkdtemp(prefix="qadist-model-")
-    for uri in files:
-        target = os.path.join(staging, uri[len(name_or_uri.rstrip("/")) + 1:])
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(storage.read_bytes(uri))
-    open(os.path.join(staging, ".complete"), "w").close()
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    try:
-        os.rename(staging, folder)  # atomic: a concurrent worker on this machine either wins or finds it done
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def save_checkpoint(folder: str, model: torch.nn.Module, tokenizer: Any, qadist_config: dict, state: dict) -> None:
-    """A `save_pretrained` folder (model, tokenizer, qadist_config.json) plus training_state.pt."""
-    unwrap(model).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    with open(os.path.join(folder, QADIST_CONFIG_FILE), "w") as f:
-        json.dump({**qadist_config, "step": state["step"]}, f, indent=2)
-    torch.save(state, os.path.join(folder, STATE_FILE))
-
-
 def evaluate_model(model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device) -> dict[str, float]:
     """SQuAD 2.0 EM/F1 of the model on labelled pairs, with the shared windows and post-processing."""
-    from qadist.config import PredictConfig
-    from qadist.answer.evaluate import gold_answers
-    from qadist.answer.predict import predict_pairs
+    from qadist.config import AnswerSettings
+    from qadist.inference import predict_pairs
+    from qadist.squad.io import gold_answers
     from qadist.squad.metrics import squad_v2_metrics
 
-    pcfg = PredictConfig(model="(training)", data=eval_cfg["file"], out="(memory)", max_seq_len=eval_cfg["max_seq_len"],
-                         doc_stride=eval_cfg["doc_stride"], max_query_len=eval_cfg["max_query_len"], batch_size=eval_cfg["batch_size"])
+    settings = AnswerSettings(**{k: eval_cfg[k] for k in ("max_seq_len", "doc_stride", "max_query_len", "batch_size")})
     inner = unwrap(model)
     inner.eval()
     try:
-        predictions, na_probs = predict_pairs(pairs, inner, tokenizer, pcfg, device)
+        predictions, na_probs = predict_pairs(pairs, inner, tokenizer, settings, device)
     finally:
         inner.train()
     metrics = squad_v2_metrics(gold_answers(pairs, eval_cfg["file"]), predictions, na_probs)
@@ -301,60 +158,90 @@ class _Bar:
 class WorkerTrainer:
     """One Ray Train worker: model, optimizer and data shard, restored from the last checkpoint if any.
 
-    `config` holds plain values (see `qadist.distill.launch`): model, plan, loss, train, eval,
+    `config` holds plain values (see `qadist.train.launch.launch`): model, plan, loss, train, eval,
     qadist_config.
     """
 
     def __init__(self, config: dict):
+        started = time.perf_counter()
+        self.setup_context(config)
+        checkpoint_model = self.restore_state()
+        self.model = self.setup_model(checkpoint_model)
+        self.optimizer, self.scheduler, self.scaler = self.setup_optimizer()
+        loss = config["loss"]
+        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
+        self.eval_cfg, self.eval_pairs = self.setup_eval()
+        self.window: list[dict[str, float]] = []  # step stats since the last report
+        self.timings = {"setup_s": time.perf_counter() - started, "steps_s": 0.0, "checkpoint_s": 0.0}
+
+    def setup_context(self, config: dict) -> None:
+        """Rank, device, precision, the run's settings and the tokenizer."""
         import ray.train
         import ray.train.torch
 
-        started = time.perf_counter()
         from qadist.inference import autocast_dtype
-        from qadist.models import load_qa_model, load_tokenizer
-        from qadist.squad.io import read_pairs
+        from qadist.models import load_tokenizer, local_model
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
+        self.rank = ray.train.get_context().get_world_rank()
         self.worker_nodes = worker_node_ids()
         self.config, self.plan, self.train = config, Plan(**config["plan"]), config["train"]
         self.device = ray.train.torch.get_device()
         self.amp_dtype = autocast_dtype(self.device, self.train["precision"])
-        remote_code = self.train["trust_remote_code"]
-        start_model = local_model(config["model"])
-        self.tokenizer = load_tokenizer(start_model, remote_code)
-        checkpoint = ray.train.get_checkpoint()
+        self.start_model = local_model(config["model"])
+        self.tokenizer = load_tokenizer(self.start_model, self.train["trust_remote_code"])
+
+    def restore_state(self) -> Any:
+        """The training state of the last reported checkpoint (step, data position, optimizer, ...), and
+        its model; (fresh state, None) without one."""
+        import ray.train
+
+        from qadist.models import load_qa_model
+
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_at": []}
+        checkpoint, model = ray.train.get_checkpoint(), None
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                model = load_qa_model(folder, trust_remote_code=remote_code)
-                # weights_only: tensors and plain values only, so a tampered checkpoint cannot run code.
-                self.state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+                model = load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"])
+                self.state = load_state(folder)
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
                 self.log(f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)")
-        else:
-            torch.manual_seed(self.train["seed"])
-            model = load_qa_model(start_model, trust_remote_code=remote_code)
         self.step, self.epoch, self.position = self.state["step"], self.state["epoch"], self.state["batches_in_epoch"]
+        return model
+
+    def setup_model(self, checkpoint_model: Any) -> torch.nn.Module:
+        """The checkpoint's model, or the start model (seeded head); wrapped for DDP and moved to the device."""
+        import ray.train.torch
+
+        from qadist.models import load_qa_model
+
+        model = checkpoint_model
+        if model is None:
+            torch.manual_seed(self.train["seed"])
+            model = load_qa_model(self.start_model, trust_remote_code=self.train["trust_remote_code"])
         torch.manual_seed(self.train["seed"] + 1000 * self.rank + self.step)  # dropout differs by rank and after a resume
-        self.model = ray.train.torch.prepare_model(model)
-        self.optimizer = build_optimizer(self.model, self.train["learning_rate"], self.train["weight_decay"])
-        self.scheduler = build_scheduler(self.optimizer, self.plan)
+        return ray.train.torch.prepare_model(model)
+
+    def setup_optimizer(self) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+        """AdamW, the schedule and the fp16 loss scaler, with their restored state."""
+        optimizer = build_optimizer(self.model, self.train["learning_rate"], self.train["weight_decay"])
+        scheduler = build_scheduler(optimizer, self.plan)
         self.use_scaler = self.amp_dtype == torch.float16  # bf16 needs no loss scaling
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
         if "optimizer" in self.state:
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            self.scheduler.load_state_dict(self.state["scheduler"])
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
             if self.use_scaler and self.state.get("scaler"):
-                self.scaler.load_state_dict(self.state["scaler"])
-        loss = config["loss"]
-        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
-        self.eval_cfg = config.get("eval")
-        self.eval_pairs = read_pairs(self.eval_cfg["file"], strict=True)[0] if self.eval_cfg and self.rank == 0 else None
-        self.window: list[dict[str, float]] = []  # step stats since the last report
-        self.timings = {"setup_s": time.perf_counter() - started, "steps_s": 0.0, "checkpoint_s": 0.0}
+                scaler.load_state_dict(self.state["scaler"])
+        return optimizer, scheduler, scaler
+
+    def setup_eval(self) -> tuple[dict | None, list[dict] | None]:
+        """The evaluation file's pairs, on rank 0 (it alone evaluates)."""
+        from qadist.squad.io import read_pairs
+
+        eval_cfg = self.config.get("eval")
+        return eval_cfg, read_pairs(eval_cfg["file"], strict=True)[0] if eval_cfg and self.rank == 0 else None
 
     def log(self, message: str) -> None:
         if self.rank == 0:

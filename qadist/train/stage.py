@@ -14,32 +14,26 @@ Fine-tuning is the same loop with a_kd = 0 on gold windows only.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import time
-from dataclasses import asdict
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from qadist import storage
-from qadist.config import DistillConfig, FinetuneConfig, TrainSettings, to_dict
+from qadist.config import DistillConfig, FinetuneConfig, TrainSettings
 from qadist.errors import UserError
-from qadist.label.stage import read, read_manifest
-from qadist.models import load_tokenizer, tokenizer_fingerprint
-from qadist.shards import read_footer
+from qadist.models import load_tokenizer, local_model, tokenizer_fingerprint
+from qadist.outputs import manifest_uri
+from qadist.runtime import ensure_ray
+from qadist.shards import check_header, read, read_footer, read_manifest
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
-from qadist.train.loop import QADIST_CONFIG_FILE, STATE_FILE, Plan, local_model, plan_steps, train_loop_per_worker
+from qadist.train.checkpoint import recorded_windows
+from qadist.train.launch import WINDOW_KEYS, launch, quiet
 
 log = logging.getLogger(__name__)
 
-WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
 GOLD_CHUNK = 512  # pairs windowed at a time, and rows per block of the gold dataset
-RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer", "length_group", "precision", "seed",
-                        "epochs", "learning_rate", "warmup_ratio", "temperature", "alpha_kd", "alpha_hard", *WINDOW_KEYS)
 
 
 def train_schema(has_types: bool) -> pa.Schema:
@@ -110,14 +104,12 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from qadist.shards import check_header
-
     def footer(shard: dict) -> tuple[str, dict, list[str]]:
         uri = storage.join(labels, shard["path"])
         try:
             header, _, schema = read_footer(uri)
         except (FileNotFoundError, OSError) as e:
-            raise UserError(f"{uri}: listed in {storage.join(labels, '_manifest.json')} but cannot be read ({str(e).splitlines()[0]}); "
+            raise UserError(f"{uri}: listed in {manifest_uri(labels)} but cannot be read ({str(e).splitlines()[0]}); "
                             "re-run `qadist label --overwrite` into this output") from e
         return uri, header, schema.names
 
@@ -131,128 +123,10 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
     return typed.pop()
 
 
-def run_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
-    """RunConfig's storage_path and storage_filesystem for a local folder or an s3:// prefix."""
-    if storage.is_s3(out):
-        return out[len("s3://"):].rstrip("/"), storage.s3_filesystem()
-    storage.makedirs(out)
-    return storage.resolve(out)[1], None
-
-
-def check_same_run(cfg: TrainSettings, stage: str) -> None:
-    """Re-running a job continues it; a *different* job into the same --out would corrupt it."""
-    marker = storage.join(cfg.out, f"_qadist_{stage}_run.json")
-    mine = {k: v for k, v in to_dict(cfg).items() if k in RUN_FINGERPRINT_KEYS}
-    # Only a run with a committed checkpoint is continued; before that, new settings just replace it.
-    started = storage.exists(storage.join(cfg.out, stage, "checkpoint_manager_snapshot.json"))
-    if started and storage.exists(marker):
-        previous = json.loads(storage.read_text(marker))
-        changed = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
-        if changed:
-            raise UserError(f"{cfg.out}: holds a {stage} run made with other settings ({', '.join(changed)}); "
-                            f"give a new --out, or delete {storage.join(cfg.out, stage)} and {marker} to start over")
-    elif not started or not storage.exists(marker):
-        storage.write_bytes(marker, json.dumps(mine, indent=2).encode("utf-8"))
-
-
-def ensure_ray(num_workers: int) -> None:
-    """Reuse an initialised Ray (tests, notebooks); join RAY_ADDRESS (jobs); else start one embedded.
-
-    Embedded, Ray gets at least one logical CPU more than the training workers take: with every
-    CPU held by a worker, Ray Data's read tasks would never run and ingest would stall (ray#44687).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=env)
-    else:
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_workers + 1), include_dashboard=False, runtime_env=env)
-
-
-def banner(stage: str, plan: Plan, cfg: TrainSettings, soft: int, gold: int, run_dir: str) -> str:
-    parts = [f"{soft:,} soft-labelled" if soft else "", f"{gold:,} gold" if gold else ""]
-    return (f"qadist {stage}: {plan.windows:,} windows ({', '.join(p for p in parts if p)}) | "
-            f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x {plan.grad_accum} accumulation | "
-            f"{plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = {plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
-            f"checkpoints every {cfg.checkpoint_every} steps -> {run_dir}")
-
-
-def export_final(checkpoint: Any, out: str) -> str:
-    """Copy the last checkpoint's save_pretrained folder (not the training state) to <out>/final."""
-    final = storage.join(out, "final")
-    dst_fs, dst_root = storage.resolve(final)
-    src_fs, src_root = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    files = [f for f in src_fs.get_file_info(pafs.FileSelector(src_root, recursive=True)) if f.type == pafs.FileType.File]
-    # config.json last: a folder with a config.json is a finished export (the pipeline's skip rule).
-    for info in sorted(files, key=lambda f: (f.path.endswith("/config.json"), f.path)):
-        rel = info.path[len(src_root):].lstrip("/")
-        if rel == STATE_FILE:
-            continue
-        dst = f"{dst_root}/{rel}"
-        if not storage.is_s3(final):
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with src_fs.open_input_stream(info.path) as src, dst_fs.open_output_stream(dst) as sink:
-            while chunk := src.read(16 << 20):
-                sink.write(chunk)
-    return final
-
-
-def launch(stage: str, cfg: TrainSettings, model: str, dataset: Any, soft: int, gold: int, loss: dict, windows: dict[str, int], provenance: dict) -> dict:
-    """Run the TorchTrainer and export the final student; returns final path, metrics and plan."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    plan = plan_steps(soft + gold, cfg.num_workers, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio)
-    if plan.windows_per_worker == 0:
-        raise UserError(f"{plan.windows} training windows cannot be split across --num-workers {cfg.num_workers}; use fewer workers")
-    check_same_run(cfg, stage)
-    storage_path, filesystem = run_storage(cfg.out)
-    text = banner(stage, plan, cfg, soft, gold, storage.join(cfg.out, stage))
-    print(text, flush=True)
-    log.info(text)
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
-    qadist_config = {"schema_version": 1, "stage": stage, "config": to_dict(cfg), "windows": windows, **provenance}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "model": model,
-            "plan": asdict(plan),
-            "loss": loss,
-            "train": {k: getattr(cfg, k) for k in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_every", "seed",
-                                                   "shuffle_buffer", "length_group", "precision", "trust_remote_code")},
-            "eval": {"file": cfg.eval_file, "batch_size": 64, **windows} if cfg.eval_file else None,
-            "qadist_config": qadist_config,
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                placement_strategy=cfg.placement_strategy),
-        run_config=ray.train.RunConfig(
-            name=stage,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        ),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
-    )
-    started = time.perf_counter()
-    result = trainer.fit()
-    fitted = time.perf_counter()
-    if result.checkpoint is None:
-        raise RuntimeError(f"{stage} finished without a checkpoint in {storage.join(cfg.out, stage)}")
-    final = export_final(result.checkpoint, cfg.out)
-    log.info("%s: Ray Train fit %.1fs, final export %.1fs", stage, fitted - started, time.perf_counter() - fitted)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k}
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/step", "train/loss", "eval/exact", "eval/f1"))
-    print(f"qadist {stage}: done ({shown}); final student -> {final}", flush=True)
-    checkpoint = ("s3://" if storage.is_s3(cfg.out) else "") + result.checkpoint.path
-    return {"final": final, "metrics": metrics, "plan": asdict(plan), "checkpoint": checkpoint}
+def check_eval_file(cfg: TrainSettings) -> None:
+    """The evaluation file is read by rank 0 after the first epoch: a bad one fails now, on the driver."""
+    if cfg.eval_file:
+        read_pairs(cfg.eval_file, strict=True)
 
 
 def run_distill(cfg: DistillConfig) -> dict:
@@ -266,8 +140,9 @@ def run_distill(cfg: DistillConfig) -> dict:
     if not listed:
         raise UserError(f"{cfg.labels}: the manifest lists no windows; label some pairs first")
     has_types = check_shards(cfg.labels, listed, tokenizer_fingerprint(tokenizer))
+    check_eval_file(cfg)
     soft = sum(int(s["rows"]) for s in listed)
-    ensure_ray(cfg.num_workers)
+    ensure_ray(min_cpus=cfg.num_workers + 1)
     dataset = read(cfg.labels, tokenizer_hash=tokenizer_fingerprint(tokenizer), columns=train_schema(has_types).names)
     gold = 0
     if cfg.train_file:
@@ -282,24 +157,19 @@ def run_distill(cfg: DistillConfig) -> dict:
     return launch("distill", cfg, cfg.student, dataset, soft, gold, loss, windows, provenance)
 
 
-def recorded_windows(model: str) -> dict | None:
-    """Window lengths a qadist-trained model folder was trained with (its qadist_config.json)."""
-    path = os.path.join(model, QADIST_CONFIG_FILE)
-    return json.loads(storage.read_text(path)).get("windows") if os.path.isfile(path) else None
-
-
 def run_finetune(cfg: FinetuneConfig) -> dict:
     model = local_model(cfg.model)
     tokenizer = load_tokenizer(model, cfg.trust_remote_code)
     windows = window_settings(cfg, recorded_windows(model))
     has_types = "token_type_ids" in tokenizer.model_input_names
     table = read_gold(cfg.train_file, tokenizer, windows, has_types, "finetune")
-    ensure_ray(cfg.num_workers)
+    check_eval_file(cfg)
+    ensure_ray(min_cpus=cfg.num_workers + 1)
     import ray.data
 
     blocks = [table.slice(i, GOLD_CHUNK) for i in range(0, table.num_rows, GOLD_CHUNK)]
     # A few labels, many epochs: shuffle once and keep the result, rather than re-running the
     # all-to-all shuffle at every epoch's start (the same seeded order either way).
-    dataset = ray.data.from_arrow(blocks).random_shuffle(seed=cfg.seed).materialize()
+    dataset = quiet(ray.data.from_arrow(blocks)).random_shuffle(seed=cfg.seed).materialize()
     loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 1.0}
     return launch("finetune", cfg, cfg.model, dataset, 0, table.num_rows, loss, windows, {"train_file": cfg.train_file})

@@ -21,7 +21,8 @@ def main(workdir: str, pairs: str, teacher_a: str, teacher_b: str, student: str)
 
     from qadist.config import DistillConfig, LabelConfig
     from qadist.train.stage import run_distill
-    from qadist.label.stage import read_manifest, run_label
+    from qadist.label.stage import run_label
+    from qadist.shards import read_manifest
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
                                                            "include_dashboard": False})

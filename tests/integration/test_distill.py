@@ -20,15 +20,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from shard_factory import make_label_shards, sharpen_teacher
 
 from qadist.config import DistillConfig, FinetuneConfig, PredictConfig
 from qadist.errors import UserError
-from qadist.train.losses import DistillationLoss
 from qadist.models import load_qa_model, load_tokenizer
-from qadist.train.loop import STATE_FILE, build_optimizer, build_scheduler, collate_windows, plan_steps, train_step
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shard_factory import make_label_shards, sharpen_teacher  # noqa: E402
+from qadist.train.batches import collate_windows, plan_steps
+from qadist.train.checkpoint import STATE_FILE
+from qadist.train.loop import build_optimizer, build_scheduler, train_step
+from qadist.train.losses import DistillationLoss
 
 WINDOWS = {"max_seq_len": 128, "doc_stride": 32, "max_query_len": 32}
 COLUMNS = ("input_ids", "token_type_ids", "start_logits", "end_logits", "start_position", "end_position")
@@ -83,7 +83,7 @@ def mean_kd(model, rows: dict[str, list], pad_id: int, temperature: float = 2.0)
 
 def agreement(student, teacher, tokenizer, pairs: list[dict]) -> tuple[float, float]:
     """(EM, F1) of the student's answers against the teacher's, on the same windows and post-processing."""
-    from qadist.answer.predict import predict_pairs
+    from qadist.inference import predict_pairs
     from qadist.squad.metrics import squad_v2_metrics
 
     cfg = PredictConfig(model="-", data="-", out="-", **WINDOWS)
@@ -263,8 +263,8 @@ def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, t
 def test_label_then_distill_then_finetune_end_to_end(ray_local, tiny_models, split_pairs, tmp_path):
     """`qadist label`'s own output (not the test factory) feeds distill; the student then fine-tunes."""
     from qadist.config import LabelConfig
-    from qadist.train.stage import run_distill, run_finetune
     from qadist.label.stage import run_label
+    from qadist.train.stage import run_distill, run_finetune
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", split_pairs["label"][:60])
     labels_out = str(tmp_path / "labels")

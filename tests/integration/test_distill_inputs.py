@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shard_factory import make_label_shards  # noqa: E402
+from shard_factory import make_label_shards
 
 WINDOWS = {"max_seq_len": 128, "doc_stride": 32, "max_query_len": 32}
 

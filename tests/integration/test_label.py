@@ -21,7 +21,7 @@ import pytest
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.label.stage import read, read_manifest
+from qadist.shards import read, read_manifest
 from qadist.shards import list_values, read_footer, read_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")

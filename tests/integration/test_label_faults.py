@@ -24,15 +24,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import s3_faults
 
 from qadist import storage
 from qadist.config import LabelConfig
 from qadist.errors import UserError
-from qadist.label.stage import read, read_manifest, run_label
+from qadist.label.stage import run_label
+from qadist.shards import read, read_manifest
 from qadist.shards import read_shard
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import s3_faults  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 LIMIT_S = 240  # per test; a hang past it ends the test process with every thread's traceback
@@ -368,7 +367,6 @@ def _kill_when(proc: subprocess.Popen, rule: s3_faults.Rule) -> None:
 
 @pytest.mark.slow
 def test_driver_sigkilled_mid_upload_leaves_nothing_visible_and_rerun_repairs(s3_bucket, faults, squad_pairs, tiny_models):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     pairs = small_pairs(squad_pairs, 100)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
     out = f"{s3_bucket}/labels"
@@ -405,7 +403,6 @@ def test_driver_sigkilled_mid_upload_leaves_nothing_visible_and_rerun_repairs(s3
 
 @pytest.mark.slow
 def test_shard_writes_failing_past_retries_fail_cleanly_and_rerun_succeeds(s3_bucket, faults, squad_pairs, tiny_models):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     pairs = small_pairs(squad_pairs, 60)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
     out = f"{s3_bucket}/labels"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from qadist.label.stage import read_manifest
+from qadist.shards import read_manifest
 from qadist.shards import read_shard
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +26,6 @@ LIMIT_S = 480     # the child process's wall-clock limit (then its whole process
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["replace", "no-replace"])
 def test_label_survives_losing_a_node(tmp_path, squad_pairs, tiny_models, mode):
-    sys.path.insert(0, str(HERE))
     from test_label import _kill_group
 
     pairs = [{"id": p["id"], "question": p["question"], "context": p["context"]} for p in squad_pairs[:300]]

@@ -168,7 +168,9 @@ def test_saved_models_and_checkpoints_are_safetensors_and_training_state_is_weig
     from dataclasses import asdict
 
     from qadist.models import load_qa_model, load_tokenizer
-    from qadist.train.loop import STATE_FILE, build_optimizer, build_scheduler, plan_steps, save_checkpoint
+    from qadist.train.batches import plan_steps
+    from qadist.train.checkpoint import STATE_FILE, save_checkpoint
+    from qadist.train.loop import build_optimizer, build_scheduler
 
     model, tokenizer = load_qa_model(tiny_models["student"]), load_tokenizer(tiny_models["student"])
     plan = plan_steps(64, 1, 8, 1, 1.0, 0.1)

@@ -12,7 +12,7 @@ import pytest
 from qadist.label.blocks import block_name, find_duplicates, plan_blocks, read_block, scan_block
 from qadist.errors import UserError
 from qadist.shards import list_array, list_values, pack, shard_schema, unpack, windows_table
-from qadist.squad.io import Unparsable, iter_raw_rows
+from qadist.rows import Unparsable, iter_raw_rows
 
 
 def pair(i: int, **extra) -> dict:

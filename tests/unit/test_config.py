@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from qadist.config import EvaluateConfig, LabelConfig, PredictConfig, load_config, to_dict
@@ -31,13 +33,13 @@ def test_sectioned_yaml_takes_the_stage_section(tmp_path):
     label = load_config(LabelConfig, "label", path)
     assert label.teachers == ["t1", "t2"] and label.max_seq_len == 256
     assert load_config(PredictConfig, "predict", path).batch_size == 4
-    assert load_config(EvaluateConfig, "evaluate", path).predictions == "p.json"
+    assert load_config(EvaluateConfig, "evaluate", path).predictions == os.path.abspath("p.json")  # resolved on the driver
 
 
 def test_flag_overrides_win_and_none_does_not_override(tmp_path):
     path = yaml_file(tmp_path, "model: m\ndata: d.json\nout: p.json\nbatch_size: 8\nnull_threshold: 1.5\n")
     cfg = load_config(PredictConfig, "predict", path, {"batch_size": 2, "null_threshold": None, "out": "q.json"})
-    assert (cfg.batch_size, cfg.null_threshold, cfg.out) == (2, 1.5, "q.json")
+    assert (cfg.batch_size, cfg.null_threshold, cfg.out) == (2, 1.5, os.path.abspath("q.json"))
 
 
 def test_flags_alone():

@@ -24,7 +24,8 @@ from qadist import storage
 from qadist.label.blocks import Block, block_name, find_duplicates, scan_block
 from qadist.label.stages import window_block
 from qadist.squad.features import gold_positions, make_windows
-from qadist.squad.io import make_reject, parse_json_line, read_pairs, validate_pair
+from qadist.rows import make_reject, parse_json_line
+from qadist.squad.io import read_pairs, validate_pair
 from qadist.squad.postprocess import postprocess
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])

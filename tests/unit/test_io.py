@@ -10,7 +10,8 @@ import pytest
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.squad.io import Unparsable, flatten_squad, iter_raw_rows, make_reject, parse_json_line, read_pairs, validate_pair
+from qadist.rows import Unparsable, flatten_squad, iter_raw_rows, make_reject, parse_json_line
+from qadist.squad.io import read_pairs, validate_pair
 
 PAIR = {"id": "p1", "question": "Who?", "context": "Ada wrote it.", "answers": {"text": ["Ada"], "answer_start": [0]}}
 

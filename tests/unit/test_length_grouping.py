@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qadist.train.loop import length_grouped
+from qadist.train.batches import length_grouped
 
 
 def chunk_of(lengths: list[int]) -> dict:

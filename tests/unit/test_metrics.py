@@ -26,7 +26,6 @@ from qadist.squad.metrics import (
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_PATH = REPO / "tests" / "reference" / "official_eval_v2.py"
-SAMPLE = REPO / ".." / "shared" / "data" / "squad-v2-dev-sample.json"
 BEST_KEYS = ["best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
 BASE_KEYS = ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total",
              "NoAns_exact", "NoAns_f1", "NoAns_total"]
@@ -94,11 +93,9 @@ def squad_json(gold: dict[str, list[str]]) -> dict:
 # --------------------------------------------------------------------------- real data
 
 @pytest.fixture(scope="module")
-def sample() -> dict:
-    if not SAMPLE.exists():
-        pytest.skip(f"shared SQuAD 2.0 sample not found at {SAMPLE.resolve()} "
-                    "(the repo is expected to be cloned next to a shared/ folder)")
-    return json.loads(SAMPLE.read_text())
+def sample(squad_sample) -> dict:
+    """The in-repo SQuAD 2.0 sample (conftest's `squad_sample`: fails, never skips, when missing)."""
+    return json.loads(Path(squad_sample).read_text())
 
 
 def near_miss(rng: random.Random, answers: list[str], others: list[str]) -> str | None:

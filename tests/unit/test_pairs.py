@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadist.errors import UserError
-from qadist.pairs.stage import PartWriter, QuestionStager, iter_question_rows, normalize_question, validate_question
+from qadist.pairs.stage import PartWriter, QuestionStager, normalize_question, validate_question
+from qadist.rows import iter_raw_rows
 from qadist.pairs.passages import build_passages, load_documents, split_document, token_windows, validate_document, widen
 from qadist.pairs.retrieval import (
     LexicalBatch,
@@ -245,12 +246,12 @@ def test_question_rows_stream_from_jsonl_parquet_and_json(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"id": 1, "question": "q1"}\n\nbroken\n')
     pq.write_table(pa.table({"id": ["p1", "p2"], "question": ["q2", None]}), tmp_path / "b.parquet")
     (tmp_path / "c.json").write_text(json.dumps([{"id": "j", "question": "q3"}]))
-    rows = list(iter_question_rows(str(tmp_path)))
+    rows = list(iter_raw_rows(str(tmp_path)))
     assert [(src.rsplit("/", 1)[-1], n) for src, n, _ in rows] == [("a.jsonl", 1), ("a.jsonl", 3), ("b.parquet", 1), ("b.parquet", 2), ("c.json", 1)]
     assert rows[1][2].reason.startswith("not valid JSON") and rows[3][2] == {"id": "p2", "question": None}
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no .jsonl, .parquet or .json files"):
-        list(iter_question_rows(str(tmp_path / "empty")))
+    with pytest.raises(UserError, match="no .json, .jsonl or .parquet files"):
+        list(iter_raw_rows(str(tmp_path / "empty")))
 
 
 def test_question_stager_merges_identical_questions_and_rejects_duplicate_ids(tmp_path):

@@ -1,0 +1,53 @@
+"""Output folders: the names every stage's output shares, and the one way a run claims a folder.
+
+A run claims its `--out` by writing a small JSON file of the settings that shape the output (a
+conditional put: two runs racing for an empty folder cannot both claim it). Running again with
+the same settings continues (or finds the work done); other settings are refused with the keys
+that changed, so one output never mixes two runs. `overwrite` deletes the named parts first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qadist import storage
+from qadist.errors import UserError
+
+MANIFEST = "_manifest.json"  # written last: its presence means the output is complete
+
+
+def manifest_uri(out: str) -> str:
+    return storage.join(out, MANIFEST)
+
+
+def read_json(uri: str) -> dict[str, Any]:
+    return json.loads(storage.read_text(uri))
+
+
+def claim(out: str, marker: str, settings: dict[str, Any], *, what: str, fix: str, overwrite: bool = False,
+          parts: tuple[str, ...] = (), foreign: tuple[str, ...] | None = None) -> bool:
+    """Claim `out` for a run with `settings`; True when an earlier run with the same settings holds it.
+
+    `marker` is the claim's file name inside `out`. `overwrite` first deletes `parts` and the marker.
+    `foreign` names parts that, present without a claim, mean another tool (or an older qadist)
+    wrote the folder: refused; None means any file at all counts.
+    """
+    uri = storage.join(out, marker)
+    if overwrite:
+        for part in (*parts, marker):
+            storage.delete(storage.join(out, part))
+    mine = json.loads(json.dumps(settings, sort_keys=True))
+    if storage.exists(uri):
+        held = read_json(uri)
+        changed = sorted(k for k in set(held) | set(mine) if held.get(k) != mine.get(k))
+        if changed:
+            raise UserError(f"{out}: holds {what} made with other settings (changed: {', '.join(changed)}); {fix}")
+        return True
+    taken = ([p for p in foreign if storage.exists(storage.join(out, p))] if foreign is not None
+             else storage.list_files(out) if storage.exists(out) else [])
+    if taken:
+        raise UserError(f"{out}: holds files that no qadist run claimed (no {marker}); {fix}")
+    if not storage.write_if_absent(uri, json.dumps(mine, indent=2, sort_keys=True).encode("utf-8")):
+        return claim(out, marker, settings, what=what, fix=fix, foreign=())  # a concurrent run claimed it first
+    return False
