@@ -9,7 +9,7 @@ of the epoch); the student ends up in `<out>/final` (`qadist predict --model <ou
 Laptop (embedded Ray, CPU; tiny models built offline, labels from `jobs/label.py`):
     qadist tiny-model --out /tmp/student --layers 1 --hidden 32
     python jobs/distill.py --labels /tmp/labels --student /tmp/student --out /tmp/distill \
-        --epochs 2 --batch-size 16 --eval-file ../shared/data/squad-v2-dev-sample.json
+        --epochs 2 --batch-size 16 --eval-file tests/data/squad-v2-dev-sample.json
 
 One GPU (albert-base-v2, bf16 autocast, global batch 256 by gradient accumulation):
     python jobs/distill.py --config jobs/configs/distill-albert-base.yaml \

@@ -7,7 +7,7 @@ its window lengths (from its `qadist_config.json`) unless the config sets them.
 
 Laptop (embedded Ray, CPU; a student from `jobs/distill.py`):
     python jobs/finetune.py --model /tmp/distill/final --train-file gold.jsonl --out /tmp/finetune \
-        --eval-file ../shared/data/squad-v2-dev-sample.json --epochs 3 --batch-size 16
+        --eval-file tests/data/squad-v2-dev-sample.json --epochs 3 --batch-size 16
 
 One GPU (~1,000 labels: a few minutes on an A10G):
     python jobs/finetune.py --config jobs/configs/distill-then-finetune.yaml --num-workers 1

@@ -6,7 +6,7 @@ set by `ray job submit`), else starts an embedded Ray in this process.
 
 Laptop (embedded Ray, CPU, local folders; a tiny teacher pair built offline):
     qadist tiny-model --out /tmp/teacher-a --seed 1 && qadist tiny-model --out /tmp/teacher-b --seed 2
-    python jobs/label.py --pairs ../shared/data/squad-v2-dev-sample.json --out /tmp/labels \
+    python jobs/label.py --pairs tests/data/squad-v2-dev-sample.json --out /tmp/labels \
         --teacher /tmp/teacher-a --teacher /tmp/teacher-b --rows-per-shard 1000
 
 One GPU (two ALBERT-xxlarge teachers on one actor; half a GPU each for two actors also works):

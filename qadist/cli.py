@@ -37,7 +37,8 @@ from qadist.config import (
     flag_for,
     load_config,
 )
-from qadist.errors import UserError
+from qadist.errors import one_line, user_error_in
+from qadist.runtime import release_ray
 
 app = typer.Typer(
     add_completion=False,
@@ -95,8 +96,7 @@ def stage_options(cls: type[StageConfig]) -> dict[str, tuple[Any, Any]]:
     return options
 
 
-def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_text: str,
-            out_key: str | None = "out") -> None:
+def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_text: str, show: bool = True) -> None:
     """Register `qadist <name>`: its flags from `cls`, then load the config and run the stage."""
     params = {**COMMON, **stage_options(cls)}
 
@@ -105,8 +105,11 @@ def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_t
 
         config, verbose = kwargs.pop("config"), kwargs.pop("verbose")
         cfg = load_config(cls, name, config, {k: v for k, v in kwargs.items() if v is not None and v != []})
-        with console.session(name, getattr(cfg, out_key, None) if out_key else None, verbose):
-            run(cfg)
+        with console.session(name, getattr(cfg, "out", None), verbose, show=show):
+            try:
+                run(cfg)
+            finally:
+                release_ray()
 
     invoke.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
         inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for k, (kind, opt) in params.items()])
@@ -163,7 +166,8 @@ command("distill", DistillConfig, _run_distill, "Train the student on the soft l
 command("finetune", FinetuneConfig, _run_finetune, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
 command("predict", PredictConfig, _run_predict, "Answer questions with a QA model (batched; CPU or GPU).")
 command("evaluate", EvaluateConfig, _run_evaluate,
-        "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).")
+        "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).",
+        show=False)  # stdout is the metrics JSON
 command("demo", DemoConfig, _run_demo, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 
@@ -177,7 +181,10 @@ def pipeline(
     from qadist.pipeline import run_pipeline
 
     with console.session("pipeline", None, verbose):
-        run_pipeline(config)
+        try:
+            run_pipeline(config)
+        finally:
+            release_ray()
 
 
 @app.command("tiny-model")
@@ -192,30 +199,6 @@ def tiny_model(
     from qadist.models import build_tiny_model
 
     print(build_tiny_model(family, out, seed=seed, num_layers=layers, hidden=hidden))
-
-
-def user_error_in(error: BaseException, depth: int = 0) -> UserError | None:
-    """The innermost UserError behind `error`: what a Ray task, actor or Train worker raised (Ray
-    wraps it: RayTaskError.cause, WorkerGroupError.worker_failures, ...), a cause, or `error` itself."""
-    if depth > 8:
-        return None
-    inner: list[Any] = [getattr(error, "cause", None), getattr(error, "controller_failure", None), error.__cause__]
-    failures = getattr(error, "worker_failures", None)
-    if isinstance(failures, dict):
-        inner += list(failures.values())
-    inner.append(error.__context__)
-    for e in inner:
-        if isinstance(e, BaseException) and e is not error:
-            found = user_error_in(e, depth + 1)
-            if found is not None:
-                return found
-    return error if isinstance(error, UserError) else None
-
-
-def one_line(error: UserError) -> str:
-    """A UserError's own message (a Ray wrapper's class may carry a traceback in str())."""
-    text = str(error.args[0]) if error.args else str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

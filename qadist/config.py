@@ -53,16 +53,12 @@ def resolve_uri(value: str) -> str:
 
 
 def resolve_model(value: str) -> str:
-    """A local folder -> its absolute path; a hub name or s3:// URI as it is; a missing folder: an error."""
-    if value.startswith("s3://") or value.startswith("packaged:"):
+    """A local folder (or what looks like one) -> its absolute path; a hub name or s3:// URI as it is.
+    A folder that does not exist (yet: a pipeline's later stage) fails when it is loaded."""
+    if value.startswith(("s3://", "packaged:")):
         return value
     path = os.path.expanduser(value.removeprefix("file://"))
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    if _looks_like_path(value):
-        raise ValueError(f"no model folder at {os.path.abspath(path)}; give an existing save_pretrained folder, "
-                         "a Hugging Face model name or an s3:// folder")
-    return value
+    return os.path.abspath(path) if os.path.isdir(path) or _looks_like_path(value) else value
 
 
 class StageConfig(BaseModel):
@@ -82,13 +78,10 @@ class StageConfig(BaseModel):
             if kind is None or value is None:
                 continue
             resolve = resolve_uri if kind == "uri" else resolve_model
-            try:
-                if isinstance(value, str):
-                    out[name] = resolve(value)
-                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-                    out[name] = [resolve(v) for v in value]
-            except ValueError as e:
-                raise ValueError(f"key '{name}': {e}") from e
+            if isinstance(value, str):
+                out[name] = resolve(value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                out[name] = [resolve(v) for v in value]
         return out
 
 

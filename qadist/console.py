@@ -6,7 +6,9 @@ back to the terminal. Warnings and errors always reach the terminal.
 
 Ray forwards worker output to the driver through one handler of its stdstream dispatcher
 (`ray_print_logs`); `route_ray_output` swaps it for one that writes those lines to the log file and
-lets through only the progress bars qadist draws itself (the training bar, `BAR_PREFIXES`).
+draws, as one plain tqdm bar on the driver, the progress that qadist's own bars in workers report
+(the training bar, `BAR_PREFIXES`; Ray's distributed tqdm redraws every bar whenever any line is
+printed, and keeps bars it has closed).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 
@@ -28,7 +31,18 @@ BAR_PREFIXES = ("epoch ", "train")  # descriptions of qadist's own bars drawn fr
 # Loggers that keep their own terminal handlers (propagate=False): their output is re-pointed too.
 OWN_HANDLER_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 
-_state: dict = {"log_file": None, "verbose": True, "handlers": []}
+_state: dict = {"log_file": None, "verbose": True, "handlers": [], "show": True, "echoed": set(), "ray_print": None}
+_lock = threading.Lock()
+_bars: dict[str, object] = {}  # uuid of a worker's bar -> the driver's tqdm drawing it
+
+
+class RayChatter(logging.Filter):
+    """Ray's own driver-side logs (token auth, "started a local Ray instance", dataset execution
+    plans, the tracebacks it logs before raising) and libraries' deprecation warnings belong in the
+    log file: what fails reaches the terminal as the command's own error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] not in ("ray", "py")
 
 
 def log_file_for(stage: str, out: str | None) -> str:
@@ -42,36 +56,77 @@ def log_file_for(stage: str, out: str | None) -> str:
 
 
 def start(stage: str, out: str | None, verbose: bool) -> str:
-    """Point logging at the stage's log file (and at the terminal for warnings, or everything with
-    `verbose`); returns the log file's path."""
+    """Point logging at the stage's log file (and at the terminal for qadist's warnings, or
+    everything with `verbose`); returns the log file's path.
+
+    Quiet, the process's file descriptor 2 goes to the log file too: Ray's C++ core worker in this
+    process writes its notices there directly, past Python; `sys.stderr` keeps the terminal.
+    """
     path = log_file_for(stage, out)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     stop()
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    file_handler.setLevel(logging.INFO)  # Ray Data's logger passes DEBUG records (its whole context, per dataset)
+    if not verbose:
+        redirect_fd2(file_handler.stream)
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setFormatter(logging.Formatter(LOG_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s"))
     terminal.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        terminal.addFilter(RayChatter())
     root = logging.getLogger()
+    _state["root_level"] = root.level
     root.setLevel(logging.INFO)
-    for h in list(root.handlers):  # logging.basicConfig of an embedding program, or a previous command
-        root.removeHandler(h)
     root.addHandler(file_handler)
     root.addHandler(terminal)
     _state.update(log_file=path, verbose=verbose, handlers=[file_handler, terminal], file=file_handler.stream)
     if not verbose:
+        logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the log file
         quiet_own_handler_loggers()
     return path
 
 
+def redirect_fd2(log_stream) -> None:
+    """fd 2 -> the log file; `sys.stderr` (when it is the real one) -> a new descriptor of the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log_stream.fileno(), 2)
+    _state["fd2"] = (saved, sys.stderr)
+    if sys.stderr is sys.__stderr__:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(sys.__stderr__, "encoding", None))
+
+
+def restore_fd2() -> None:
+    if not _state.get("fd2"):
+        return
+    saved, stderr = _state.pop("fd2")
+    sys.stderr.flush()
+    if sys.stderr is not stderr:
+        sys.stderr.close()
+        sys.stderr = stderr
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 def stop() -> None:
     root = logging.getLogger()
-    for h in _state["handlers"]:
+    with _lock:  # Ray's log thread may be writing a worker's line to the file
+        handlers = _state["handlers"]
+        _state.update(log_file=None, file=None)
+    for h in handlers:
         root.removeHandler(h)
         for name in OWN_HANDLER_LOGGERS:
             logging.getLogger(name).removeHandler(h)
         h.close()
-    _state.update(log_file=None, verbose=True, handlers=[], file=None)
+    if handlers:
+        root.setLevel(_state.get("root_level", logging.WARNING))
+        logging.captureWarnings(False)
+    for bar in _bars.values():
+        bar.close()
+    _bars.clear()
+    restore_fd2()
+    _state.update(log_file=None, verbose=True, handlers=[], file=None, echoed=set())
 
 
 def quiet_own_handler_loggers() -> None:
@@ -91,63 +146,110 @@ def quiet() -> bool:
     return _state["log_file"] is not None and not _state["verbose"]
 
 
+@contextmanager
+def ray_init_output():
+    """While Ray starts, what it prints (its logging handlers are made inside ray.init) goes to the log file."""
+    if not quiet():
+        yield
+        return
+    from contextlib import redirect_stderr, redirect_stdout
+
+    quiet_own_handler_loggers()  # the handlers Ray made on import
+    with redirect_stderr(_state["file"]), redirect_stdout(_state["file"]):
+        yield
+
+
 def route_ray_output() -> None:
     """Once Ray is up on this driver: worker lines to the log file, qadist's bars to the terminal."""
     from ray._private import worker as ray_worker
 
     if not quiet():
         return
+    _state["ray_print"] = _state["ray_print"] or ray_worker.print_to_stdstream
+    import ray.data  # noqa: F401 (Ray Data configures its loggers on import: quieten them after)
+
     quiet_own_handler_loggers()
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.remove_handler("qadist_console")
     dispatcher.add_handler("qadist_console", _print_worker_lines)
+    # The raylet's error notices ("task failed, retrying") bypass the dispatcher: Ray prints them with
+    # this module-level function, so it is the one place they can be sent to the log file instead.
+    ray_worker.print_to_stdstream = _print_to_stdstream
+
+
+def _print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+    if quiet():
+        _print_worker_lines(data)
+    else:
+        _state["ray_print"](data, ignore_prefix)
 
 
 def _print_worker_lines(data: dict) -> None:
-    from ray._private import worker as ray_worker
     from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
-    if not quiet():  # the command ended but Ray lives on (a notebook, a test session): Ray's own printing
-        ray_worker.print_to_stdstream(data, ignore_prefix=False)
-        return
-    sink = _state["file"]
-    name = data.get("actor_name") or data.get("task_name") or ""
-    for line in data.get("lines", []):
-        if RAY_TQDM_MAGIC in line:
-            try:
-                desc = json.loads(line).get("desc", "")
-            except ValueError:
+    with _lock:
+        if not quiet():  # the command ended but Ray lives on (a notebook, a test session): Ray's own printing
+            _state["ray_print"](data, ignore_prefix=False)
+            return
+        sink = _state["file"]
+        name = data.get("actor_name") or data.get("task_name") or ""
+        for line in data.get("lines", []):
+            if RAY_TQDM_MAGIC in line:
+                try:
+                    state = json.loads(line)
+                except ValueError:
+                    continue
+                if str(state.get("desc", "")).startswith(BAR_PREFIXES):
+                    draw(state)
                 continue
-            if desc.startswith(BAR_PREFIXES):
-                ray_worker.process_tqdm(line)
-            continue
-        if line.startswith("[qadist]"):
-            print(line, flush=True)
-        if sink is not None:
+            if line.startswith("[qadist] ") and line not in _state["echoed"]:  # a worker's note for the user (a resume)
+                _state["echoed"].add(line)  # Ray Train forwards a worker's print twice
+                print(line, flush=True)
             sink.write(f"({name} pid={data.get('pid')}) {line}\n")
-    if sink is not None:
         sink.flush()
+
+
+def draw(state: dict) -> None:
+    """A worker bar's state update (tqdm_ray's JSON) -> the driver's own tqdm bar for it."""
+    from tqdm import tqdm
+
+    bar = _bars.get(state["uuid"])
+    if bar is None:
+        if state.get("closed"):
+            return
+        bar = _bars[state["uuid"]] = tqdm(total=state.get("total"), unit=state.get("unit") or "it", dynamic_ncols=True)
+    bar.total = state.get("total")
+    bar.set_description_str(state.get("desc", ""), refresh=False)
+    bar.update(int(state.get("x", 0)) - bar.n)
+    if state.get("closed"):
+        bar.close()
+        del _bars[state["uuid"]]
 
 
 def banner(text: str) -> None:
     """What the stage is about to do: how much, with what, where."""
-    print(text, flush=True)
+    if _state["show"]:
+        print(text, flush=True)
     log.info(text)
 
 
 def summary(text: str) -> None:
-    print(text, flush=True)
-    log.info(text)
+    """What the stage did, and in how long."""
+    banner(text)
 
 
 @contextmanager
-def session(stage: str, out: str | None, verbose: bool):
-    """The console of one command: logging pointed at the stage's log file for its duration."""
+def session(stage: str, out: str | None, verbose: bool, show: bool = True):
+    """The console of one command: logging pointed at the stage's log file for its duration.
+    `show=False` keeps banners and summaries in the log file only (stdout carries the command's
+    result, as `qadist evaluate`'s metrics JSON)."""
     path = start(stage, out, verbose)
-    if not verbose:
-        print(f"qadist {stage}: details in {path} (--verbose shows them here)", flush=True)
+    _state["show"] = show
     try:
         yield path
+        if show and not verbose:
+            print(f"qadist {stage}: log -> {path} (--verbose shows it here)", flush=True)
     finally:
         stop()
+        _state["show"] = True

@@ -62,9 +62,18 @@ def local_model(name_or_uri: str) -> str:
     return folder
 
 
+def check_folder(name_or_path: str) -> None:
+    """Configs make local model paths absolute: an absolute path that is not there is a missing folder
+    (not a hub name to look up)."""
+    if os.path.isabs(name_or_path) and not os.path.isdir(name_or_path):
+        raise UserError(f"{name_or_path}: no such model folder; give an existing save_pretrained folder, "
+                        "a Hugging Face model name or an s3:// folder")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    check_folder(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -84,6 +93,7 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
 
     from transformers import AutoModelForQuestionAnswering
 
+    check_folder(name_or_path)
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None

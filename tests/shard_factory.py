@@ -17,9 +17,9 @@ import torch
 
 from qadist.inference import run_windows
 from qadist.models import load_qa_model, load_tokenizer, tokenizer_fingerprint
+from qadist.shards import SCHEMA_VERSION
 from qadist.squad.features import make_windows
 
-SCHEMA_VERSION = 1
 
 
 def shard_schema(has_types: bool, has_answers: bool, metadata: dict) -> pa.Schema:

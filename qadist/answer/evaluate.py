@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from qadist import console, storage
+from qadist import storage
 from qadist.config import EvaluateConfig
 from qadist.errors import UserError
 from qadist.squad.io import gold_answers, read_pairs
@@ -66,6 +66,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     print(text)
     if cfg.out:
         storage.write_bytes(cfg.out, text.encode("utf-8"))
-    console.summary(f"qadist evaluate: {metrics['total']:,} questions: exact {metrics['exact']:.2f}, f1 {metrics['f1']:.2f}"
-                    + (f" -> {cfg.out}" if cfg.out else ""))
+    log.info("evaluate: %d questions: exact %.2f, f1 %.2f%s", metrics["total"], metrics["exact"], metrics["f1"],
+             f" -> {cfg.out}" if cfg.out else "")
     return metrics

@@ -40,7 +40,7 @@ from qadist import console, storage
 from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
 from qadist.label.commit import sweep
 from qadist.config import LabelConfig, to_dict
-from qadist.errors import UserError
+from qadist.errors import UserError, user_error_in
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
 from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
 from qadist.runtime import ensure_ray
@@ -195,10 +195,11 @@ def run_label(cfg: LabelConfig) -> dict:
         assert not missing, f"pipeline finished without shards for {missing[:3]}"
         manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
         committed = storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8"))
-    except Exception:
+    except Exception as e:
         # Ray retries lost workers and actors itself, the S3 clients transient errors; what arrives here
         # is not retried (an error raised by a stage, S3 errors past their retries). Finished shards stay.
-        log.error("%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
+        log_failure = log.info if user_error_in(e) else log.error  # a user error is the command's one line
+        log_failure("%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
                   "resumes (finished shards are skipped)", cfg.out, len(results), len(pending))
         raise
     if not committed:

@@ -264,8 +264,9 @@ class WorkerTrainer:
             self.bar.close()
         t = self.timings
         t["steps_s"] = time.perf_counter() - started - t["checkpoint_s"]
-        self.log(f"worker timings: setup {t['setup_s']:.1f}s, {self.step - first} steps {t['steps_s']:.1f}s "
-                 f"(data wait included), checkpoints {t['checkpoint_s']:.1f}s")
+        if self.rank == 0:  # to the log file (console.py): a detail, not a note for the terminal
+            print(f"worker timings: setup {t['setup_s']:.1f}s, {self.step - first} steps {t['steps_s']:.1f}s "
+                  f"(data wait included), checkpoints {t['checkpoint_s']:.1f}s", flush=True)
 
     def run_epoch(self, shard: Any) -> None:
         """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
