@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from qadist.inference import cpu_has_bf16, run_windows
-from qadist.train.losses import DistillationLoss
 from qadist.models import load_tokenizer, minilm_path
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
 from qadist.train.batches import collate_windows
 from qadist.train.loop import build_optimizer, train_step
+from qadist.train.losses import DistillationLoss
 
 SQUAD = Path(__file__).resolve().parents[1] / "tests" / "data" / "squad-v2-dev-sample.json"
 
@@ -59,8 +59,12 @@ def time_training(layers: int, batch_size: int, windows: dict, pad_id: int, prec
     batches = []
     for i in range(steps + 1):
         idx = [(i * batch_size + j) % n for j in range(batch_size)]
-        raw = {"input_ids": [windows["input_ids"][k] for k in idx], "token_type_ids": [windows["token_type_ids"][k] for k in idx],
-               "start_position": np.zeros(batch_size, dtype=np.int64), "end_position": np.zeros(batch_size, dtype=np.int64)}
+        raw = {
+            "input_ids": [windows["input_ids"][k] for k in idx],
+            "token_type_ids": [windows["token_type_ids"][k] for k in idx],
+            "start_position": np.zeros(batch_size, dtype=np.int64),
+            "end_position": np.zeros(batch_size, dtype=np.int64),
+        }
         batches.append(collate_windows(raw, pad_id))
     train_step(m, [batches[0]], loss, optimizer, scheduler, scaler, 1.0, torch.device("cpu"), dtype)  # warm-up
     started = time.perf_counter()
@@ -71,7 +75,9 @@ def time_training(layers: int, batch_size: int, windows: dict, pad_id: int, prec
 
 def time_inference(layers: int, windows: dict, pad_id: int, precision: str) -> tuple[float, np.ndarray]:
     m = model(layers).eval()
-    run_windows(m, windows["input_ids"][:64], windows["token_type_ids"][:64], pad_id, 64, torch.device("cpu"), precision)  # warm-up
+    run_windows(
+        m, windows["input_ids"][:64], windows["token_type_ids"][:64], pad_id, 64, torch.device("cpu"), precision
+    )  # warm-up
     started = time.perf_counter()
     out = run_windows(m, windows["input_ids"], windows["token_type_ids"], pad_id, 64, torch.device("cpu"), precision)
     return len(windows["input_ids"]) / (time.perf_counter() - started), np.concatenate([s for s, _ in out])
@@ -89,10 +95,14 @@ def main() -> None:
     windows = squad_windows(tokenizer, args.windows)
     pad = tokenizer.pad_token_id
     native = cpu_has_bf16()
-    print(f"CPU: {os.cpu_count()} cores, torch threads {args.threads}, native bf16: {native}; "
-          f"{len(windows['input_ids'])} SQuAD windows (max_seq_len 160)")
-    cases = {"train step, 6 layers, batch 8": lambda p: time_training(6, 8, windows, pad, p, args.steps),
-             "train step, 2 layers, batch 16": lambda p: time_training(2, 16, windows, pad, p, args.steps)}
+    print(
+        f"CPU: {os.cpu_count()} cores, torch threads {args.threads}, native bf16: {native}; "
+        f"{len(windows['input_ids'])} SQuAD windows (max_seq_len 160)"
+    )
+    cases = {
+        "train step, 6 layers, batch 8": lambda p: time_training(6, 8, windows, pad, p, args.steps),
+        "train step, 2 layers, batch 16": lambda p: time_training(2, 16, windows, pad, p, args.steps),
+    }
     results: dict[str, dict[str, list[float]]] = {}
     for r in range(args.rounds):
         for name, run in cases.items():
@@ -107,8 +117,10 @@ def main() -> None:
                 rates[precision] = logits
             if r == 0:
                 diff = np.abs(rates["fp32"] - rates["bf16"])
-                print(f"  {layers}-layer start logits, bf16 vs fp32: max |diff| {diff.max():.3f}, mean {diff.mean():.4f} "
-                      f"(logit range {rates['fp32'].min():.1f} .. {rates['fp32'].max():.1f})")
+                print(
+                    f"  {layers}-layer start logits, bf16 vs fp32: max |diff| {diff.max():.3f}, mean {diff.mean():.4f} "
+                    f"(logit range {rates['fp32'].min():.1f} .. {rates['fp32'].max():.1f})"
+                )
     print(f"\n{'case':<40} {'fp32':>10} {'bf16':>10} {'bf16 speed-up':>14}   (median of {args.rounds} rounds)")
     for name, by in results.items():
         fp32, bf16 = float(np.median(by["fp32"])), float(np.median(by["bf16"]))

@@ -42,12 +42,25 @@ def build_model(args, root: Path) -> tuple[str, object]:
     from qadist.models import build_tiny_model, load_tokenizer, train_albert_tokenizer
 
     if not args.xxlarge:
-        path = build_tiny_model("bert", root / "teacher", seed=0, num_layers=args.layers, hidden=args.hidden,
-                                tokenizer=load_tokenizer(_minilm()))
+        path = build_tiny_model(
+            "bert",
+            root / "teacher",
+            seed=0,
+            num_layers=args.layers,
+            hidden=args.hidden,
+            tokenizer=load_tokenizer(_minilm()),
+        )
         return path, load_tokenizer(path)
     tok = train_albert_tokenizer()
-    config = AlbertConfig(vocab_size=len(tok), embedding_size=128, hidden_size=4096, num_hidden_layers=args.xxlarge_layers, num_attention_heads=64,
-                          intermediate_size=16384, max_position_embeddings=512)
+    config = AlbertConfig(
+        vocab_size=len(tok),
+        embedding_size=128,
+        hidden_size=4096,
+        num_hidden_layers=args.xxlarge_layers,
+        num_attention_heads=64,
+        intermediate_size=16384,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     AutoModelForQuestionAnswering.from_config(config).save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")
@@ -83,7 +96,7 @@ def matmul_rate(device: torch.device) -> float:
         a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def padded_loop(model, windows: dict, pad_id: int, batch_size: int, max_seq_len: int, device: torch.device) -> int:
@@ -93,9 +106,11 @@ def padded_loop(model, windows: dict, pad_id: int, batch_size: int, max_seq_len:
     ids, types = windows["input_ids"], windows.get("token_type_ids")
     padded = 0
     for s in range(0, len(ids), batch_size):
-        batch = collate(ids[s:s + batch_size], types[s:s + batch_size] if types else None, pad_id)
+        batch = collate(ids[s : s + batch_size], types[s : s + batch_size] if types else None, pad_id)
         extra = max_seq_len - batch["input_ids"].shape[1]
-        batch = {k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) for k, v in batch.items()}
+        batch = {
+            k: torch.nn.functional.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) for k, v in batch.items()
+        }
         qa_logits(model, batch, device)
         padded += batch["input_ids"].numel()
     return padded
@@ -107,7 +122,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--xxlarge", action="store_true", help="Random ALBERT-xxlarge instead of the tiny BERT.")
-    parser.add_argument("--xxlarge-layers", type=int, default=12, help="Layers of the xxlarge config (fewer: a CPU smoke run).")
+    parser.add_argument(
+        "--xxlarge-layers", type=int, default=12, help="Layers of the xxlarge config (fewer: a CPU smoke run)."
+    )
     parser.add_argument("--gpu", action="store_true", help="One GPU for the actor and the loops (bf16 autocast).")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the model in all three ways.")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -123,30 +140,48 @@ def main() -> None:
     from qadist.config import LabelConfig
     from qadist.inference import pick_device, run_windows
     from qadist.label.stage import run_label
+    from qadist.label.teacher import padded_tokens
     from qadist.models import load_qa_model
     from qadist.squad.features import make_windows
     from qadist.squad.io import read_pairs
-    from qadist.label.teacher import padded_tokens
 
     root = Path(tempfile.mkdtemp(prefix="qadist-bench-"))
     pairs = [{k: v for k, v in p.items() if k != "answers"} for p in read_pairs(str(SAMPLE))[0]][: args.limit]
     (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     path, tok = build_model(args, root)
     device = pick_device(args.gpu)
-    print(f"{len(pairs):,} pairs, model {'ALBERT-xxlarge (random)' if args.xxlarge else f'BERT {args.layers}x{args.hidden}'}, "
-          f"{device}, {args.threads} thread(s), batch {args.batch_size}, max_seq_len {args.max_seq_len}", flush=True)
+    print(
+        f"{len(pairs):,} pairs, model {'ALBERT-xxlarge (random)' if args.xxlarge else f'BERT {args.layers}x{args.hidden}'}, "
+        f"{device}, {args.threads} thread(s), batch {args.batch_size}, max_seq_len {args.max_seq_len}",
+        flush=True,
+    )
 
-    ray.init(address="local", num_cpus=max(2, args.threads + 1), num_gpus=1 if args.gpu else 0, include_dashboard=False,
-             log_to_driver=False)
-    cfg = LabelConfig(pairs=str(root / "pairs.jsonl"), out=str(root / "labels"), teachers=[path], batch_size=args.batch_size,
-                      max_seq_len=args.max_seq_len, doc_stride=args.doc_stride, rows_per_shard=args.rows_per_shard,
-                      num_actors=1, num_cpus_per_actor=args.threads, num_gpus_per_actor=1 if args.gpu else 0)
+    ray.init(
+        address="local",
+        num_cpus=max(2, args.threads + 1),
+        num_gpus=1 if args.gpu else 0,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    cfg = LabelConfig(
+        pairs=str(root / "pairs.jsonl"),
+        out=str(root / "labels"),
+        teachers=[path],
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        doc_stride=args.doc_stride,
+        rows_per_shard=args.rows_per_shard,
+        num_actors=1,
+        num_cpus_per_actor=args.threads,
+        num_gpus_per_actor=1 if args.gpu else 0,
+    )
     # Ray runs its workers at a lower CPU priority (worker_niceness, 15 by default): on a machine
     # shared with other work that alone slows the actor down, so the in-process loops get the same.
     worker_nice = ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
     os.nice(max(0, worker_nice - os.nice(0)))
-    windows = make_windows({k: [p[k] for p in pairs] for k in ("id", "question", "context")}, tok,
-                           args.max_seq_len, args.doc_stride, 64)
+    windows = make_windows(
+        {k: [p[k] for p in pairs] for k in ("id", "question", "context")}, tok, args.max_seq_len, args.doc_stride, 64
+    )
     n, lengths = len(windows["id"]), [len(x) for x in windows["input_ids"]]
     torch.set_num_threads(args.threads)
     model = load_qa_model(path).to(device).eval()
@@ -156,7 +191,14 @@ def main() -> None:
 
     def bare(limit: int | None = None) -> float:
         t, cpu = time.perf_counter(), time.process_time()
-        run_windows(model, windows["input_ids"][:limit], types[:limit] if types else None, tok.pad_token_id, args.batch_size, device)
+        run_windows(
+            model,
+            windows["input_ids"][:limit],
+            types[:limit] if types else None,
+            tok.pad_token_id,
+            args.batch_size,
+            device,
+        )
         cpu_seconds["bare"] = time.process_time() - cpu
         return time.perf_counter() - t
 
@@ -181,30 +223,54 @@ def main() -> None:
     bare_s = (bare_1 + bare_2) / 2
 
     real = sum(lengths)
-    rows = [("qadist label (Ray Data, end to end)", qadist_s, run["padded_tokens"], loads[1:3]),
-            ("bare loop, length-sorted (mean of 2)", bare_s, padded_tokens(lengths, args.batch_size), [loads[0], loads[1], loads[3]]),
-            (f"padded to {args.max_seq_len} (run_qa.py way)", padded_s, padded_way, loads[3:5])]
+    rows = [
+        ("qadist label (Ray Data, end to end)", qadist_s, run["padded_tokens"], loads[1:3]),
+        (
+            "bare loop, length-sorted (mean of 2)",
+            bare_s,
+            padded_tokens(lengths, args.batch_size),
+            [loads[0], loads[1], loads[3]],
+        ),
+        (f"padded to {args.max_seq_len} (run_qa.py way)", padded_s, padded_way, loads[3:5]),
+    ]
     print(f"\n{'way':40s} {'seconds':>8s} {'windows/s':>10s} {'padded/real tokens':>19s}  load average")
     for name, s, padded, load in rows:
         print(f"{name:40s} {s:8.1f} {n / s:10.1f} {padded / real:19.3f}  {' -> '.join(f'{x:.1f}' for x in load)}")
-    print(f"(bare runs: {bare_1:.1f}s before qadist, {bare_2:.1f}s after; {os.cpu_count()} cores; all at nice {os.nice(0)} like Ray's workers)")
+    print(
+        f"(bare runs: {bare_1:.1f}s before qadist, {bare_2:.1f}s after; {os.cpu_count()} cores; all at nice {os.nice(0)} like Ray's workers)"
+    )
     print(f"\nqadist / bare   = {bare_s / qadist_s:.2f}  (target >= 0.8)")
     print(f"qadist / padded = {padded_s / qadist_s:.2f}x (target >= 1.5)")
     print(f"bare / padded   = {padded_s / bare_s:.2f}x")
     print(f"qadist padded/real tokens at {args.max_seq_len} = {run['padded_tokens'] / real:.3f} (target <= 1.15)")
-    print(f"qadist: teacher compute {run['teacher_seconds']:.1f}s of {qadist_s:.1f}s wall "
-          f"({qadist_s - run['teacher_seconds']:.1f}s start-up, windowing before the first block, writes and the manifest)")
+    print(
+        f"qadist: teacher compute {run['teacher_seconds']:.1f}s of {qadist_s:.1f}s wall "
+        f"({qadist_s - run['teacher_seconds']:.1f}s start-up, windowing before the first block, writes and the manifest)"
+    )
     if device.type == "cpu":  # CPU seconds do not depend on how busy the machine is
-        print(f"model CPU seconds: qadist actor {run['teacher_cpu_seconds']:.1f}, bare {cpu_seconds['bare']:.1f}, "
-              f"padded {cpu_seconds['padded']:.1f} -> bare/qadist actor {cpu_seconds['bare'] / run['teacher_cpu_seconds']:.2f}, "
-              f"padded/qadist actor {cpu_seconds['padded'] / run['teacher_cpu_seconds']:.2f}x")
+        print(
+            f"model CPU seconds: qadist actor {run['teacher_cpu_seconds']:.1f}, bare {cpu_seconds['bare']:.1f}, "
+            f"padded {cpu_seconds['padded']:.1f} -> bare/qadist actor {cpu_seconds['bare'] / run['teacher_cpu_seconds']:.2f}, "
+            f"padded/qadist actor {cpu_seconds['padded'] / run['teacher_cpu_seconds']:.2f}x"
+        )
     if args.xxlarge or args.gpu:
         rate = matmul_rate(device)
         useful = flops(model.config, lengths)
         for name, s, *_ in rows:
             print(f"MFU {name:36s} {useful / s / rate:6.1%} of a measured {rate / 1e12:.1f} TFLOP/s")
-    print(json.dumps({"pairs": len(pairs), "windows": n, "qadist_s": qadist_s, "bare_s": bare_s, "padded_s": padded_s,
-                      "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}))
+    print(
+        json.dumps(
+            {
+                "pairs": len(pairs),
+                "windows": n,
+                "qadist_s": qadist_s,
+                "bare_s": bare_s,
+                "padded_s": padded_s,
+                "device": str(device),
+                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -110,16 +110,34 @@ def child(args: argparse.Namespace) -> None:
     sampler.start()
     ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     started = time.perf_counter()
-    manifest = run_pairs(PairsConfig(questions=args.questions, documents=args.documents, out=args.run_out,
-                                     model=args.model, top_k=1, batch_size=512, overwrite=True))
+    manifest = run_pairs(
+        PairsConfig(
+            questions=args.questions,
+            documents=args.documents,
+            out=args.run_out,
+            model=args.model,
+            top_k=1,
+            batch_size=512,
+            overwrite=True,
+        )
+    )
     seconds = time.perf_counter() - started
     time.sleep(1.0)
     sampler.stop.set()
     sampler.join()
     ray.shutdown()
-    print("RESULT " + json.dumps({"seconds": seconds, "driver_peak_mb": sampler.driver_peak,
-                                  "tree_peak_pss_mb": sampler.tree_peak, "counts": manifest["counts"],
-                                  "by_process": {k: round(v) for k, v in sorted(sampler.by_name.items(), key=lambda kv: -kv[1])[:8]}}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "seconds": seconds,
+                "driver_peak_mb": sampler.driver_peak,
+                "tree_peak_pss_mb": sampler.tree_peak,
+                "counts": manifest["counts"],
+                "by_process": {k: round(v) for k, v in sorted(sampler.by_name.items(), key=lambda kv: -kv[1])[:8]},
+            }
+        )
+    )
 
 
 def write_questions(path: Path, n: int, seed: int = 0) -> None:
@@ -160,28 +178,53 @@ def main() -> None:
     model = build_tiny_encoder(str(out / "tiny-encoder"))
     documents = out / "documents.jsonl"
     data = json.loads(SAMPLE.read_text())["data"]
-    documents.write_text("".join(json.dumps({"id": f"{a['title']}/{n}", "text": p["context"], "title": a["title"]}) + "\n"
-                                 for a in data for n, p in enumerate(a["paragraphs"])))
+    documents.write_text(
+        "".join(
+            json.dumps({"id": f"{a['title']}/{n}", "text": p["context"], "title": a["title"]}) + "\n"
+            for a in data
+            for n, p in enumerate(a["paragraphs"])
+        )
+    )
     results = {}
     for n in args.sizes:
         questions = out / f"questions-{n}.jsonl"
         write_questions(questions, n)
-        proc = subprocess.run([sys.executable, __file__, "--child", "--questions", str(questions), "--documents", str(documents),
-                               "--run-out", str(out / f"run-{n}"), "--model", model],
-                              capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--questions",
+                str(questions),
+                "--documents",
+                str(documents),
+                "--run-out",
+                str(out / f"run-{n}"),
+                "--model",
+                model,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"run with {n} questions failed:\n{proc.stderr[-3000:]}")
-        results[n] = json.loads(line[len("RESULT "):])
+        results[n] = json.loads(line[len("RESULT ") :])
         r = results[n]
-        print(f"{n:>8,} questions: {r['seconds']:6.0f}s, {r['counts']['pairs_out']:,} pairs, {r['counts']['questions_duplicate']:,} merged; "
-              f"driver peak RSS {r['driver_peak_mb']:7.0f} MiB, whole Ray tree peak PSS {r['tree_peak_pss_mb']:7.0f} MiB", flush=True)
+        print(
+            f"{n:>8,} questions: {r['seconds']:6.0f}s, {r['counts']['pairs_out']:,} pairs, {r['counts']['questions_duplicate']:,} merged; "
+            f"driver peak RSS {r['driver_peak_mb']:7.0f} MiB, whole Ray tree peak PSS {r['tree_peak_pss_mb']:7.0f} MiB",
+            flush=True,
+        )
         print(f"          peak PSS by process (MiB): {r['by_process']}", flush=True)
     small, large = results[min(results)], results[max(results)]
     for key, name in (("driver_peak_mb", "driver peak RSS"), ("tree_peak_pss_mb", "process-tree peak PSS")):
         growth = large[key] / small[key] - 1
-        print(f"{name}: {small[key]:.0f} -> {large[key]:.0f} MiB for {max(results) // min(results)}x the questions: "
-              f"growth {growth:+.1%} ({'under' if growth < 0.15 else 'OVER'} the 15% limit)")
+        print(
+            f"{name}: {small[key]:.0f} -> {large[key]:.0f} MiB for {max(results) // min(results)}x the questions: "
+            f"growth {growth:+.1%} ({'under' if growth < 0.15 else 'OVER'} the 15% limit)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,15 @@ def squad_collection(sample: Path) -> tuple[list[dict], list[dict]]:
             docs.append({"id": doc_id, "text": paragraph["context"], "title": article["title"]})
             for qa in paragraph["qas"]:
                 if not qa.get("is_impossible") and qa.get("answers"):
-                    questions.append({"id": qa["id"], "question": qa["question"], "doc": doc_id, "article": a,
-                                      "answers": [(x["answer_start"], x["answer_start"] + len(x["text"])) for x in qa["answers"]]})
+                    questions.append(
+                        {
+                            "id": qa["id"],
+                            "question": qa["question"],
+                            "doc": doc_id,
+                            "article": a,
+                            "answers": [(x["answer_start"], x["answer_start"] + len(x["text"])) for x in qa["answers"]],
+                        }
+                    )
     return docs, questions
 
 
@@ -61,7 +68,9 @@ def baseline(model: str, docs: list[dict], questions: list[dict]) -> dict[str, l
     return {x["id"]: [docs[j]["id"] for j in row] for x, row in zip(questions, top)}
 
 
-def run_stage(out: str, model: str, qfile: str, dfile: str, **overrides) -> tuple[dict[str, list[str]], dict[str, dict]]:
+def run_stage(
+    out: str, model: str, qfile: str, dfile: str, **overrides
+) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """Run `qadist pairs` (top 5) -> (question id -> ranked doc ids, question id -> its rank-1 pair)."""
     from qadist.config import PairsConfig
     from qadist.pairs.stage import run_pairs
@@ -69,8 +78,11 @@ def run_stage(out: str, model: str, qfile: str, dfile: str, **overrides) -> tupl
     cfg = PairsConfig(questions=qfile, documents=dfile, out=out, model=model, top_k=5, overwrite=True, **overrides)
     run_pairs(cfg)
     rows = [json.loads(line) for f in sorted(Path(out, "pairs").glob("*.jsonl")) for line in f.read_text().splitlines()]
-    same_as = {json.loads(line)["id"]: json.loads(line)["same_as"]
-               for f in Path(out, "duplicates").glob("*.jsonl") for line in f.read_text().splitlines()}
+    same_as = {
+        json.loads(line)["id"]: json.loads(line)["same_as"]
+        for f in Path(out, "duplicates").glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    }
     ranked: dict[str, list[str]] = {}
     first: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: r["rank"]):
@@ -85,8 +97,12 @@ def answer_coverage(first: dict[str, dict], questions: list[dict]) -> tuple[floa
     """Of the questions whose own paragraph ranked first: share with a gold answer inside the
     scored passage, and inside the pair's context."""
     hits = [(q, first[q["id"]]) for q in questions if first.get(q["id"]) and first[q["id"]]["doc_id"] == q["doc"]]
-    passage = np.mean([any(p["passage_start"] <= s and e <= p["passage_end"] for s, e in q["answers"]) for q, p in hits])
-    context = np.mean([any(p["context_start"] <= s and e <= p["context_end"] for s, e in q["answers"]) for q, p in hits])
+    passage = np.mean(
+        [any(p["passage_start"] <= s and e <= p["passage_end"] for s, e in q["answers"]) for q, p in hits]
+    )
+    context = np.mean(
+        [any(p["context_start"] <= s and e <= p["context_end"] for s, e in q["answers"]) for q, p in hits]
+    )
     return float(passage), float(context)
 
 
@@ -107,28 +123,40 @@ def main() -> None:
     dfile.write_text("".join(json.dumps(d) + "\n" for d in docs))
     qfile.write_text("".join(json.dumps({"id": q["id"], "question": q["question"]}) + "\n" for q in questions))
     halves = [[q for q in questions if q["article"] < 4], [q for q in questions if q["article"] >= 4]]
-    print(f"SQuAD sample: {len(docs)} paragraphs (documents), {len(questions)} answerable questions; model {args.model}")
+    print(
+        f"SQuAD sample: {len(docs)} paragraphs (documents), {len(questions)} answerable questions; model {args.model}"
+    )
 
     ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     rows = []
     t = time.perf_counter()
-    rows.append(("whole paragraph, cosine (baseline)", baseline(args.model, docs, questions), None, time.perf_counter() - t))
-    for name, overrides in [("passages 128/32, cosine", {"lexical_weight": 0.0}),
-                            ("passages 128/32, cosine + BM25 (default)", {})]:
+    rows.append(
+        ("whole paragraph, cosine (baseline)", baseline(args.model, docs, questions), None, time.perf_counter() - t)
+    )
+    for name, overrides in [
+        ("passages 128/32, cosine", {"lexical_weight": 0.0}),
+        ("passages 128/32, cosine + BM25 (default)", {}),
+    ]:
         t = time.perf_counter()
         ranked, first = run_stage(str(out / "run"), args.model, str(qfile), str(dfile), **overrides)
         rows.append((name, ranked, first, time.perf_counter() - t))
     ray.shutdown()
 
-    print(f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   {'articles 0-3 r@1/r@5':>20}   {'articles 4-8 r@1/r@5':>20} {'time':>6}")
+    print(
+        f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   {'articles 0-3 r@1/r@5':>20}   {'articles 4-8 r@1/r@5':>20} {'time':>6}"
+    )
     for name, ranked, _, secs in rows:
         r1, r5 = recall(ranked, questions)
         h = [recall(ranked, part) for part in halves]
-        print(f"{name:<44} {r1:6.3f} {r5:6.3f}   {h[0][0]:12.3f} / {h[0][1]:.3f}   {h[1][0]:12.3f} / {h[1][1]:.3f} {secs:5.0f}s")
+        print(
+            f"{name:<44} {r1:6.3f} {r5:6.3f}   {h[0][0]:12.3f} / {h[0][1]:.3f}   {h[1][0]:12.3f} / {h[1][1]:.3f} {secs:5.0f}s"
+        )
     for name, _, first, _ in rows:
         if first is not None:
             p, c = answer_coverage(first, questions)
-            print(f"{name}: own paragraph first -> gold answer inside the passage {p:.3f}, inside the pair's context {c:.3f}")
+            print(
+                f"{name}: own paragraph first -> gold answer inside the passage {p:.3f}, inside the pair's context {c:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -79,7 +79,13 @@ class Killer(threading.Thread):
 
     def __init__(self, every: float, min_age: float, seed: int = 0):
         super().__init__(daemon=True)
-        self.every, self.min_age, self.rng, self.stop, self.kills = every, min_age, random.Random(seed), threading.Event(), 0
+        self.every, self.min_age, self.rng, self.stop, self.kills = (
+            every,
+            min_age,
+            random.Random(seed),
+            threading.Event(),
+            0,
+        )
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -101,17 +107,21 @@ class Killer(threading.Thread):
 def conservation(out: str, ids: list[str]) -> dict:
     import pyarrow as pa
 
-    from qadist.shards import read_manifest
-    from qadist.shards import read_shard
+    from qadist.shards import read_manifest, read_shard
 
     manifest = read_manifest(out)
     table = pa.concat_tables([read_shard(f"{out}/{s['path']}", ["id", "window"]) for s in manifest["shards"]])
     keys = list(zip(table.column("id").to_pylist(), table.column("window").to_pylist()))
     firsts = [i for i, w in keys if w == 0]
     files = {p.name for p in Path(out, "shards").glob("*.parquet")}
-    return {"pairs_in": manifest["counts"]["pairs_in"], "pairs_labeled": manifest["counts"]["pairs_labeled"],
-            "pairs_once": len(set(firsts)) if set(firsts) == set(ids) else -1, "windows": len(keys),
-            "duplicate_keys": len(keys) - len(set(keys)), "unlisted_shards": len(files - {s["path"].split("/")[1] for s in manifest["shards"]})}
+    return {
+        "pairs_in": manifest["counts"]["pairs_in"],
+        "pairs_labeled": manifest["counts"]["pairs_labeled"],
+        "pairs_once": len(set(firsts)) if set(firsts) == set(ids) else -1,
+        "windows": len(keys),
+        "duplicate_keys": len(keys) - len(set(keys)),
+        "unlisted_shards": len(files - {s["path"].split("/")[1] for s in manifest["shards"]}),
+    }
 
 
 def run(args, pairs: Path, out: Path, teacher: str, ids: list[str], kill_every: float | None) -> dict:
@@ -123,23 +133,41 @@ def run(args, pairs: Path, out: Path, teacher: str, ids: list[str], kill_every: 
     if killer:
         killer.start()
     try:
-        run_label(LabelConfig(pairs=str(pairs), out=str(out), teachers=[teacher], num_actors=args.num_actors,
-                              rows_per_shard=args.rows_per_shard, max_seq_len=128, doc_stride=32, max_query_len=32, batch_size=64))
+        run_label(
+            LabelConfig(
+                pairs=str(pairs),
+                out=str(out),
+                teachers=[teacher],
+                num_actors=args.num_actors,
+                rows_per_shard=args.rows_per_shard,
+                max_seq_len=128,
+                doc_stride=32,
+                max_query_len=32,
+                batch_size=64,
+            )
+        )
         completed = True
     finally:
         if killer:
             killer.stop.set()
             killer.join()
     seconds = time.perf_counter() - started
-    return {"completed": completed, "seconds": seconds, "pairs_per_s": len(ids) / seconds, "kills": killer.kills if killer else 0,
-            **conservation(str(out), ids)}
+    return {
+        "completed": completed,
+        "seconds": seconds,
+        "pairs_per_s": len(ids) / seconds,
+        "kills": killer.kills if killer else 0,
+        **conservation(str(out), ids),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=50_000)
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between SIGKILLs of a teacher actor")
-    parser.add_argument("--min-age", type=float, default=10.0, help="only kill actors that have lived this many seconds")
+    parser.add_argument(
+        "--min-age", type=float, default=10.0, help="only kill actors that have lived this many seconds"
+    )
     parser.add_argument("--rows-per-shard", type=int, default=500)
     parser.add_argument("--num-actors", type=int, default=2)
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs the embedded Ray advertises")
@@ -152,29 +180,57 @@ def main() -> int:
     from qadist.models import build_tiny_model, load_tokenizer, minilm_path
 
     root = Path(tempfile.mkdtemp(prefix="qadist-soak-"))
-    teacher = build_tiny_model("bert", root / "teacher", seed=0, num_layers=1, hidden=32, tokenizer=load_tokenizer(minilm_path()))
+    teacher = build_tiny_model(
+        "bert", root / "teacher", seed=0, num_layers=1, hidden=32, tokenizer=load_tokenizer(minilm_path())
+    )
     ids = make_pairs(root / "pairs.jsonl", args.pairs)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+    )
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data's progress lines would bury the table
-    print(f"soak: {args.pairs:,} pairs, {args.rows_per_shard} rows/shard, {args.num_actors} teacher actors, "
-          f"a teacher actor (alive >= {args.min_age:g}s) SIGKILLed every {args.kill_every:g}s in the faulty run; {os.cpu_count()} cores", flush=True)
+    print(
+        f"soak: {args.pairs:,} pairs, {args.rows_per_shard} rows/shard, {args.num_actors} teacher actors, "
+        f"a teacher actor (alive >= {args.min_age:g}s) SIGKILLed every {args.kill_every:g}s in the faulty run; {os.cpu_count()} cores",
+        flush=True,
+    )
     results = {}
     for name, kill_every in (("clean", None), ("faulty", args.kill_every)):
         results[name] = run(args, root / "pairs.jsonl", root / f"labels-{name}", teacher, ids, kill_every)
         print(f"  {name} run done in {results[name]['seconds']:.0f}s", flush=True)
     ray.shutdown()
 
-    rows = ("completed", "kills", "pairs_in", "pairs_labeled", "pairs_once", "windows", "duplicate_keys", "unlisted_shards",
-            "seconds", "pairs_per_s")
+    rows = (
+        "completed",
+        "kills",
+        "pairs_in",
+        "pairs_labeled",
+        "pairs_once",
+        "windows",
+        "duplicate_keys",
+        "unlisted_shards",
+        "seconds",
+        "pairs_per_s",
+    )
     print(f"\n{'':18s} {'clean':>12s} {'faulty':>12s}")
     for key in rows:
         cells = [results[n][key] for n in ("clean", "faulty")]
         print(f"{key:18s} " + " ".join(f"{c:12.1f}" if isinstance(c, float) else f"{c!s:>12s}" for c in cells))
     ratio = results["faulty"]["pairs_per_s"] / results["clean"]["pairs_per_s"]
     print(f"{'throughput ratio':18s} {'':12s} {ratio:12.2f}  (faulty / clean)")
-    ok = all(r["completed"] and r["pairs_in"] == r["pairs_labeled"] == r["pairs_once"] == args.pairs and r["duplicate_keys"] == 0
-             and r["unlisted_shards"] == 0 for r in results.values()) and results["clean"]["windows"] == results["faulty"]["windows"]
+    ok = (
+        all(
+            r["completed"]
+            and r["pairs_in"] == r["pairs_labeled"] == r["pairs_once"] == args.pairs
+            and r["duplicate_keys"] == 0
+            and r["unlisted_shards"] == 0
+            for r in results.values()
+        )
+        and results["clean"]["windows"] == results["faulty"]["windows"]
+    )
     print("conservation: " + ("OK: every pair exactly once in both runs, the same windows" if ok else "FAILED"))
     return 0 if ok else 1
 

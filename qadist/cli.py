@@ -50,7 +50,10 @@ app = typer.Typer(
 
 COMMON = {
     "config": (Optional[str], typer.Option(None, "--config", help="YAML config; flags override its keys.")),
-    "verbose": (bool, typer.Option(False, "--verbose", help="Show Ray's and qadist's logs here, not only in the log file.")),
+    "verbose": (
+        bool,
+        typer.Option(False, "--verbose", help="Show Ray's and qadist's logs here, not only in the log file."),
+    ),
 }
 
 
@@ -111,8 +114,12 @@ def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_t
             finally:
                 release_ray()
 
-    invoke.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind) for k, (kind, opt) in params.items()])
+    invoke.__signature__ = inspect.Signature(
+        [  # type: ignore[attr-defined]
+            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+            for k, (kind, opt) in params.items()
+        ]
+    )
     invoke.__annotations__ = {k: kind for k, (kind, _) in params.items()}
     invoke.__doc__ = help_text
     app.command(name)(invoke)
@@ -160,20 +167,36 @@ def _run_demo(cfg):
     return run_demo(cfg)
 
 
-command("pairs", PairsConfig, _run_pairs, "Match logged questions to documents with a bi-encoder -> question-document pairs.")
-command("label", LabelConfig, _run_label, "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.")
+command(
+    "pairs",
+    PairsConfig,
+    _run_pairs,
+    "Match logged questions to documents with a bi-encoder -> question-document pairs.",
+)
+command(
+    "label",
+    LabelConfig,
+    _run_label,
+    "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.",
+)
 command("distill", DistillConfig, _run_distill, "Train the student on the soft labels with Ray Train.")
 command("finetune", FinetuneConfig, _run_finetune, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
 command("predict", PredictConfig, _run_predict, "Answer questions with a QA model (batched; CPU or GPU).")
-command("evaluate", EvaluateConfig, _run_evaluate,
-        "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).",
-        show=False)  # stdout is the metrics JSON
+command(
+    "evaluate",
+    EvaluateConfig,
+    _run_evaluate,
+    "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).",
+    show=False,
+)  # stdout is the metrics JSON
 command("demo", DemoConfig, _run_demo, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 
 @app.command()
 def pipeline(
-    config: str = typer.Option(..., "--config", help="A sectioned YAML config: one section per stage to run, in order."),
+    config: str = typer.Option(
+        ..., "--config", help="A sectioned YAML config: one section per stage to run, in order."
+    ),
     verbose: bool = COMMON["verbose"][1],
 ):
     """Every stage section of the config in order; a stage whose output is complete is skipped."""

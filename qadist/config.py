@@ -88,8 +88,10 @@ class StageConfig(BaseModel):
 # Compute precision of forward (and backward) passes: "auto" = bf16 autocast on a GPU (fp16 where
 # it has no bf16), fp32 on a CPU; "bf16" on a CPU with AVX512-BF16/AMX: inference ~2x, training ~1.2-1.3x faster.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISION_HELP = ("auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16; bf16 on a CPU with AVX512-BF16/AMX: "
-                  "inference ~2x, training ~1.2-1.3x faster than fp32")
+PRECISION_HELP = (
+    "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16; bf16 on a CPU with AVX512-BF16/AMX: "
+    "inference ~2x, training ~1.2-1.3x faster than fp32"
+)
 
 
 class WindowSettings(StageConfig):
@@ -113,12 +115,19 @@ class PairsConfig(StageConfig):
     questions: str = Uri(help="Questions URI (JSONL/Parquet: id, question).")
     documents: str = Uri(help="Documents URI (JSONL/Parquet: id, text or context, title).")
     out: str = Uri(help="Output folder URI for pairs and rejects.")
-    model: str = Opt("packaged:all-MiniLM-L6-v2", "sentence-transformers model name or path (default: the packaged all-MiniLM-L6-v2).")
+    model: str = Opt(
+        "packaged:all-MiniLM-L6-v2",
+        "sentence-transformers model name or path (default: the packaged all-MiniLM-L6-v2).",
+    )
     top_k: int = Opt(1, "Documents kept per question (each with its best passage).", ge=1)
-    min_score: float | None = Opt(None, "Drop matches whose score (cosine + lexical weight x normalised BM25) is below this.")
+    min_score: float | None = Opt(
+        None, "Drop matches whose score (cosine + lexical weight x normalised BM25) is below this."
+    )
     passage_tokens: int = Opt(128, "Tokens of the embedding model per passage.", ge=16)
     passage_overlap: int = Opt(32, "Tokens shared by consecutive passages.", ge=0)
-    context_tokens: int = Opt(300, "A pair's context: the passage widened to this many tokens (0: the passage only).", ge=0)
+    context_tokens: int = Opt(
+        300, "A pair's context: the passage widened to this many tokens (0: the passage only).", ge=0
+    )
     lexical_weight: float = Opt(1.0, "Weight of the normalised BM25 score (0: cosine only).", ge=0)
     batch_size: int = Opt(256, "Texts per embedding batch.", ge=1)
     num_actors: int = Opt(1, "Embedding/matching actors in each pool.", ge=1)
@@ -133,8 +142,9 @@ class LabelConfig(WindowSettings):
     pairs: str = Uri(help="Pairs URI (SQuAD JSON, JSONL or Parquet; file or prefix).")
     out: str = Uri(help="Output URI for shards, manifest and rejects.")
     teachers: list[str] = Model(help="Teacher model name or path; repeat for an ensemble.", flag="--teacher")
-    revisions: list[str] | None = Opt(None, "Hub revision of each teacher, in --teacher order (default: the resolved commit).",
-                                      flag="--revision")
+    revisions: list[str] | None = Opt(
+        None, "Hub revision of each teacher, in --teacher order (default: the resolved commit).", flag="--revision"
+    )
     combine: Literal["mean_logits", "mean_probs"] = Opt("mean_logits", "How the ensemble's logits are combined.")
     keep_teacher_logits: bool = Opt(False, "Also store each teacher's logits.")
     batch_size: int = Opt(64, "Windows per teacher batch.", ge=1)
@@ -163,12 +173,15 @@ class TrainSettings(WindowSettings):
     num_workers: int = Opt(1, "Ray Train workers (one per GPU with --use-gpu).", ge=1)
     use_gpu: bool = Opt(False, "Train on GPUs (one per worker).")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Opt(
-        "PACK", "How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node.")
+        "PACK", "How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node."
+    )
     checkpoint_every: int = Opt(500, "Optimizer steps between checkpoints.", ge=1)
     max_failures: int = Opt(2, "Worker-group restarts from the last checkpoint before the run fails.", ge=0)
     keep_checkpoints: int = Opt(2, "Checkpoints kept.", ge=1)
     shuffle_buffer: int = Opt(2048, "Windows in each worker's local shuffle buffer (0: stream order).", ge=0)
-    length_group: int = Opt(1, "Micro-batches drawn together and re-cut by window length (less padding; 1: stream order).", ge=1)
+    length_group: int = Opt(
+        1, "Micro-batches drawn together and re-cut by window length (less padding; 1: stream order).", ge=1
+    )
     precision: Precision = Opt("auto", PRECISION_HELP)
     eval_file: str | None = Uri(None, "SQuAD JSON or pairs with answers, scored after each epoch.")
     seed: int = Opt(0, "Seed of initialisation, shuffling and dropout.")
@@ -211,7 +224,9 @@ class PredictConfig(AnswerSettings):
 
 class EvaluateConfig(AnswerSettings):
     data: str = Uri(help="Gold SQuAD JSON or pairs with answers.")
-    model: str | None = Model(None, "A model to answer `data` first (predict and score in one); else --predictions is read.")
+    model: str | None = Model(
+        None, "A model to answer `data` first (predict and score in one); else --predictions is read."
+    )
     predictions: str | None = Uri(None, "predictions.json: read, or written when --model is given.")
     na_probs: str | None = Uri(None, "na_probs.json: read, or written when --model is given.")
     na_prob_thresh: float = Opt(1.0, "No-answer probability above which a prediction counts as no answer.")
@@ -276,7 +291,9 @@ def describe_error(e: ValidationError, cls: type[StageConfig], source: str) -> s
     return f"{source}: key '{key}': {msg} (got {err.get('input')!r})" if err["loc"] else f"{source}: {msg}"
 
 
-def load_config(cls: type[Config], stage: str, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    cls: type[Config], stage: str, config_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """YAML (optional) + flags that were given (not None) -> a validated stage config."""
     values: dict[str, Any] = {}
     if config_path:

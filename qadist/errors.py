@@ -34,7 +34,7 @@ def user_error_in(error: BaseException, depth: int = 0) -> UserError | None:
     # which keeps its cause only as formatted text: the UserError's line is read back from it.
     text = str(error)
     at = text.rfind(USER_ERROR_MARK)
-    return UserError(text[at + len(USER_ERROR_MARK):].splitlines()[0]) if at >= 0 else None
+    return UserError(text[at + len(USER_ERROR_MARK) :].splitlines()[0]) if at >= 0 else None
 
 
 def one_line(error: UserError) -> str:

@@ -47,10 +47,12 @@ def cpu_has_bf16() -> bool:
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     """Indices grouped into batches of similar length (longest first), so padding stays small."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None, pad_id: int
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch of windows to its longest one; attention_mask marks the real tokens."""
     longest = max(len(x) for x in input_ids)
     ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
@@ -68,7 +70,9 @@ def collate(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequenc
 
 
 @torch.inference_mode()
-def qa_logits(model: Any, batch: dict[str, torch.Tensor], device: torch.device, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def qa_logits(
+    model: Any, batch: dict[str, torch.Tensor], device: torch.device, precision: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) float32 logits [batch, longest] for one collated batch."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     dtype = autocast_dtype(device, precision)
@@ -100,7 +104,9 @@ def run_windows(
 CHUNK = 256  # pairs windowed and run at a time, so memory stays bounded on large files
 
 
-def predict_pairs(pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device) -> tuple[dict[str, str], dict[str, float]]:
+def predict_pairs(
+    pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device
+) -> tuple[dict[str, str], dict[str, float]]:
     """Answers and no-answer probabilities for pairs, by `cfg` (an AnswerSettings): the windows of
     training and labelling, batched forward passes, the shared post-processing."""
     from tqdm import tqdm
@@ -110,10 +116,18 @@ def predict_pairs(pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, devic
 
     windows: list[dict] = []
     for i in tqdm(range(0, len(pairs), CHUNK), desc="predict", unit="chunk", disable=len(pairs) <= CHUNK):
-        chunk = pairs[i:i + CHUNK]
+        chunk = pairs[i : i + CHUNK]
         batch = {k: [p[k] for p in chunk] for k in ("id", "question", "context")}
         w = make_windows(batch, tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
-        logits = run_windows(model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, cfg.batch_size, device, cfg.precision)
+        logits = run_windows(
+            model,
+            w["input_ids"],
+            w.get("token_type_ids"),
+            tokenizer.pad_token_id,
+            cfg.batch_size,
+            device,
+            cfg.precision,
+        )
         windows += [
             {"id": w["id"][j], "offsets": w["offsets"][j], "start_logits": s, "end_logits": e}
             for j, (s, e) in enumerate(logits)

@@ -23,7 +23,13 @@ from qadist.errors import UserError
 log = logging.getLogger(__name__)
 
 FAMILIES = ("bert", "albert")
-SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def minilm_path() -> str:
@@ -46,10 +52,12 @@ def local_model(name_or_uri: str) -> str:
         return folder
     files = storage.list_files(name_or_uri)
     if not any(f.endswith("/config.json") for f in files):
-        raise UserError(f"{name_or_uri}: no config.json there; give a save_pretrained folder (e.g. <out>/final of a distill run)")
+        raise UserError(
+            f"{name_or_uri}: no config.json there; give a save_pretrained folder (e.g. <out>/final of a distill run)"
+        )
     staging = tempfile.mkdtemp(prefix="qadist-model-")
     for uri in files:
-        target = os.path.join(staging, uri[len(name_or_uri.rstrip("/")) + 1:])
+        target = os.path.join(staging, uri[len(name_or_uri.rstrip("/")) + 1 :])
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as f:
             f.write(storage.read_bytes(uri))
@@ -66,8 +74,10 @@ def check_folder(name_or_path: str) -> None:
     """Configs make local model paths absolute: an absolute path that is not there is a missing folder
     (not a hub name to look up)."""
     if os.path.isabs(name_or_path) and not os.path.isdir(name_or_path):
-        raise UserError(f"{name_or_path}: no such model folder; give an existing save_pretrained folder, "
-                        "a Hugging Face model name or an s3:// folder")
+        raise UserError(
+            f"{name_or_path}: no such model folder; give an existing save_pretrained folder, "
+            "a Hugging Face model name or an s3:// folder"
+        )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
@@ -77,7 +87,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name") from e
+        raise UserError(
+            f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name"
+        ) from e
     if not tok.is_fast:
         raise UserError(f"{name_or_path}: tokenizer is not a fast (Rust) tokenizer; qadist needs character offsets")
     return tok
@@ -99,10 +111,14 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
         )
     except pickle.UnpicklingError as e:
-        raise UserError(f"{name_or_path}: its pickled weights hold more than tensors and were not loaded ({str(e).splitlines()[0][:120]}); "
-                        "give the model as safetensors (model.safetensors)") from e
+        raise UserError(
+            f"{name_or_path}: its pickled weights hold more than tensors and were not loaded ({str(e).splitlines()[0][:120]}); "
+            "give the model as safetensors (model.safetensors)"
+        ) from e
     except (OSError, ValueError) as e:
-        raise UserError(f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name") from e
+        raise UserError(
+            f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name"
+        ) from e
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -127,7 +143,7 @@ def _default_corpus() -> list[str]:
     """English word pieces from the packaged WordPiece vocabulary: enough to train a tiny Unigram."""
     vocab = (Path(minilm_path()) / "vocab.txt").read_text(encoding="utf-8").split()
     words = [w.removeprefix("##") for w in vocab if not w.startswith("[")]
-    return [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
+    return [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
 
 
 def train_albert_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 4000) -> Any:
@@ -140,12 +156,18 @@ def train_albert_tokenizer(texts: Iterable[str] | None = None, vocab_size: int =
     # WhitespaceSplit first so token offsets exclude the space before a word, as ALBERT's own do.
     # UnicodeScripts and Digits mirror SentencePiece's split_by_unicode_script / split_by_number:
     # without them pieces like "france." or "(1965" form and answers end inside a token.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.UnicodeScripts(),
-        pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.Metaspace(),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.UnicodeScripts(),
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.Metaspace(),
+        ]
+    )
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), unk_token="<unk>"
+    )
     tok.train_from_iterator(list(texts) if texts is not None else _default_corpus(), trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -199,5 +221,12 @@ def build_tiny_model(
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    log.info("tiny %s QA model (%d layers, hidden %d, vocab %d) saved to %s", family, num_layers, hidden, len(tokenizer), out_dir)
+    log.info(
+        "tiny %s QA model (%d layers, hidden %d, vocab %d) saved to %s",
+        family,
+        num_layers,
+        hidden,
+        len(tokenizer),
+        out_dir,
+    )
     return str(out_dir)

@@ -25,8 +25,17 @@ def read_json(uri: str) -> dict[str, Any]:
     return json.loads(storage.read_text(uri))
 
 
-def claim(out: str, marker: str, settings: dict[str, Any], *, what: str, fix: str, overwrite: bool = False,
-          parts: tuple[str, ...] = (), foreign: tuple[str, ...] | None = None) -> bool:
+def claim(
+    out: str,
+    marker: str,
+    settings: dict[str, Any],
+    *,
+    what: str,
+    fix: str,
+    overwrite: bool = False,
+    parts: tuple[str, ...] = (),
+    foreign: tuple[str, ...] | None = None,
+) -> bool:
     """Claim `out` for a run with `settings`; True when an earlier run with the same settings holds it.
 
     `marker` is the claim's file name inside `out`. `overwrite` first deletes `parts` and the marker.
@@ -44,8 +53,13 @@ def claim(out: str, marker: str, settings: dict[str, Any], *, what: str, fix: st
         if changed:
             raise UserError(f"{out}: holds {what} made with other settings (changed: {', '.join(changed)}); {fix}")
         return True
-    taken = ([p for p in foreign if storage.exists(storage.join(out, p))] if foreign is not None
-             else storage.list_files(out) if storage.exists(out) else [])
+    taken = (
+        [p for p in foreign if storage.exists(storage.join(out, p))]
+        if foreign is not None
+        else storage.list_files(out)
+        if storage.exists(out)
+        else []
+    )
     if taken:
         raise UserError(f"{out}: holds files that no qadist run claimed (no {marker}); {fix}")
     if not storage.write_if_absent(uri, json.dumps(mine, indent=2, sort_keys=True).encode("utf-8")):

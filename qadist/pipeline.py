@@ -57,7 +57,9 @@ def run_pipeline(config_path: str) -> dict[str, str]:
     data = read_yaml(config_path)
     unknown = [k for k in data if k not in ORDER]
     if unknown:
-        raise UserError(f"{config_path}: unknown section '{unknown[0]}'; a pipeline config has sections {', '.join(ORDER)}")
+        raise UserError(
+            f"{config_path}: unknown section '{unknown[0]}'; a pipeline config has sections {', '.join(ORDER)}"
+        )
     stages = [s for s in ORDER if isinstance(data.get(s), dict)]
     if not stages:
         raise UserError(f"{config_path}: no stage sections; add at least one of {', '.join(ORDER)}")

@@ -84,7 +84,9 @@ def _parquet_file(file_uri: str) -> Iterator[tuple[int, Any]]:
                     n += 1
                     yield n, row
     except (pa.ArrowInvalid, OSError) as e:
-        raise UserError(f"{file_uri}: not a readable Parquet file ({str(e).splitlines()[0]}); rewrite it or give JSONL") from e
+        raise UserError(
+            f"{file_uri}: not a readable Parquet file ({str(e).splitlines()[0]}); rewrite it or give JSONL"
+        ) from e
 
 
 def flatten_squad(obj: dict, source: str) -> list[dict]:
@@ -94,16 +96,18 @@ def flatten_squad(obj: dict, source: str) -> list[dict]:
         for paragraph in article.get("paragraphs", []):
             for qa in paragraph.get("qas", []):
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                rows.append({
-                    "id": qa.get("id"),
-                    "question": qa.get("question"),
-                    "context": paragraph.get("context"),
-                    "title": article.get("title"),
-                    "answers": {
-                        "text": [a.get("text") for a in answers],
-                        "answer_start": [a.get("answer_start") for a in answers],
-                    },
-                })
+                rows.append(
+                    {
+                        "id": qa.get("id"),
+                        "question": qa.get("question"),
+                        "context": paragraph.get("context"),
+                        "title": article.get("title"),
+                        "answers": {
+                            "text": [a.get("text") for a in answers],
+                            "answer_start": [a.get("answer_start") for a in answers],
+                        },
+                    }
+                )
     if not rows and "data" not in obj:
         raise UserError(f"{source}: a JSON object without 'data'; give official SQuAD JSON or JSONL pairs")
     return rows
@@ -117,7 +121,9 @@ def _json_file(file_uri: str) -> Iterator[tuple[int, Any]]:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f"line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "encoding"
-        raise UserError(f"{file_uri}: malformed JSON at {where}; give official SQuAD JSON, or one row per line as .jsonl") from e
+        raise UserError(
+            f"{file_uri}: malformed JSON at {where}; give official SQuAD JSON, or one row per line as .jsonl"
+        ) from e
     rows = obj if isinstance(obj, list) else flatten_squad(obj, file_uri) if isinstance(obj, dict) else None
     if rows is None:
         raise UserError(f"{file_uri}: JSON must be a SQuAD object or a list of pairs (or rows)")
@@ -145,6 +151,7 @@ def iter_raw_rows(uri: str, flag: str = "the input") -> Iterator[tuple[str, int,
 
 
 # ---- checks every stage shares ---------------------------------------------------------------
+
 
 def check_id(raw: dict, what: str = "id") -> tuple[str | None, str | None]:
     """A row's id as a string, or the reason it has none usable."""
@@ -191,7 +198,9 @@ def bad_unicode(fields: list[tuple[str, str]]) -> str | None:
     for name, value in fields:
         at = lone_surrogate(value)
         if at is not None:
-            return f"field '{name}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
+            return (
+                f"field '{name}' is not valid Unicode (a lone surrogate at character {at}); re-encode the row as UTF-8"
+            )
     return None
 
 

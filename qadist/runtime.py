@@ -44,8 +44,13 @@ def _init(ray, address: str | None, min_cpus: int, env: dict[str, str]) -> None:
         os.environ.setdefault("RAY_worker_niceness", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"env_vars": env})
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, min_cpus),
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": env},
+        )
 
 
 def release_ray() -> None:

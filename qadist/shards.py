@@ -54,7 +54,10 @@ def shard_schema(has_types: bool, has_answers: bool, keep_teacher_logits: bool) 
     logits = [pa.field("start_logits", LOGITS_TYPE), pa.field("end_logits", LOGITS_TYPE)]
     fields[at:at] = logits
     if keep_teacher_logits:
-        fields += [pa.field("teacher_start_logits", TEACHER_LOGITS_TYPE), pa.field("teacher_end_logits", TEACHER_LOGITS_TYPE)]
+        fields += [
+            pa.field("teacher_start_logits", TEACHER_LOGITS_TYPE),
+            pa.field("teacher_end_logits", TEACHER_LOGITS_TYPE),
+        ]
     return pa.schema(fields)
 
 
@@ -76,7 +79,9 @@ def list_array(arrays: Sequence[np.ndarray], value_type: pa.DataType = pa.float1
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate(arrays) if len(arrays) else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    )
 
 
 def list_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
@@ -87,7 +92,7 @@ def list_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     offsets = arr.offsets.to_numpy()
     values = arr.flatten().to_numpy(zero_copy_only=False)
     base = offsets[0]
-    return [values[s - base:e - base] for s, e in zip(offsets[:-1], offsets[1:])]
+    return [values[s - base : e - base] for s, e in zip(offsets[:-1], offsets[1:])]
 
 
 def pack(table: pa.Table) -> bytes:
@@ -136,7 +141,9 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
     """Refuse shards of another schema version, or made with another tokenizer than the caller's."""
     version = header.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise UserError(f"{source}: soft labels have schema_version={version}, this qadist reads {SCHEMA_VERSION}; re-run `qadist label`")
+        raise UserError(
+            f"{source}: soft labels have schema_version={version}, this qadist reads {SCHEMA_VERSION}; re-run `qadist label`"
+        )
     have = (header.get("tokenizer") or {}).get("hash")
     if tokenizer_hash is not None and have != tokenizer_hash:
         raise UserError(
@@ -149,7 +156,9 @@ def read_manifest(uri: str) -> dict[str, Any]:
     """`<uri>/_manifest.json` of a finished `qadist label` run (a UserError when missing)."""
     path = storage.join(uri, "_manifest.json")
     if not storage.exists(path):
-        raise UserError(f"{uri}: no _manifest.json; the label run has not finished (re-run `qadist label` to resume it)")
+        raise UserError(
+            f"{uri}: no _manifest.json; the label run has not finished (re-run `qadist label` to resume it)"
+        )
     manifest = json.loads(storage.read_text(path))
     check_header(manifest, path)
     return manifest

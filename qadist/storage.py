@@ -56,9 +56,9 @@ def s3_filesystem() -> pafs.S3FileSystem:
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """A URI -> (filesystem, path inside it)."""
     if is_s3(uri):
-        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -97,7 +97,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     prefix = uri.rstrip("/")
     out = []
     for f in found:
-        rel = f.path[len(path):].lstrip("/")
+        rel = f.path[len(path) :].lstrip("/")
         if f.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in rel.split("/")):
             continue
         if suffixes and not rel.endswith(suffixes):
@@ -190,7 +190,7 @@ def makedirs(uri: str) -> None:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -218,12 +218,23 @@ def check_s3_access(uri: str, flag: str) -> None:
     try:
         s3_client().head_bucket(Bucket=bucket)
     except NoCredentialsError as e:
-        raise UserError(f"{uri} ({flag}): no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                        "AWS_PROFILE or an instance role") from e
+        raise UserError(
+            f"{uri} ({flag}): no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or an instance role"
+        ) from e
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code"))
         if code in ("404", "NoSuchBucket"):
             raise UserError(f"{uri} ({flag}): bucket {bucket!r} does not exist; create it or fix {flag}") from e
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-            raise UserError(f"{uri} ({flag}): access denied ({code}); check the AWS credentials and the bucket policy") from e
+        if code in (
+            "403",
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "InvalidToken",
+        ):
+            raise UserError(
+                f"{uri} ({flag}): access denied ({code}); check the AWS credentials and the bucket policy"
+            ) from e
         raise

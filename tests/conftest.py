@@ -24,8 +24,11 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 def squad_sample() -> str:
     """The in-repo SQuAD 2.0 sample. Missing data fails the test; it never skips it."""
     if not SQUAD_SAMPLE.is_file():
-        pytest.fail(f"test data missing: {SQUAD_SAMPLE} (it is part of the repository; restore it "
-                    "with `git checkout -- tests/data/`)", pytrace=False)
+        pytest.fail(
+            f"test data missing: {SQUAD_SAMPLE} (it is part of the repository; restore it "
+            "with `git checkout -- tests/data/`)",
+            pytrace=False,
+        )
     return str(SQUAD_SAMPLE)
 
 
@@ -111,7 +114,12 @@ def ray_local(s3_server):
     if not ray.is_initialized():
         # address="local": never join whatever /tmp/ray/ray_current_cluster names (a stale file
         # from an earlier `ray start` on the machine makes ray.init() try to connect to it).
-        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+        )
     yield ray
     ray.shutdown()

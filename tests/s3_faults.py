@@ -33,11 +33,11 @@ ANSWERS = {
 
 @dataclass
 class Rule:
-    kind: str                     # 503 | 500 | drop | stall | lost_reply | 403
-    method: str = "*"             # HTTP method, or * for any
-    path: str = ".*"              # regex searched in "<path>?<query>" (path = /bucket/key)
-    times: int | None = 1         # fault this many matching requests; None: all of them
-    seconds: float = 0.0          # stall only
+    kind: str  # 503 | 500 | drop | stall | lost_reply | 403
+    method: str = "*"  # HTTP method, or * for any
+    path: str = ".*"  # regex searched in "<path>?<query>" (path = /bucket/key)
+    times: int | None = 1  # fault this many matching requests; None: all of them
+    seconds: float = 0.0  # stall only
     access_key: str | None = None  # 403 only: requests signed with this key id
     hits: int = 0
     entered: threading.Event = field(default_factory=threading.Event)
@@ -58,7 +58,7 @@ class FaultInjector:
         self.app = app
         self.rules: list[Rule] = []
         self.injected: list[tuple[str, str, str]] = []  # (kind, method, target) of each faulted request
-        self.requests: list[tuple[str, str]] = []       # (method, target) of every request, faulted or not
+        self.requests: list[tuple[str, str]] = []  # (method, target) of every request, faulted or not
         self.lock = threading.Lock()
 
     def add(self, kind: str, **kwargs) -> Rule:
@@ -83,7 +83,9 @@ class FaultInjector:
         target = environ.get("PATH_INFO", "") + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
         with self.lock:
             self.requests.append((method, target))
-            rule = next((r for r in self.rules if r.matches(method, target, environ.get("HTTP_AUTHORIZATION", ""))), None)
+            rule = next(
+                (r for r in self.rules if r.matches(method, target, environ.get("HTTP_AUTHORIZATION", ""))), None
+            )
             if rule is not None:
                 rule.hits += 1
                 self.injected.append((rule.kind, method, target))
@@ -96,7 +98,7 @@ class FaultInjector:
             rule.release.wait(rule.seconds)
             self._drop(environ)
         if rule.kind == "lost_reply":
-            result = self.app(environ, lambda status, headers, exc_info=None: (lambda data: None))
+            result = self.app(environ, lambda status, headers, exc_info=None: lambda data: None)
             for _ in result:
                 pass
             getattr(result, "close", lambda: None)()
@@ -108,7 +110,9 @@ class FaultInjector:
         status, code, message = ANSWERS[rule.kind]
         body = ERROR_BODY.format(code=code, message=message).encode()
         # Connection: close, as S3 does after an error: the rest of an unread body must not be parsed as a request.
-        start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body))), ("Connection", "close")])
+        start_response(
+            status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body))), ("Connection", "close")]
+        )
         return [body]
 
     @staticmethod

@@ -21,7 +21,6 @@ from qadist.shards import SCHEMA_VERSION
 from qadist.squad.features import make_windows
 
 
-
 def shard_schema(has_types: bool, has_answers: bool, metadata: dict) -> pa.Schema:
     fields = [
         ("id", pa.string()),
@@ -33,17 +32,25 @@ def shard_schema(has_types: bool, has_answers: bool, metadata: dict) -> pa.Schem
         ("end_logits", pa.list_(pa.float16())),
         ("start_position", pa.int32()),
         ("end_position", pa.int32()),
-        *([("answers", pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int32()))]))] if has_answers else []),
+        *(
+            [("answers", pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int32()))]))]
+            if has_answers
+            else []
+        ),
     ]
     return pa.schema(fields, metadata={"qadist": json.dumps(metadata)})
 
 
-def label_windows(pairs: list[dict], model, tokenizer, max_seq_len: int, doc_stride: int, max_query_len: int) -> dict[str, list]:
+def label_windows(
+    pairs: list[dict], model, tokenizer, max_seq_len: int, doc_stride: int, max_query_len: int
+) -> dict[str, list]:
     batch = {k: [p[k] for p in pairs] for k in ("id", "question", "context")}
     if any("answers" in p for p in pairs):
         batch["answers"] = [p.get("answers") for p in pairs]
     w = make_windows(batch, tokenizer, max_seq_len, doc_stride, max_query_len)
-    logits = run_windows(model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, 32, torch.device("cpu"))
+    logits = run_windows(
+        model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, 32, torch.device("cpu")
+    )
     w["start_logits"] = [s.astype(np.float16).tolist() for s, _ in logits]
     w["end_logits"] = [e.astype(np.float16).tolist() for _, e in logits]
     return w
@@ -65,11 +72,18 @@ def make_label_shards(
     model = load_qa_model(teacher).eval()
     tok = {"name": teacher, "hash": tokenizer_fingerprint(tokenizer)}
     teachers = [{"name": teacher, "revision": "local"}]
-    meta = {"schema_version": SCHEMA_VERSION, "teachers": teachers, "tokenizer": tok, "max_seq_len": max_seq_len,
-            "doc_stride": doc_stride, "max_query_len": max_query_len, "combine": "mean_logits"}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "teachers": teachers,
+        "tokenizer": tok,
+        "max_seq_len": max_seq_len,
+        "doc_stride": doc_stride,
+        "max_query_len": max_query_len,
+        "combine": "mean_logits",
+    }
     shards, windows = [], 0
     for n, i in enumerate(range(0, len(pairs), pairs_per_shard)):
-        chunk = pairs[i:i + pairs_per_shard]
+        chunk = pairs[i : i + pairs_per_shard]
         w = label_windows(chunk, model, tokenizer, max_seq_len, doc_stride, max_query_len)
         schema = shard_schema("token_type_ids" in w, "answers" in w, meta)
         table = pa.table({f.name: pa.array(w[f.name], type=f.type) for f in schema}, schema=schema)
@@ -79,8 +93,15 @@ def make_label_shards(
         windows += table.num_rows
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "config": {"pairs": "(test)", "out": str(out), "teachers": [teacher], "max_seq_len": max_seq_len,
-                   "doc_stride": doc_stride, "max_query_len": max_query_len, "combine": "mean_logits"},
+        "config": {
+            "pairs": "(test)",
+            "out": str(out),
+            "teachers": [teacher],
+            "max_seq_len": max_seq_len,
+            "doc_stride": doc_stride,
+            "max_query_len": max_query_len,
+            "combine": "mean_logits",
+        },
         "counts": {"pairs_in": len(pairs), "pairs_labeled": len(pairs), "pairs_rejected": 0, "windows": windows},
         "shards": shards,
         "teachers": teachers,

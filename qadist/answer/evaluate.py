@@ -30,7 +30,9 @@ def read_json_mapping(uri: str, value_types: tuple[type, ...], what: str) -> dic
         raise UserError(f"{uri}: {what} must be a JSON object of id -> value, not {type(data).__name__}")
     for key, value in data.items():
         if not isinstance(value, value_types) or isinstance(value, bool):
-            raise UserError(f"{uri}: id {key!r}: {what} value {value!r} must be {' or '.join(t.__name__ for t in value_types)}")
+            raise UserError(
+                f"{uri}: id {key!r}: {what} value {value!r} must be {' or '.join(t.__name__ for t in value_types)}"
+            )
     return data
 
 
@@ -66,6 +68,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     print(text)
     if cfg.out:
         storage.write_bytes(cfg.out, text.encode("utf-8"))
-    log.info("evaluate: %d questions: exact %.2f, f1 %.2f%s", metrics["total"], metrics["exact"], metrics["f1"],
-             f" -> {cfg.out}" if cfg.out else "")
+    log.info(
+        "evaluate: %d questions: exact %.2f, f1 %.2f%s",
+        metrics["total"],
+        metrics["exact"],
+        metrics["f1"],
+        f" -> {cfg.out}" if cfg.out else "",
+    )
     return metrics

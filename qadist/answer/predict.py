@@ -31,8 +31,10 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     predictions, na_probs = predict_pairs(pairs, model, tokenizer, cfg, device)
     elapsed = time.perf_counter() - started
     answered = sum(1 for a in predictions.values() if a)
-    console.summary(f"qadist predict: {len(predictions):,} questions ({answered:,} answered, {len(predictions) - answered:,} no answer) "
-                    f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})")
+    console.summary(
+        f"qadist predict: {len(predictions):,} questions ({answered:,} answered, {len(predictions) - answered:,} no answer) "
+        f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})"
+    )
     return predictions, na_probs
 
 

@@ -24,29 +24,102 @@ from dataclasses import dataclass
 
 from qadist import storage
 
-ATTRIBUTES = ("sensor", "megapixels", "iso", "mount", "stabilisation", "video", "battery", "weight", "sealing", "price", "year")
-BRANDS = ("Kestrel", "Orion", "Lumora", "Vantor", "Halcyon", "Pentara", "Novik", "Sorell", "Aurex", "Tamsin", "Brightwell", "Corvid")
+ATTRIBUTES = (
+    "sensor",
+    "megapixels",
+    "iso",
+    "mount",
+    "stabilisation",
+    "video",
+    "battery",
+    "weight",
+    "sealing",
+    "price",
+    "year",
+)
+BRANDS = (
+    "Kestrel",
+    "Orion",
+    "Lumora",
+    "Vantor",
+    "Halcyon",
+    "Pentara",
+    "Novik",
+    "Sorell",
+    "Aurex",
+    "Tamsin",
+    "Brightwell",
+    "Corvid",
+)
 PREFIXES = ("X", "Z", "R", "GX", "SL", "Q", "TX", "M", "EV", "K", "FZ", "A")
 SUFFIXES = ("", "", "", " II", " III", " Mark II", "s", " Pro", "R", " Mini")
 
 # Sentence templates per attribute: `{name}` / `{ref}` name the camera, `{v}` is the answer.
 STATEMENTS = {
-    "sensor": ("At its heart is a {v} sensor.", "The {ref} uses a {v} sensor.", "It is built around a {v} sensor, a step up for this class.",
-               "Sensor format: {v}.", "{ref_cap} shoots on a {v} sensor."),
-    "megapixels": ("It captures {v} images.", "Resolution comes in at {v}.", "The sensor resolves {v}, plenty for large prints.",
-                   "Stills are recorded at {v}.", "Files from the {ref} come out at {v}."),
-    "iso": ("Sensitivity runs {v}.", "The native range is {v}, good for dim interiors.", "It covers {v} for low light.",
-            "ISO range: {v}.", "Low-light work benefits from a range of {v}."),
-    "mount": ("Lenses attach via the {v}.", "It takes lenses for the {v}.", "The {ref} uses the {v}, with dozens of lenses available.",
-              "Mount: {v}."),
-    "stabilisation": ("It offers {v}.", "Shake is tamed by {v}.", "Stabilisation: {v}.", "The {ref} relies on {v} for handheld shots."),
-    "video": ("Video tops out at {v}.", "It records video at up to {v}.", "Filmmakers get {v} recording.", "Best video mode: {v}."),
-    "battery": ("The battery is rated for {v} per charge.", "Battery life is about {v}.", "A full charge lasts roughly {v}.",
-                "Expect around {v} from one battery."),
-    "weight": ("The body weighs {v} with battery and card.", "It tips the scales at {v}.", "Weight: {v}.", "Carrying just {v}, the {ref} is easy to take along."),
+    "sensor": (
+        "At its heart is a {v} sensor.",
+        "The {ref} uses a {v} sensor.",
+        "It is built around a {v} sensor, a step up for this class.",
+        "Sensor format: {v}.",
+        "{ref_cap} shoots on a {v} sensor.",
+    ),
+    "megapixels": (
+        "It captures {v} images.",
+        "Resolution comes in at {v}.",
+        "The sensor resolves {v}, plenty for large prints.",
+        "Stills are recorded at {v}.",
+        "Files from the {ref} come out at {v}.",
+    ),
+    "iso": (
+        "Sensitivity runs {v}.",
+        "The native range is {v}, good for dim interiors.",
+        "It covers {v} for low light.",
+        "ISO range: {v}.",
+        "Low-light work benefits from a range of {v}.",
+    ),
+    "mount": (
+        "Lenses attach via the {v}.",
+        "It takes lenses for the {v}.",
+        "The {ref} uses the {v}, with dozens of lenses available.",
+        "Mount: {v}.",
+    ),
+    "stabilisation": (
+        "It offers {v}.",
+        "Shake is tamed by {v}.",
+        "Stabilisation: {v}.",
+        "The {ref} relies on {v} for handheld shots.",
+    ),
+    "video": (
+        "Video tops out at {v}.",
+        "It records video at up to {v}.",
+        "Filmmakers get {v} recording.",
+        "Best video mode: {v}.",
+    ),
+    "battery": (
+        "The battery is rated for {v} per charge.",
+        "Battery life is about {v}.",
+        "A full charge lasts roughly {v}.",
+        "Expect around {v} from one battery.",
+    ),
+    "weight": (
+        "The body weighs {v} with battery and card.",
+        "It tips the scales at {v}.",
+        "Weight: {v}.",
+        "Carrying just {v}, the {ref} is easy to take along.",
+    ),
     "sealing": ("The body is {v}.", "Weather protection: {v}.", "Its magnesium alloy shell is {v}.", "Build: {v}."),
-    "price": ("The body sells for {v}.", "It is priced at {v} body only.", "Price: {v}.", "You can buy the {ref} for {v}."),
-    "year": ("It was released in {v}.", "The {ref} was announced in {v}.", "Launched in {v}, it replaced an older model.", "Release year: {v}."),
+    "price": (
+        "The body sells for {v}.",
+        "It is priced at {v} body only.",
+        "Price: {v}.",
+        "You can buy the {ref} for {v}.",
+    ),
+    "year": (
+        "It was released in {v}.",
+        "The {ref} was announced in {v}.",
+        "Launched in {v}, it replaced an older model.",
+        "Release year: {v}.",
+    ),
 }
 DISTRACTORS = (
     "The rear screen is a {d1}.{d2}-inch touchscreen with {d3}.{d4} million dots.",
@@ -62,34 +135,93 @@ DISTRACTORS = (
     "Autofocus uses {n3} phase-detect points.",
 )
 FILLERS = (
-    "Shoppers praise its handling.", "It is a popular pick for travel and street photography.",
-    "Reviewers call it a dependable all-rounder.", "The menus are easy to learn.",
-    "Free shipping is available on this item.", "It comes with a strap, a charger and a body cap.",
-    "Many owners use it for weddings and events.", "It is a favourite among wildlife photographers.",
+    "Shoppers praise its handling.",
+    "It is a popular pick for travel and street photography.",
+    "Reviewers call it a dependable all-rounder.",
+    "The menus are easy to learn.",
+    "Free shipping is available on this item.",
+    "It comes with a strap, a charger and a body cap.",
+    "Many owners use it for weddings and events.",
+    "It is a favourite among wildlife photographers.",
 )
 QUESTIONS = {
-    "sensor": ("What sensor does the {name} have?", "What size is the sensor in the {name}?", "which sensor format is the {name}",
-               "Is the {name} full frame or crop?", "What kind of sensor is in the {name}?"),
-    "megapixels": ("How many megapixels is the {name}?", "What is the resolution of the {name}?", "{name} megapixels",
-                   "How many MP does the {name} shoot?", "What resolution are photos from the {name}?"),
-    "iso": ("What is the ISO range of the {name}?", "How high does the ISO go on the {name}?", "{name} iso range",
-            "What sensitivity range does the {name} cover?", "How good is the {name} in low light, what ISO?"),
-    "mount": ("What lens mount does the {name} use?", "Which lenses fit the {name}?", "{name} lens mount",
-              "What mount is the {name}?", "What lenses can I put on the {name}?"),
-    "stabilisation": ("Does the {name} have image stabilization?", "What stabilisation does the {name} offer?",
-                      "{name} stabilization", "Is there IBIS in the {name}?", "How is shake reduced on the {name}?"),
-    "video": ("What video resolution does the {name} record?", "Can the {name} shoot 4K?", "{name} video modes",
-              "What is the best video mode of the {name}?", "How good is video on the {name}?"),
-    "battery": ("How many shots does the {name} get per charge?", "What is the battery life of the {name}?", "{name} battery life",
-                "How long does the battery last on the {name}?", "How many pictures per battery with the {name}?"),
-    "weight": ("How much does the {name} weigh?", "What is the weight of the {name}?", "{name} weight",
-               "How heavy is the {name}?", "Is the {name} light, how many grams?"),
-    "sealing": ("Is the {name} weather sealed?", "Can I use the {name} in the rain?", "{name} weather sealing",
-                "How weatherproof is the {name}?", "Is the {name} dustproof?"),
-    "price": ("How much does the {name} cost?", "What is the price of the {name}?", "{name} price",
-              "How expensive is the {name}?", "What does the {name} sell for?"),
-    "year": ("When was the {name} released?", "What year did the {name} come out?", "{name} release date",
-             "When did the {name} launch?", "How old is the {name}?"),
+    "sensor": (
+        "What sensor does the {name} have?",
+        "What size is the sensor in the {name}?",
+        "which sensor format is the {name}",
+        "Is the {name} full frame or crop?",
+        "What kind of sensor is in the {name}?",
+    ),
+    "megapixels": (
+        "How many megapixels is the {name}?",
+        "What is the resolution of the {name}?",
+        "{name} megapixels",
+        "How many MP does the {name} shoot?",
+        "What resolution are photos from the {name}?",
+    ),
+    "iso": (
+        "What is the ISO range of the {name}?",
+        "How high does the ISO go on the {name}?",
+        "{name} iso range",
+        "What sensitivity range does the {name} cover?",
+        "How good is the {name} in low light, what ISO?",
+    ),
+    "mount": (
+        "What lens mount does the {name} use?",
+        "Which lenses fit the {name}?",
+        "{name} lens mount",
+        "What mount is the {name}?",
+        "What lenses can I put on the {name}?",
+    ),
+    "stabilisation": (
+        "Does the {name} have image stabilization?",
+        "What stabilisation does the {name} offer?",
+        "{name} stabilization",
+        "Is there IBIS in the {name}?",
+        "How is shake reduced on the {name}?",
+    ),
+    "video": (
+        "What video resolution does the {name} record?",
+        "Can the {name} shoot 4K?",
+        "{name} video modes",
+        "What is the best video mode of the {name}?",
+        "How good is video on the {name}?",
+    ),
+    "battery": (
+        "How many shots does the {name} get per charge?",
+        "What is the battery life of the {name}?",
+        "{name} battery life",
+        "How long does the battery last on the {name}?",
+        "How many pictures per battery with the {name}?",
+    ),
+    "weight": (
+        "How much does the {name} weigh?",
+        "What is the weight of the {name}?",
+        "{name} weight",
+        "How heavy is the {name}?",
+        "Is the {name} light, how many grams?",
+    ),
+    "sealing": (
+        "Is the {name} weather sealed?",
+        "Can I use the {name} in the rain?",
+        "{name} weather sealing",
+        "How weatherproof is the {name}?",
+        "Is the {name} dustproof?",
+    ),
+    "price": (
+        "How much does the {name} cost?",
+        "What is the price of the {name}?",
+        "{name} price",
+        "How expensive is the {name}?",
+        "What does the {name} sell for?",
+    ),
+    "year": (
+        "When was the {name} released?",
+        "What year did the {name} come out?",
+        "{name} release date",
+        "When did the {name} launch?",
+        "How old is the {name}?",
+    ),
 }
 
 
@@ -118,24 +250,55 @@ def attribute_values(rng: random.Random, brand: str) -> dict[str, str]:
     mount_letter = rng.choice(string.ascii_uppercase)
     stops = rng.choice(("5", "5.5", "6", "6.5", "7", "8"))
     return {
-        "sensor": rng.choice(("full-frame", "APS-C", "Micro Four Thirds", "1-inch", "medium format", "stacked full-frame", "back-illuminated APS-C")),
+        "sensor": rng.choice(
+            (
+                "full-frame",
+                "APS-C",
+                "Micro Four Thirds",
+                "1-inch",
+                "medium format",
+                "stacked full-frame",
+                "back-illuminated APS-C",
+            )
+        ),
         "megapixels": rng.choice((f"{mp} megapixels", f"{mp}MP", f"{mp} MP")),
-        "iso": (f"ISO {iso_lo}-{_thousands(iso_hi)}", f"ISO {iso_lo} to {_thousands(iso_hi)}", f"from ISO {iso_lo} up to ISO {iso_hi}")[iso_form],
+        "iso": (
+            f"ISO {iso_lo}-{_thousands(iso_hi)}",
+            f"ISO {iso_lo} to {_thousands(iso_hi)}",
+            f"from ISO {iso_lo} up to ISO {iso_hi}",
+        )[iso_form],
         "mount": rng.choice((f"{brand} {mount_letter}-mount", f"{mount_letter} mount", f"{mount_letter}-mount")),
-        "stabilisation": rng.choice((f"5-axis in-body stabilisation rated at {stops} stops", "sensor-shift stabilisation",
-                                     "lens-based optical stabilisation only", "digital stabilisation for video only",
-                                     f"in-body image stabilisation worth {stops} stops")),
-        "video": rng.choice(("4K at 60p", "4K at 30p", "6K at 30p", "8K at 24p", "Full HD at 120p", "4K at 120p", "5.7K at 30p")),
+        "stabilisation": rng.choice(
+            (
+                f"5-axis in-body stabilisation rated at {stops} stops",
+                "sensor-shift stabilisation",
+                "lens-based optical stabilisation only",
+                "digital stabilisation for video only",
+                f"in-body image stabilisation worth {stops} stops",
+            )
+        ),
+        "video": rng.choice(
+            ("4K at 60p", "4K at 30p", "6K at 30p", "8K at 24p", "Full HD at 120p", "4K at 120p", "5.7K at 30p")
+        ),
         "battery": f"{rng.randrange(250, 1900, 10)} shots",
         "weight": rng.choice((f"{rng.randrange(280, 1400, 5)} g", f"{rng.randrange(280, 1400, 5)} grams")),
-        "sealing": rng.choice(("weather-sealed", "dust- and splash-resistant", "not weather sealed", "fully sealed against dust and moisture",
-                               "sealed at every button and dial")),
+        "sealing": rng.choice(
+            (
+                "weather-sealed",
+                "dust- and splash-resistant",
+                "not weather sealed",
+                "fully sealed against dust and moisture",
+                "sealed at every button and dial",
+            )
+        ),
         "price": rng.choice((f"${rng.randrange(399, 6999, 100):,}", f"${rng.randrange(399, 6999, 100) - 0.01:,.2f}")),
         "year": str(rng.randrange(2012, 2026)),
     }
 
 
-def render_page(rng: random.Random, title: str, model: str, values: dict[str, str], present: list[str]) -> tuple[str, dict[str, tuple[str, int]]]:
+def render_page(
+    rng: random.Random, title: str, model: str, values: dict[str, str], present: list[str]
+) -> tuple[str, dict[str, tuple[str, int]]]:
     """Page text and, per present attribute, (answer text, exact character start)."""
     parts: list[tuple[str, str | None]] = []  # (sentence, attribute) in page order
     for attr in present:
@@ -145,8 +308,16 @@ def render_page(rng: random.Random, title: str, model: str, values: dict[str, st
     if rng.random() < 0.15:
         parts.append(("filler", None))
     rng.shuffle(parts)
-    intro = rng.choice((f"The {title} is a {{kind}} camera.", f"Meet the {title}, a {{kind}} camera.", f"{title}: a {{kind}} camera for enthusiasts."))
-    text = intro.format(kind=rng.choice(("mirrorless", "compact", "mirrorless hybrid", "travel", "vlogging", "professional")))
+    intro = rng.choice(
+        (
+            f"The {title} is a {{kind}} camera.",
+            f"Meet the {title}, a {{kind}} camera.",
+            f"{title}: a {{kind}} camera for enthusiasts.",
+        )
+    )
+    text = intro.format(
+        kind=rng.choice(("mirrorless", "compact", "mirrorless hybrid", "travel", "vlogging", "professional"))
+    )
     spans: dict[str, tuple[str, int]] = {}
     for kind, attr in parts:
         if attr is not None:
@@ -161,7 +332,9 @@ def render_page(rng: random.Random, title: str, model: str, values: dict[str, st
             text += values[attr] + after
         elif kind == "distractor":
             digits = {f"d{i}": rng.randint(1, 9) for i in range(1, 5)}
-            text += " " + rng.choice(DISTRACTORS).format(n2=rng.randint(10, 99), n3=rng.randint(100, 999), n4=rng.randint(1000, 9999), **digits)
+            text += " " + rng.choice(DISTRACTORS).format(
+                n2=rng.randint(10, 99), n3=rng.randint(100, 999), n4=rng.randint(1000, 9999), **digits
+            )
         else:
             text += " " + rng.choice(FILLERS)
     return text, spans
@@ -185,7 +358,9 @@ def _new_product(rng: random.Random, used: set[str]) -> tuple[str, str]:
             return title, model
 
 
-def make_split(rng: random.Random, split: str, n_questions: int, sizes: DomainSizes, used: set[str], logged: bool = False) -> tuple[list[dict], list[dict]]:
+def make_split(
+    rng: random.Random, split: str, n_questions: int, sizes: DomainSizes, used: set[str], logged: bool = False
+) -> tuple[list[dict], list[dict]]:
     """(pairs with answers, the split's product pages) for one split."""
     pairs: list[dict] = []
     pages: list[dict] = []
@@ -204,15 +379,21 @@ def make_split(rng: random.Random, split: str, n_questions: int, sizes: DomainSi
             pool = [a for a in first if a not in asked] or [a for a in second if a not in asked]
             attr = rng.choice(pool)
             asked.add(attr)
-            answers = {"text": [spans[attr][0]], "answer_start": [spans[attr][1]]} if attr in spans else {"text": [], "answer_start": []}
-            pairs.append({
-                "id": f"{split}-q{len(pairs):06d}",
-                "question": make_question(rng, attr, title, model, logged),
-                "context": text,
-                "title": title,
-                "doc_id": page_id,
-                "answers": answers,
-            })
+            answers = (
+                {"text": [spans[attr][0]], "answer_start": [spans[attr][1]]}
+                if attr in spans
+                else {"text": [], "answer_start": []}
+            )
+            pairs.append(
+                {
+                    "id": f"{split}-q{len(pairs):06d}",
+                    "question": make_question(rng, attr, title, model, logged),
+                    "context": text,
+                    "title": title,
+                    "doc_id": page_id,
+                    "answers": answers,
+                }
+            )
     return pairs, pages
 
 

@@ -19,8 +19,8 @@ import torch
 
 from qadist import storage
 from qadist.config import AnswerSettings
-from qadist.models import load_qa_model, load_tokenizer
 from qadist.inference import predict_pairs
+from qadist.models import load_qa_model, load_tokenizer
 from qadist.squad.io import gold_answers
 from qadist.squad.metrics import squad_v2_metrics
 
@@ -80,10 +80,14 @@ def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: AnswerSettings, 
     row.params = sum(p.numel() for m in members for p in m.parameters())
     row.megabytes = sum(weights_megabytes(p) for p in row.paths)
     row.answers_per_s = len(test_pairs) / max(elapsed, 1e-9)
-    storage.write_bytes(storage.join(out, f"{row.key}.predictions.json"), json.dumps(predictions, indent=1).encode("utf-8"))
+    storage.write_bytes(
+        storage.join(out, f"{row.key}.predictions.json"), json.dumps(predictions, indent=1).encode("utf-8")
+    )
     storage.write_bytes(storage.join(out, f"{row.key}.na_probs.json"), json.dumps(na_probs).encode("utf-8"))
     storage.write_bytes(storage.join(out, f"{row.key}.metrics.json"), json.dumps(row.metrics, indent=2).encode("utf-8"))
-    log.info("%s: F1 %.1f, EM %.1f, %.1f answers/s", row.model, row.metrics["f1"], row.metrics["exact"], row.answers_per_s)
+    log.info(
+        "%s: F1 %.1f, EM %.1f, %.1f answers/s", row.model, row.metrics["f1"], row.metrics["exact"], row.answers_per_s
+    )
     return row
 
 
@@ -91,24 +95,47 @@ def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
     """The claims the demo exists to show, each with whether this run shows it."""
     f1 = {k: r.metrics["f1"] for k, r in rows.items()}
     found = [
-        (f"distilled student (no labels) reaches >= 90% of the teacher ensemble's F1 "
-         f"({f1['distilled']:.1f} / {f1['ensemble']:.1f} = {100 * f1['distilled'] / max(f1['ensemble'], 1e-9):.0f}%)",
-         f1["distilled"] >= 0.9 * f1["ensemble"]),
-        (f"distilled student (no labels) beats the same student trained on the labels alone ({f1['distilled']:.1f} vs {f1['labels_only']:.1f})",
-         f1["distilled"] > f1["labels_only"]),
-        (f"distilled, then fine-tuned is at least as good as distilled alone ({f1['distilled_ft']:.1f} vs {f1['distilled']:.1f})",
-         f1["distilled_ft"] >= f1["distilled"]),
-        (f"the student answers faster than the teacher ({rows['distilled'].speed_vs_teacher:.1f}x a single teacher)",
-         rows["distilled"].speed_vs_teacher > 1.0),
+        (
+            f"distilled student (no labels) reaches >= 90% of the teacher ensemble's F1 "
+            f"({f1['distilled']:.1f} / {f1['ensemble']:.1f} = {100 * f1['distilled'] / max(f1['ensemble'], 1e-9):.0f}%)",
+            f1["distilled"] >= 0.9 * f1["ensemble"],
+        ),
+        (
+            f"distilled student (no labels) beats the same student trained on the labels alone ({f1['distilled']:.1f} vs {f1['labels_only']:.1f})",
+            f1["distilled"] > f1["labels_only"],
+        ),
+        (
+            f"distilled, then fine-tuned is at least as good as distilled alone ({f1['distilled_ft']:.1f} vs {f1['distilled']:.1f})",
+            f1["distilled_ft"] >= f1["distilled"],
+        ),
+        (
+            f"the student answers faster than the teacher ({rows['distilled'].speed_vs_teacher:.1f}x a single teacher)",
+            rows["distilled"].speed_vs_teacher > 1.0,
+        ),
     ]
     if "self_distilled" in rows:
-        found.append((f"self-distillation from the ensemble vs teacher A ({f1['self_distilled']:.1f} vs {f1['teacher_a']:.1f})",
-                      f1["self_distilled"] >= f1["teacher_a"]))
+        found.append(
+            (
+                f"self-distillation from the ensemble vs teacher A ({f1['self_distilled']:.1f} vs {f1['teacher_a']:.1f})",
+                f1["self_distilled"] >= f1["teacher_a"],
+            )
+        )
     return found
 
 
-COLUMNS = ("model", "layers", "labelled examples used", "EM", "F1", "HasAns F1", "NoAns F1", "params (M)", "size (MB)",
-           "answers/s", "speed vs teacher")
+COLUMNS = (
+    "model",
+    "layers",
+    "labelled examples used",
+    "EM",
+    "F1",
+    "HasAns F1",
+    "NoAns F1",
+    "params (M)",
+    "size (MB)",
+    "answers/s",
+    "speed vs teacher",
+)
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
@@ -116,9 +143,21 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
     for r in rows:
         m = r.metrics
         labelled = f"{r.labelled:,}" + (f" ({r.labelled_note})" if r.labelled_note else "")
-        out.append([r.model, str(r.layers), labelled, f"{m['exact']:.1f}", f"{m['f1']:.1f}", f"{m.get('HasAns_f1', 0.0):.1f}",
-                    f"{m.get('NoAns_f1', 0.0):.1f}", f"{r.params / 1e6:.1f}", f"{r.megabytes:.0f}", f"{r.answers_per_s:.0f}",
-                    f"{r.speed_vs_teacher:.1f}x"])
+        out.append(
+            [
+                r.model,
+                str(r.layers),
+                labelled,
+                f"{m['exact']:.1f}",
+                f"{m['f1']:.1f}",
+                f"{m.get('HasAns_f1', 0.0):.1f}",
+                f"{m.get('NoAns_f1', 0.0):.1f}",
+                f"{r.params / 1e6:.1f}",
+                f"{r.megabytes:.0f}",
+                f"{r.answers_per_s:.0f}",
+                f"{r.speed_vs_teacher:.1f}x",
+            ]
+        )
     return out
 
 
@@ -150,7 +189,14 @@ def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path
         ax.plot(xs, [points[x] for x in xs], marker=marker, label=name)
     for (name, value), style in zip(lines.items(), ("--", ":", "-.")):
         ax.axhline(value, linestyle=style, color="grey", linewidth=1)
-        ax.annotate(f"{name} ({value:.1f})", (0.01, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="dimgrey")
+        ax.annotate(
+            f"{name} ({value:.1f})",
+            (0.01, value),
+            xycoords=("axes fraction", "data"),
+            va="bottom",
+            fontsize=8,
+            color="dimgrey",
+        )
     xs = sorted({x for points in curve.values() for x in points})
     ax.set_xscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
@@ -167,38 +213,89 @@ def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path
     storage.write_bytes(path, buf.getvalue())
 
 
-def report(rows: list[Row], curve: dict[str, dict[int, float]], stage_seconds: dict[str, float], total: float,
-           extra: dict[str, Any], out: str) -> dict[str, Any]:
+def report(
+    rows: list[Row],
+    curve: dict[str, dict[int, float]],
+    stage_seconds: dict[str, float],
+    total: float,
+    extra: dict[str, Any],
+    out: str,
+) -> dict[str, Any]:
     """Print the table, checks and timings; write results.md, results.json and the plot under `out`."""
     by_key = {r.key: r for r in rows}
     found = checks(by_key)
     plot_uri = storage.join(out, "f1_vs_labels.png")
-    plot_curve(curve, {"teacher ensemble": by_key["ensemble"].metrics["f1"], "distilled, no labels": by_key["distilled"].metrics["f1"]}, plot_uri)
+    plot_curve(
+        curve,
+        {
+            "teacher ensemble": by_key["ensemble"].metrics["f1"],
+            "distilled, no labels": by_key["distilled"].metrics["f1"],
+        },
+        plot_uri,
+    )
     width = max([len(name) for name in stage_seconds] + [5])
     times = "\n".join(f"  {name:<{width}} {seconds:7.1f} s" for name, seconds in stage_seconds.items())
     checks_text = "\n".join(f"  [{'yes' if ok else 'NO '}] {text}" for text, ok in found)
-    print(f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\nStage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n", flush=True)
+    print(
+        f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\nStage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n",
+        flush=True,
+    )
     curve_md = "\n".join(
-        f"| {name} | " + " | ".join(f"{points[n]:.1f}" for n in sorted(points)) + " |" for name, points in curve.items())
+        f"| {name} | " + " | ".join(f"{points[n]:.1f}" for n in sorted(points)) + " |" for name, points in curve.items()
+    )
     sizes = sorted({n for points in curve.values() for n in points})
-    md = "\n".join([
-        "# qadist demo results", "", markdown_table(rows), "",
-        "Labelled examples used: the gold answers a model was trained on itself; in brackets, those that reached it through its teachers.",
-        f"Speed: answers per second on this machine over the whole test set (one process, {extra.get('precision', 'fp32')}), "
-        "and the ratio to a single teacher.", "",
-        "## Checks", "", *[f"- [{'x' if ok else ' '}] {text}" for text, ok in found], "",
-        "## F1 against labelled examples", "", "| model | " + " | ".join(str(n) for n in sizes) + " |",
-        "|---|" + "---|" * len(sizes), curve_md, "", "![F1 against labelled examples](f1_vs_labels.png)", "",
-        "## Stage times", "", "| stage | seconds |", "|---|---|",
-        *[f"| {name} | {seconds:.1f} |" for name, seconds in stage_seconds.items()], f"| total | {total:.1f} |", "",
-    ])
+    md = "\n".join(
+        [
+            "# qadist demo results",
+            "",
+            markdown_table(rows),
+            "",
+            "Labelled examples used: the gold answers a model was trained on itself; in brackets, those that reached it through its teachers.",
+            f"Speed: answers per second on this machine over the whole test set (one process, {extra.get('precision', 'fp32')}), "
+            "and the ratio to a single teacher.",
+            "",
+            "## Checks",
+            "",
+            *[f"- [{'x' if ok else ' '}] {text}" for text, ok in found],
+            "",
+            "## F1 against labelled examples",
+            "",
+            "| model | " + " | ".join(str(n) for n in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+            curve_md,
+            "",
+            "![F1 against labelled examples](f1_vs_labels.png)",
+            "",
+            "## Stage times",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+            *[f"| {name} | {seconds:.1f} |" for name, seconds in stage_seconds.items()],
+            f"| total | {total:.1f} |",
+            "",
+        ]
+    )
     storage.write_bytes(storage.join(out, "results.md"), md.encode("utf-8"))
     result = {
-        "rows": [{"key": r.key, "model": r.model, "layers": r.layers, "labelled": r.labelled, "labelled_note": r.labelled_note,
-                  "exact": r.metrics["exact"], "f1": r.metrics["f1"], "HasAns_f1": r.metrics.get("HasAns_f1"),
-                  "NoAns_f1": r.metrics.get("NoAns_f1"), "params": r.params, "megabytes": round(r.megabytes, 1),
-                  "answers_per_s": round(r.answers_per_s, 1), "speed_vs_teacher": round(r.speed_vs_teacher, 2), "paths": r.paths}
-                 for r in rows],
+        "rows": [
+            {
+                "key": r.key,
+                "model": r.model,
+                "layers": r.layers,
+                "labelled": r.labelled,
+                "labelled_note": r.labelled_note,
+                "exact": r.metrics["exact"],
+                "f1": r.metrics["f1"],
+                "HasAns_f1": r.metrics.get("HasAns_f1"),
+                "NoAns_f1": r.metrics.get("NoAns_f1"),
+                "params": r.params,
+                "megabytes": round(r.megabytes, 1),
+                "answers_per_s": round(r.answers_per_s, 1),
+                "speed_vs_teacher": round(r.speed_vs_teacher, 2),
+                "paths": r.paths,
+            }
+            for r in rows
+        ],
         "curve": {name: {str(n): round(v, 2) for n, v in sorted(points.items())} for name, points in curve.items()},
         "checks": [{"claim": text, "holds": ok} for text, ok in found],
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},

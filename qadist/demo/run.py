@@ -32,13 +32,12 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from qadist import storage
-from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
 from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, to_dict
+from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
 from qadist.demo.report import Row, report, score
-from qadist.errors import UserError
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
 from qadist.outputs import claim, manifest_uri, read_json
@@ -110,7 +109,10 @@ class Stopwatch:
         t0 = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-        print(f"\n=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===", flush=True)
+        print(
+            f"\n=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===",
+            flush=True,
+        )
 
     def total(self) -> float:
         return time.perf_counter() - self.started
@@ -179,59 +181,144 @@ def run_demo(cfg: DemoConfig) -> dict:
                 subsets[n] = p("data", f"student-{n}.jsonl")
                 storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
             pages = storage.read_text(data["documents"]).count("\n")
-            print(f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} product pages, "
-                  f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test", flush=True)
+            print(
+                f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} product pages, "
+                f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test",
+                flush=True,
+            )
         with clock.stage("start Ray (embedded)"):
             # Teacher actors and training workers get `threads` torch threads (Ray would give a 1-CPU
             # worker one), and enough logical CPUs for the label pipeline's tasks beside its actor.
             ensure_ray(min_cpus=max(4, 2 * threads), threads=threads)
-            inits = save_init_models(models_dir, plan.student_layers, {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2})
+            inits = save_init_models(
+                models_dir,
+                plan.student_layers,
+                {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2},
+            )
 
-        def train_model(stage: str, name: str, init: str, train_file: str, train: Train, examples: int, seed: int) -> str:
+        def train_model(
+            stage: str, name: str, init: str, train_file: str, train: Train, examples: int, seed: int
+        ) -> str:
             run_out = p("models", name)
             with clock.stage(stage):
                 if finished_model(run_out) is None:
                     from qadist.train.stage import run_finetune
 
-                    run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, epochs=epochs_for(train, examples),
-                                                learning_rate=train.learning_rate, batch_size=train.batch_size, seed=seed, **shared))
+                    run_finetune(
+                        FinetuneConfig(
+                            train_file=train_file,
+                            model=init,
+                            out=run_out,
+                            epochs=epochs_for(train, examples),
+                            learning_rate=train.learning_rate,
+                            batch_size=train.batch_size,
+                            seed=seed,
+                            **shared,
+                        )
+                    )
                 return local_model(finished_model(run_out))
 
-        teacher_a = train_model("teacher A: fine-tune MiniLM-L6 + QA head", "teacher-a", inits["teacher-a-init"], data["teacher"],
-                                plan.teacher, plan.sizes.teacher, cfg.seed)
-        teacher_b = train_model("teacher B: same, another seed", "teacher-b", inits["teacher-b-init"], data["teacher"],
-                                plan.teacher, plan.sizes.teacher, cfg.seed + 1)
+        teacher_a = train_model(
+            "teacher A: fine-tune MiniLM-L6 + QA head",
+            "teacher-a",
+            inits["teacher-a-init"],
+            data["teacher"],
+            plan.teacher,
+            plan.sizes.teacher,
+            cfg.seed,
+        )
+        teacher_b = train_model(
+            "teacher B: same, another seed",
+            "teacher-b",
+            inits["teacher-b-init"],
+            data["teacher"],
+            plan.teacher,
+            plan.sizes.teacher,
+            cfg.seed + 1,
+        )
         with clock.stage("pairs: match logged questions to product pages"):
             pairs_manifest = run_stage_pairs(data, p("pairs"))
             accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
-            print(f"pairs: {accuracy:.1%} of the logged questions were matched to the page they were asked about", flush=True)
+            print(
+                f"pairs: {accuracy:.1%} of the logged questions were matched to the page they were asked about",
+                flush=True,
+            )
         with clock.stage("label: soft labels from the two-teacher ensemble"):
             from qadist.label.stage import run_label
 
-            label_manifest = run_label(LabelConfig(pairs=p("pairs", "pairs"), out=p("labels"), teachers=[teacher_a, teacher_b],
-                                                   num_cpus_per_actor=threads, batch_size=64, **shared))
-        distilled = distill_model(clock, "distill: student from the soft labels, no labels", p("labels"), inits["student-init"],
-                                  p("models", "student-distilled"), plan.distill, plan.temperature, cfg.seed, shared)
+            label_manifest = run_label(
+                LabelConfig(
+                    pairs=p("pairs", "pairs"),
+                    out=p("labels"),
+                    teachers=[teacher_a, teacher_b],
+                    num_cpus_per_actor=threads,
+                    batch_size=64,
+                    **shared,
+                )
+            )
+        distilled = distill_model(
+            clock,
+            "distill: student from the soft labels, no labels",
+            p("labels"),
+            inits["student-init"],
+            p("models", "student-distilled"),
+            plan.distill,
+            plan.temperature,
+            cfg.seed,
+            shared,
+        )
         curve_paths: dict[str, dict[int, str]] = {"labels only": {}, "distilled, then fine-tuned": {}}
         for n in sorted(set(plan.curve) | {plan.few}):
-            curve_paths["labels only"][n] = train_model(f"baseline: student on {n} labels only", f"student-labels-{n}", inits["student-init"],
-                                                        subsets[n], plan.labels_only, n, cfg.seed)
-            curve_paths["distilled, then fine-tuned"][n] = train_model(f"finetune: distilled student on {n} labels", f"student-distilled-ft-{n}",
-                                                                       distilled, subsets[n], plan.finetune, n, cfg.seed)
+            curve_paths["labels only"][n] = train_model(
+                f"baseline: student on {n} labels only",
+                f"student-labels-{n}",
+                inits["student-init"],
+                subsets[n],
+                plan.labels_only,
+                n,
+                cfg.seed,
+            )
+            curve_paths["distilled, then fine-tuned"][n] = train_model(
+                f"finetune: distilled student on {n} labels",
+                f"student-distilled-ft-{n}",
+                distilled,
+                subsets[n],
+                plan.finetune,
+                n,
+                cfg.seed,
+            )
         self_distilled = None
         if plan.self_distill is not None:
-            self_distilled = distill_model(clock, "baseline: self-distillation (teacher architecture, from the ensemble)", p("labels"), teacher_a,
-                                           p("models", "self-distilled"), plan.self_distill, plan.temperature,
-                                           cfg.seed, shared)
+            self_distilled = distill_model(
+                clock,
+                "baseline: self-distillation (teacher architecture, from the ensemble)",
+                p("labels"),
+                teacher_a,
+                p("models", "self-distilled"),
+                plan.self_distill,
+                plan.temperature,
+                cfg.seed,
+                shared,
+            )
 
         with clock.stage("evaluate every model on the test set"):
-            rows = score_all(plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, shared, p("eval"))
+            rows = score_all(
+                plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, shared, p("eval")
+            )
             scored = score_curve(curve_paths, rows, data, shared, p("eval"))
-            curve = {name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
-                     for name, paths in curve_paths.items()}
-        extra = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan))), "pairs_accuracy": round(accuracy, 4),
-                 "pairs_counts": pairs_manifest.get("counts"), "label_counts": label_manifest.get("counts"), "cpu_threads": threads,
-                 "precision": shared["precision"]}
+            curve = {
+                name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
+                for name, paths in curve_paths.items()
+            }
+        extra = {
+            "config": to_dict(cfg),
+            "plan": json.loads(json.dumps(asdict(plan))),
+            "pairs_accuracy": round(accuracy, 4),
+            "pairs_counts": pairs_manifest.get("counts"),
+            "label_counts": label_manifest.get("counts"),
+            "cpu_threads": threads,
+            "precision": shared["precision"],
+        }
         return report(rows, curve, clock.seconds, clock.total(), extra, out)
     finally:
         if cache:
@@ -253,19 +340,50 @@ def pairing_accuracy(pairs_uri: str, gold_uri: str) -> float:
     return sum(1 for p in pairs if gold.get(p.get("question_id", p["id"])) == p.get("doc_id")) / max(len(gold), 1)
 
 
-def distill_model(clock: Stopwatch, stage: str, labels: str, student: str, run_out: str, train: Train, temperature: float,
-                  seed: int, shared: dict) -> str:
+def distill_model(
+    clock: Stopwatch,
+    stage: str,
+    labels: str,
+    student: str,
+    run_out: str,
+    train: Train,
+    temperature: float,
+    seed: int,
+    shared: dict,
+) -> str:
     with clock.stage(stage):
         if finished_model(run_out) is None:
             from qadist.train.stage import run_distill
 
-            run_distill(DistillConfig(labels=labels, student=student, out=run_out, epochs=train.epochs, learning_rate=train.learning_rate,
-                                      temperature=temperature, alpha_kd=1.0, alpha_hard=0.0, batch_size=train.batch_size, seed=seed, **shared))
+            run_distill(
+                DistillConfig(
+                    labels=labels,
+                    student=student,
+                    out=run_out,
+                    epochs=train.epochs,
+                    learning_rate=train.learning_rate,
+                    temperature=temperature,
+                    alpha_kd=1.0,
+                    alpha_hard=0.0,
+                    batch_size=train.batch_size,
+                    seed=seed,
+                    **shared,
+                )
+            )
         return local_model(finished_model(run_out))
 
 
-def score_all(plan: Plan, data: dict[str, str], teacher_a: str, teacher_b: str, self_distilled: str | None, distilled: str,
-              curve_paths: dict[str, dict[int, str]], shared: dict, out: str) -> list[Row]:
+def score_all(
+    plan: Plan,
+    data: dict[str, str],
+    teacher_a: str,
+    teacher_b: str,
+    self_distilled: str | None,
+    distilled: str,
+    curve_paths: dict[str, dict[int, str]],
+    shared: dict,
+    out: str,
+) -> list[Row]:
     test_pairs = read_pairs(data["test"])[0]
     pcfg = AnswerSettings(batch_size=64, **shared)
     n_teacher, few = plan.sizes.teacher, plan.few
@@ -276,14 +394,35 @@ def score_all(plan: Plan, data: dict[str, str], teacher_a: str, teacher_b: str, 
         Row("teacher ensemble (A+B, mean logits)", "ensemble", 6, n_teacher, "", [teacher_a, teacher_b]),
     ]
     if self_distilled:
-        rows.append(Row("self-distilled: teacher architecture from the ensemble", "self_distilled", 6, 0,
-                        f"+{n_teacher:,} via teacher A and the ensemble", [self_distilled]))
+        rows.append(
+            Row(
+                "self-distilled: teacher architecture from the ensemble",
+                "self_distilled",
+                6,
+                0,
+                f"+{n_teacher:,} via teacher A and the ensemble",
+                [self_distilled],
+            )
+        )
     layers = plan.student_layers
     rows += [
-        Row(f"student ({layers} layers) trained on {few} labels only", "labels_only", layers, few, "", [curve_paths["labels only"][few]]),
+        Row(
+            f"student ({layers} layers) trained on {few} labels only",
+            "labels_only",
+            layers,
+            few,
+            "",
+            [curve_paths["labels only"][few]],
+        ),
         Row(f"student ({layers} layers) distilled, no labels", "distilled", layers, 0, via, [distilled]),
-        Row(f"student ({layers} layers) distilled, then fine-tuned on {few} labels", "distilled_ft", layers, few, via,
-            [curve_paths["distilled, then fine-tuned"][few]]),
+        Row(
+            f"student ({layers} layers) distilled, then fine-tuned on {few} labels",
+            "distilled_ft",
+            layers,
+            few,
+            via,
+            [curve_paths["distilled, then fine-tuned"][few]],
+        ),
     ]
     for row in rows:
         score(row, test_pairs, data["test"], pcfg, out)
@@ -293,7 +432,9 @@ def score_all(plan: Plan, data: dict[str, str], teacher_a: str, teacher_b: str, 
     return rows
 
 
-def score_curve(curve_paths: dict[str, dict[int, str]], rows: list[Row], data: dict[str, str], shared: dict, out: str) -> dict[str, Row]:
+def score_curve(
+    curve_paths: dict[str, dict[int, str]], rows: list[Row], data: dict[str, str], shared: dict, out: str
+) -> dict[str, Row]:
     """Model path -> its scored row, for every model of the curve; those in the table are not scored twice."""
     scored = {r.paths[0]: r for r in rows if len(r.paths) == 1}
     test_pairs = read_pairs(data["test"])[0]
@@ -302,5 +443,7 @@ def score_curve(curve_paths: dict[str, dict[int, str]], rows: list[Row], data: d
         for n, path in paths.items():
             if path not in scored:
                 key = "curve-" + ("labels-only" if name == "labels only" else "distilled-ft") + f"-{n}"
-                scored[path] = score(Row(f"{name}, {n} labels", key, 0, n, "", [path]), test_pairs, data["test"], pcfg, out)
+                scored[path] = score(
+                    Row(f"{name}, {n} labels", key, 0, n, "", [path]), test_pairs, data["test"], pcfg, out
+                )
     return scored

@@ -34,14 +34,14 @@ SCAN_CHUNK = 16 << 20  # bytes read at a time when counting JSONL lines on the d
 
 @dataclass
 class Block:
-    name: str            # shard stem: `<file>.r<start>-<end>`
-    source: str          # the input file's URI
-    kind: str            # "jsonl", "parquet" or "inline"
-    start: int           # rows [start, end), 0-based (JSONL: line numbers, blank lines included)
+    name: str  # shard stem: `<file>.r<start>-<end>`
+    source: str  # the input file's URI
+    kind: str  # "jsonl", "parquet" or "inline"
+    start: int  # rows [start, end), 0-based (JSONL: line numbers, blank lines included)
     end: int
     byte_start: int = 0  # JSONL only
     byte_end: int = 0
-    rows: list[Any] | None = None           # inline blocks only
+    rows: list[Any] | None = None  # inline blocks only
     duplicates: dict[str, str] = field(default_factory=dict)  # row number (1-based) -> "first at ..."
     with_answers: bool = False
 
@@ -55,7 +55,7 @@ class Block:
 
 def block_name(pairs_uri: str, file_uri: str, start: int, end: int) -> str:
     """`<path of the file under the pairs URI, '/' -> '__'>.r<start>-<end>`, safe in any store."""
-    rel = file_uri[len(pairs_uri.rstrip("/")):].lstrip("/") or storage.basename(file_uri)
+    rel = file_uri[len(pairs_uri.rstrip("/")) :].lstrip("/") or storage.basename(file_uri)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", rel.replace("/", "__"))
     if safe.startswith((".", "_")):  # hidden names are skipped by listings
         safe = "f" + safe
@@ -86,7 +86,9 @@ def _jsonl_blocks(pairs_uri: str, file_uri: str, rows_per_shard: int) -> tuple[l
     blocks = []
     for i in range(len(starts)):
         start, end = i * rows_per_shard, min((i + 1) * rows_per_shard, lines)
-        blocks.append(Block(block_name(pairs_uri, file_uri, start, end), file_uri, "jsonl", start, end, bounds[i], bounds[i + 1]))
+        blocks.append(
+            Block(block_name(pairs_uri, file_uri, start, end), file_uri, "jsonl", start, end, bounds[i], bounds[i + 1])
+        )
     return blocks, pos
 
 
@@ -108,19 +110,37 @@ def plan_blocks(pairs_uri: str, rows_per_shard: int) -> tuple[list[Block], list[
                     n = pq.ParquetFile(f).metadata.num_rows
             except Exception as e:  # pyarrow raises ArrowInvalid and friends for a corrupt footer
                 raise UserError(f"{file_uri}: not a readable Parquet file ({e}); fix or remove it") from e
-            found = [Block(block_name(pairs_uri, file_uri, s, min(s + rows_per_shard, n)), file_uri, "parquet", s, min(s + rows_per_shard, n))
-                     for s in range(0, n, rows_per_shard)]
+            found = [
+                Block(
+                    block_name(pairs_uri, file_uri, s, min(s + rows_per_shard, n)),
+                    file_uri,
+                    "parquet",
+                    s,
+                    min(s + rows_per_shard, n),
+                )
+                for s in range(0, n, rows_per_shard)
+            ]
         else:
             size = fs.get_file_info(path).size
             rows = [raw for _, raw in iter_file_rows(file_uri)]
-            found = [Block(block_name(pairs_uri, file_uri, s, min(s + rows_per_shard, len(rows))), file_uri, "inline", s,
-                           min(s + rows_per_shard, len(rows)), rows=rows[s:s + rows_per_shard])
-                     for s in range(0, len(rows), rows_per_shard)]
+            found = [
+                Block(
+                    block_name(pairs_uri, file_uri, s, min(s + rows_per_shard, len(rows))),
+                    file_uri,
+                    "inline",
+                    s,
+                    min(s + rows_per_shard, len(rows)),
+                    rows=rows[s : s + rows_per_shard],
+                )
+                for s in range(0, len(rows), rows_per_shard)
+            ]
         blocks += found
         inputs.append({"uri": file_uri, "size": size})
     names = [b.name for b in blocks]
     if len(set(names)) != len(names):
-        raise UserError(f"{pairs_uri}: two input files map to the same shard name; rename files that differ only in punctuation")
+        raise UserError(
+            f"{pairs_uri}: two input files map to the same shard name; rename files that differ only in punctuation"
+        )
     return blocks, inputs
 
 
@@ -167,7 +187,12 @@ def scan_block(block_json: str, max_context_chars: int) -> dict:
             rows.append(n)
             hashes.append(id_hash(pair["id"]))
             has_answers = has_answers or "answers" in pair
-    return {"rows": np.asarray(rows, dtype=np.int64), "hashes": np.asarray(hashes, dtype=np.uint64), "has_answers": has_answers, "rows_in": seen}
+    return {
+        "rows": np.asarray(rows, dtype=np.int64),
+        "hashes": np.asarray(hashes, dtype=np.uint64),
+        "has_answers": has_answers,
+        "rows_in": seen,
+    }
 
 
 def find_duplicates(blocks: list[Block], scans: list[dict]) -> int:
@@ -178,7 +203,11 @@ def find_duplicates(blocks: list[Block], scans: list[dict]) -> int:
     """
     hashes = np.concatenate([s["hashes"] for s in scans]) if scans else np.zeros(0, np.uint64)
     rows = np.concatenate([s["rows"] for s in scans]) if scans else np.zeros(0, np.int64)
-    owner = np.concatenate([np.full(len(s["rows"]), i, dtype=np.int64) for i, s in enumerate(scans)]) if scans else np.zeros(0, np.int64)
+    owner = (
+        np.concatenate([np.full(len(s["rows"]), i, dtype=np.int64) for i, s in enumerate(scans)])
+        if scans
+        else np.zeros(0, np.int64)
+    )
     if len(hashes) == 0:
         return 0
     order = np.argsort(hashes, kind="stable")  # stable: within an id, input order is kept

@@ -55,7 +55,7 @@ def unlisted_files(out: str, manifest: dict, started: float) -> list[str]:
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             candidates += [("", f) for f in fs.get_file_info(pafs.FileSelector(path)) if f.type == pafs.FileType.File]
     for folder, f in candidates:
-        rel = f.path[len(root):].lstrip("/")
+        rel = f.path[len(root) :].lstrip("/")
         name = rel.rsplit("/", 1)[-1]
         if name.startswith(".tmp-"):
             # A concurrent writer's temporary file exists for milliseconds; one older than this run is orphaned.
@@ -81,7 +81,12 @@ def abort_multipart_uploads(out: str, started: float) -> int:
             with contextlib.suppress(client.exceptions.NoSuchUpload):  # completed or aborted meanwhile
                 client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted += 1
-                log.info("aborted an orphaned multipart upload of s3://%s/%s (initiated %s)", bucket, upload["Key"], upload["Initiated"])
+                log.info(
+                    "aborted an orphaned multipart upload of s3://%s/%s (initiated %s)",
+                    bucket,
+                    upload["Key"],
+                    upload["Initiated"],
+                )
     return aborted
 
 
@@ -108,7 +113,13 @@ def sweep(out: str, manifest: dict, started: float) -> dict:
         removed.append(uri)
     aborted = abort_multipart_uploads(out, started)
     if removed or aborted:
-        log.info("%s: swept %d file(s) the manifest does not list%s; aborted %d orphaned multipart upload(s)", out, len(removed),
-                 f" ({', '.join(storage.basename(u) for u in removed[:3])}{', ...' if len(removed) > 3 else ''})" if removed else "",
-                 aborted)
+        log.info(
+            "%s: swept %d file(s) the manifest does not list%s; aborted %d orphaned multipart upload(s)",
+            out,
+            len(removed),
+            f" ({', '.join(storage.basename(u) for u in removed[:3])}{', ...' if len(removed) > 3 else ''})"
+            if removed
+            else "",
+            aborted,
+        )
     return {"removed": removed, "aborted_uploads": aborted}

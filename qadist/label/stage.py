@@ -37,15 +37,15 @@ import time
 from typing import Any
 
 from qadist import console, storage
-from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
-from qadist.label.commit import sweep
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError, user_error_in
+from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
+from qadist.label.commit import sweep
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
+from qadist.label.teacher import check_shared_tokenizer
 from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
-from qadist.label.teacher import check_shared_tokenizer
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "_fingerprint.json"
@@ -53,28 +53,51 @@ BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a
 MIN_OBJECT_STORE_BUDGET = 32 << 20
 WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
 WINDOW_BYTES_PER_ROW = 16 << 10  # a pair's raw row plus its windows, generously
-SETTINGS = ("pairs", "max_seq_len", "doc_stride", "max_query_len", "combine", "keep_teacher_logits", "rows_per_shard", "max_context_chars", "precision")
+SETTINGS = (
+    "pairs",
+    "max_seq_len",
+    "doc_stride",
+    "max_query_len",
+    "combine",
+    "keep_teacher_logits",
+    "rows_per_shard",
+    "max_context_chars",
+    "precision",
+)
 
 
 # ---- the driver ----------------------------------------------------------------------------------
+
 
 def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
     """Teachers with pinned revisions, and the shared tokenizer; a mismatch fails before any work."""
     from qadist.models import load_tokenizer, model_revision, tokenizer_fingerprint
 
     if cfg.revisions is not None and len(cfg.revisions) != len(cfg.teachers):
-        raise UserError(f"revisions has {len(cfg.revisions)} entries for {len(cfg.teachers)} teachers; give one revision per teacher")
+        raise UserError(
+            f"revisions has {len(cfg.revisions)} entries for {len(cfg.teachers)} teachers; give one revision per teacher"
+        )
     fingerprints = [tokenizer_fingerprint(load_tokenizer(t, cfg.trust_remote_code)) for t in cfg.teachers]
     check_shared_tokenizer(cfg.teachers, fingerprints)
     revisions = cfg.revisions or [model_revision(t, cfg.trust_remote_code) for t in cfg.teachers]
-    return [{"name": t, "revision": r} for t, r in zip(cfg.teachers, revisions)], {"name": cfg.teachers[0], "hash": fingerprints[0]}
+    return [{"name": t, "revision": r} for t, r in zip(cfg.teachers, revisions)], {
+        "name": cfg.teachers[0],
+        "hash": fingerprints[0],
+    }
 
 
 def prepare_output(cfg: LabelConfig, settings: dict) -> dict | None:
     """Claim `cfg.out` for these settings; returns the manifest when the same run already finished."""
-    resumed = claim(cfg.out, FINGERPRINT, settings, what="soft labels", overwrite=cfg.overwrite,
-                    fix="use another --out, or pass --overwrite to replace them",
-                    parts=("shards", "rejects", MANIFEST), foreign=(MANIFEST, "shards"))
+    resumed = claim(
+        cfg.out,
+        FINGERPRINT,
+        settings,
+        what="soft labels",
+        overwrite=cfg.overwrite,
+        fix="use another --out, or pass --overwrite to replace them",
+        parts=("shards", "rejects", MANIFEST),
+        foreign=(MANIFEST, "shards"),
+    )
     manifest = manifest_uri(cfg.out)
     return read_json(manifest) if resumed and storage.exists(manifest) else None
 
@@ -119,23 +142,48 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
         ray.data.from_items(items, override_num_blocks=len(items))
         # The memory request (a block's rows and windows) also keeps Ray Data from fusing this CPU
         # stage into the teacher actors, where tokenizing would leave the GPU idle.
-        .map_batches(window_blocks, batch_size=1, batch_format="pyarrow", num_cpus=1,
-                     memory=WINDOW_WORKER_BYTES + cfg.rows_per_shard * WINDOW_BYTES_PER_ROW, fn_kwargs=dict(
-            out=cfg.out, tokenizer_name=cfg.teachers[0], lengths=lengths, max_context_chars=cfg.max_context_chars,
-            trust_remote_code=cfg.trust_remote_code))
-        .map_batches(BlockTeacher, batch_size=1, batch_format="pyarrow", num_cpus=cfg.num_cpus_per_actor, **actor_args,
-                     compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=2),
-                     fn_constructor_kwargs=dict(
-                         teachers=[t["name"] for t in teachers], revisions=[t["revision"] for t in teachers], combine=cfg.combine,
-                         keep_teacher_logits=cfg.keep_teacher_logits, batch_size=cfg.batch_size, use_gpu=cfg.num_gpus_per_actor > 0,
-                         num_threads=max(1, int(cfg.num_cpus_per_actor)), precision=cfg.precision,
-                         trust_remote_code=cfg.trust_remote_code))
-        .map_batches(write_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.5, fn_kwargs=dict(out=cfg.out, header=header))
+        .map_batches(
+            window_blocks,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=1,
+            memory=WINDOW_WORKER_BYTES + cfg.rows_per_shard * WINDOW_BYTES_PER_ROW,
+            fn_kwargs=dict(
+                out=cfg.out,
+                tokenizer_name=cfg.teachers[0],
+                lengths=lengths,
+                max_context_chars=cfg.max_context_chars,
+                trust_remote_code=cfg.trust_remote_code,
+            ),
+        )
+        .map_batches(
+            BlockTeacher,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=cfg.num_cpus_per_actor,
+            **actor_args,
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=2),
+            fn_constructor_kwargs=dict(
+                teachers=[t["name"] for t in teachers],
+                revisions=[t["revision"] for t in teachers],
+                combine=cfg.combine,
+                keep_teacher_logits=cfg.keep_teacher_logits,
+                batch_size=cfg.batch_size,
+                use_gpu=cfg.num_gpus_per_actor > 0,
+                num_threads=max(1, int(cfg.num_cpus_per_actor)),
+                precision=cfg.precision,
+                trust_remote_code=cfg.trust_remote_code,
+            ),
+        )
+        .map_batches(
+            write_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.5, fn_kwargs=dict(out=cfg.out, header=header)
+        )
     )
     # A dataset carries its own copy of the DataContext: these settings apply to this pipeline only.
     ds.context.enable_operator_progress_bars = False  # one bar for the run, not one per stage
     ds.context.execution_options.resource_limits = ds.context.execution_options.resource_limits.copy(
-        object_store_memory=object_store_budget(cfg))
+        object_store_memory=object_store_budget(cfg)
+    )
     return ds
 
 
@@ -144,53 +192,99 @@ def check_resources(ray, cfg: LabelConfig) -> None:
     resources = ray.cluster_resources()
     total = resources.get("CPU", 0)
     if total and total - cfg.num_actors * cfg.num_cpus_per_actor < 1:
-        log.warning("num_actors=%d x num_cpus_per_actor=%g leaves under one of %g CPUs for read/window/write tasks; "
-                    "a Ray Data pipeline can stall this way (ray#44687): lower --num-actors", cfg.num_actors, cfg.num_cpus_per_actor, total)
+        log.warning(
+            "num_actors=%d x num_cpus_per_actor=%g leaves under one of %g CPUs for read/window/write tasks; "
+            "a Ray Data pipeline can stall this way (ray#44687): lower --num-actors",
+            cfg.num_actors,
+            cfg.num_cpus_per_actor,
+            total,
+        )
     if cfg.num_gpus_per_actor > resources.get("GPU", 0):
-        log.warning("num_gpus_per_actor=%g but the cluster has %g GPUs now; the teacher actors wait until GPU nodes join",
-                    cfg.num_gpus_per_actor, resources.get("GPU", 0))
+        log.warning(
+            "num_gpus_per_actor=%g but the cluster has %g GPUs now; the teacher actors wait until GPU nodes join",
+            cfg.num_gpus_per_actor,
+            resources.get("GPU", 0),
+        )
 
 
 def run_label(cfg: LabelConfig) -> dict:
     """Label `cfg.pairs` into `cfg.out` (shards, rejects, manifest); resumes a killed run. Returns the manifest."""
     started, started_at = time.perf_counter(), time.time()
-    storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now, not after retries
+    storage.check_s3_access(
+        cfg.pairs, "--pairs"
+    )  # a missing bucket or refused credentials: exit 2 now, not after retries
     storage.check_s3_access(cfg.out, "--out")
     teachers, tokenizer = resolve_teachers(cfg)
     blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
-    settings = {k: getattr(cfg, k) for k in SETTINGS} | {"teachers": teachers, "tokenizer": tokenizer, "inputs": inputs,
-                                                         "schema_version": SCHEMA_VERSION}
+    settings = {k: getattr(cfg, k) for k in SETTINGS} | {
+        "teachers": teachers,
+        "tokenizer": tokenizer,
+        "inputs": inputs,
+        "schema_version": SCHEMA_VERSION,
+    }
     settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     finished = prepare_output(cfg, settings)
     if finished is not None:
-        console.summary(f"qadist label: {cfg.out} is complete with these settings ({len(finished['shards'])} shards, "
-                        f"{finished['counts']['windows']:,} windows); nothing to do")
+        console.summary(
+            f"qadist label: {cfg.out} is complete with these settings ({len(finished['shards'])} shards, "
+            f"{finished['counts']['windows']:,} windows); nothing to do"
+        )
         sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
         return finished
-    header = {"schema_version": SCHEMA_VERSION, "teachers": teachers, "tokenizer": tokenizer, "max_seq_len": cfg.max_seq_len,
-              "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len, "combine": cfg.combine}
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "teachers": teachers,
+        "tokenizer": tokenizer,
+        "max_seq_len": cfg.max_seq_len,
+        "doc_stride": cfg.doc_stride,
+        "max_query_len": cfg.max_query_len,
+        "combine": cfg.combine,
+    }
     ray = ensure_ray()
     check_resources(ray, cfg)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars)
-    log.info("planned %d blocks in %.1fs; pre-pass over the ids in %.1fs", len(blocks), planned - started, time.perf_counter() - planned)
+    log.info(
+        "planned %d blocks in %.1fs; pre-pass over the ids in %.1fs",
+        len(blocks),
+        planned - started,
+        time.perf_counter() - planned,
+    )
     for b in blocks:
         b.with_answers = with_answers
-    existing = set(storage.list_files(storage.join(cfg.out, "shards"), (".parquet",))) if storage.exists(storage.join(cfg.out, "shards")) else set()
+    existing = (
+        set(storage.list_files(storage.join(cfg.out, "shards"), (".parquet",)))
+        if storage.exists(storage.join(cfg.out, "shards"))
+        else set()
+    )
     done = {b.name for b in blocks if storage.join(cfg.out, "shards", f"{b.name}.parquet") in existing}
     pending = [b for b in blocks if b.name not in done]
     if done:
-        log.info("resume: %d of %d shards already finished; skipping them, computing %d", len(done), len(blocks), len(pending))
-    console.banner(f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of <= {cfg.rows_per_shard:,} rows "
-                   f"to label, {len(teachers)} teacher(s) ({cfg.combine}), {cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
-                   f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})")
+        log.info(
+            "resume: %d of %d shards already finished; skipping them, computing %d",
+            len(done),
+            len(blocks),
+            len(pending),
+        )
+    console.banner(
+        f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of <= {cfg.rows_per_shard:,} rows "
+        f"to label, {len(teachers)} teacher(s) ({cfg.combine}), {cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
+        f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})"
+    )
     results: dict[str, dict] = {}
     try:
         for row in build_pipeline(ray, cfg, teachers, pending, header).iter_rows() if pending else ():
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
-            log.info("shard %s: %d pairs -> %d windows (%d rejected) [%d/%d]", stats["block"], stats["pairs_in"], stats["windows"],
-                     stats["pairs_rejected"], len(results), len(pending))
+            log.info(
+                "shard %s: %d pairs -> %d windows (%d rejected) [%d/%d]",
+                stats["block"],
+                stats["pairs_in"],
+                stats["windows"],
+                stats["pairs_rejected"],
+                len(results),
+                len(pending),
+            )
         missing = [b.name for b in pending if b.name not in results]
         assert not missing, f"pipeline finished without shards for {missing[:3]}"
         manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
@@ -199,14 +293,22 @@ def run_label(cfg: LabelConfig) -> dict:
         # Ray retries lost workers and actors itself, the S3 clients transient errors; what arrives here
         # is not retried (an error raised by a stage, S3 errors past their retries). Finished shards stay.
         log_failure = log.info if user_error_in(e) else log.error  # a user error is the command's one line
-        log_failure("%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
-                  "resumes (finished shards are skipped)", cfg.out, len(results), len(pending))
+        log_failure(
+            "%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
+            "resumes (finished shards are skipped)",
+            cfg.out,
+            len(results),
+            len(pending),
+        )
         raise
     if not committed:
         # A concurrent run with the same settings committed first, or our own commit's reply was lost
         # and its retry found the object: either way the stored manifest is the one that counts.
-        log.warning("%s: a manifest appeared while this run worked (a concurrent run of the same job, or this run's own "
-                    "commit whose reply was lost); kept the stored one", cfg.out)
+        log.warning(
+            "%s: a manifest appeared while this run worked (a concurrent run of the same job, or this run's own "
+            "commit whose reply was lost); kept the stored one",
+            cfg.out,
+        )
         manifest = json.loads(storage.read_text(manifest_uri(cfg.out)))
     else:
         console.summary("qadist " + manifest["run"]["summary"])
@@ -214,33 +316,67 @@ def run_label(cfg: LabelConfig) -> dict:
     return manifest
 
 
-def build_manifest(cfg: LabelConfig, blocks: list[Block], results: dict, done: set, header: dict, settings: dict, seconds: float) -> dict:
+def build_manifest(
+    cfg: LabelConfig, blocks: list[Block], results: dict, done: set, header: dict, settings: dict, seconds: float
+) -> dict:
     shards, counts = [], {"pairs_in": 0, "pairs_labeled": 0, "pairs_rejected": 0, "windows": 0}
     for b in blocks:
         stats = results.get(b.name) or read_footer(storage.join(cfg.out, "shards", f"{b.name}.parquet"))[1]
         for k in counts:
             counts[k] += stats[k]
-        shards.append({"path": f"shards/{b.name}.parquet", "rows": stats["windows"], "pairs": stats["pairs_labeled"],
-                       **{k: stats[k] for k in ("source", "row_start", "row_end", "pairs_in", "pairs_rejected", "rejects")},
-                       "node_id": stats.get("node_id")})
+        shards.append(
+            {
+                "path": f"shards/{b.name}.parquet",
+                "rows": stats["windows"],
+                "pairs": stats["pairs_labeled"],
+                **{k: stats[k] for k in ("source", "row_start", "row_end", "pairs_in", "pairs_rejected", "rejects")},
+                "node_id": stats.get("node_id"),
+            }
+        )
     assert counts["pairs_in"] == counts["pairs_labeled"] + counts["pairs_rejected"], counts
     run = summarize(list(results.values()), sorted(done), seconds)
-    return {**header, "config": to_dict(cfg), "fingerprint": settings["fingerprint"], "inputs": settings["inputs"],
-            "keep_teacher_logits": cfg.keep_teacher_logits, "counts": counts, "shards": shards,
-            "rejects": [s["rejects"] for s in shards if s["rejects"]], "run": run}
+    return {
+        **header,
+        "config": to_dict(cfg),
+        "fingerprint": settings["fingerprint"],
+        "inputs": settings["inputs"],
+        "keep_teacher_logits": cfg.keep_teacher_logits,
+        "counts": counts,
+        "shards": shards,
+        "rejects": [s["rejects"] for s in shards if s["rejects"]],
+        "run": run,
+    }
 
 
 def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
     """This run's throughput: pairs/s, windows/s, real tokens/s, the padding fraction, peak RSS."""
-    tot = {k: sum(r.get(k, 0) for r in results) for k in ("pairs_in", "windows", "real_tokens", "padded_tokens", "teacher_seconds", "teacher_cpu_seconds")}
+    tot = {
+        k: sum(r.get(k, 0) for r in results)
+        for k in ("pairs_in", "windows", "real_tokens", "padded_tokens", "teacher_seconds", "teacher_cpu_seconds")
+    }
     padding = 1 - tot["real_tokens"] / tot["padded_tokens"] if tot["padded_tokens"] else 0.0
-    rss = {f"{stage}_{kind}_mb": max((r.get(f"{stage}_{kind}_mb", 0.0) for r in results), default=0.0)
-           for stage in ("window", "teacher", "writer") for kind in ("rss", "private", "shared")}
+    rss = {
+        f"{stage}_{kind}_mb": max((r.get(f"{stage}_{kind}_mb", 0.0) for r in results), default=0.0)
+        for stage in ("window", "teacher", "writer")
+        for kind in ("rss", "private", "shared")
+    }
     s = max(seconds, 1e-9)
-    run = {"seconds": round(seconds, 3), "shards_computed": len(results), "shards_skipped": len(skipped), "skipped": skipped, **tot,
-           "pairs_per_s": tot["pairs_in"] / s, "windows_per_s": tot["windows"] / s, "real_tokens_per_s": tot["real_tokens"] / s,
-           "padding_fraction": padding, **memory_mb("driver"), **rss}
-    run["summary"] = (f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: {run['pairs_per_s']:.1f} pairs/s, "
-                      f"{run['windows_per_s']:.1f} windows/s, {run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
-                      f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)")
+    run = {
+        "seconds": round(seconds, 3),
+        "shards_computed": len(results),
+        "shards_skipped": len(skipped),
+        "skipped": skipped,
+        **tot,
+        "pairs_per_s": tot["pairs_in"] / s,
+        "windows_per_s": tot["windows"] / s,
+        "real_tokens_per_s": tot["real_tokens"] / s,
+        "padding_fraction": padding,
+        **memory_mb("driver"),
+        **rss,
+    }
+    run["summary"] = (
+        f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: {run['pairs_per_s']:.1f} pairs/s, "
+        f"{run['windows_per_s']:.1f} windows/s, {run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
+        f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)"
+    )
     return run

@@ -25,12 +25,23 @@ import pyarrow as pa
 
 from qadist import storage
 from qadist.label.blocks import Block, read_block
-from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
-from qadist.rows import Unparsable, make_reject
-from qadist.squad.io import validate_pair
 from qadist.label.teacher import TeacherEnsemble, padded_tokens
+from qadist.rows import Unparsable, make_reject
+from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
+from qadist.squad.io import validate_pair
 
-SHARD_STATS = ("block", "source", "row_start", "row_end", "pairs_in", "pairs_labeled", "pairs_rejected", "windows", "rejects", "node_id")
+SHARD_STATS = (
+    "block",
+    "source",
+    "row_start",
+    "row_end",
+    "pairs_in",
+    "pairs_labeled",
+    "pairs_rejected",
+    "windows",
+    "rejects",
+    "node_id",
+)
 
 
 def peak_rss_mb() -> float:
@@ -49,10 +60,15 @@ def memory_mb(stage: str) -> dict[str, float]:
         kib = {k: int(fields[k].split()[0]) for k in ("VmHWM", "RssAnon", "RssShmem")}
     except (OSError, KeyError, ValueError):  # not Linux
         return {f"{stage}_rss_mb": peak_rss_mb()}
-    return {f"{stage}_rss_mb": kib["VmHWM"] / 1024, f"{stage}_private_mb": kib["RssAnon"] / 1024, f"{stage}_shared_mb": kib["RssShmem"] / 1024}
+    return {
+        f"{stage}_rss_mb": kib["VmHWM"] / 1024,
+        f"{stage}_private_mb": kib["RssAnon"] / 1024,
+        f"{stage}_shared_mb": kib["RssShmem"] / 1024,
+    }
 
 
 # ---- stage 1: read, validate, window (CPU tasks) -------------------------------------------------
+
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(name: str, trust_remote_code: bool):
@@ -87,7 +103,9 @@ def windows_of(pairs: list[dict], tokenizer: Any, with_answers: bool, lengths: t
     return make_windows(batch, tokenizer, *lengths)
 
 
-def window_block(block: Block, tokenizer: Any, out: str, lengths: tuple[int, int, int], max_context_chars: int) -> tuple[pa.Table, dict]:
+def window_block(
+    block: Block, tokenizer: Any, out: str, lengths: tuple[int, int, int], max_context_chars: int
+) -> tuple[pa.Table, dict]:
     """One block -> (its windows as an Arrow table, its counts). Bad rows go to the block's rejects file."""
     pairs, rejects, rows_in = block_pairs(block, max_context_chars)
     has_types = "token_type_ids" in tokenizer.model_input_names
@@ -100,7 +118,11 @@ def window_block(block: Block, tokenizer: Any, out: str, lengths: tuple[int, int
             try:
                 one = windows_of([p], tokenizer, block.with_answers, lengths)
             except Exception as e:
-                rejects.append(make_reject({k: v for k, v in p.items() if k != "_row"}, block.source, p["_row"], f"cannot be windowed: {e}"))
+                rejects.append(
+                    make_reject(
+                        {k: v for k, v in p.items() if k != "_row"}, block.source, p["_row"], f"cannot be windowed: {e}"
+                    )
+                )
                 continue
             kept.append(p)
             for k in windows:
@@ -110,14 +132,31 @@ def window_block(block: Block, tokenizer: Any, out: str, lengths: tuple[int, int
     if rejects:
         rel = f"rejects/{block.name}.jsonl"
         rejects.sort(key=lambda r: r["row"])
-        storage.write_bytes(storage.join(out, rel), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
-    stats = {"block": block.name, "source": block.source, "row_start": block.start, "row_end": block.end, "pairs_in": rows_in,
-             "pairs_labeled": len(pairs), "pairs_rejected": len(rejects), "windows": len(windows["id"]), "rejects": rel}
+        storage.write_bytes(
+            storage.join(out, rel), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8")
+        )
+    stats = {
+        "block": block.name,
+        "source": block.source,
+        "row_start": block.start,
+        "row_end": block.end,
+        "pairs_in": rows_in,
+        "pairs_labeled": len(pairs),
+        "pairs_rejected": len(rejects),
+        "windows": len(windows["id"]),
+        "rejects": rel,
+    }
     return windows_table(windows, block.with_answers), stats
 
 
-def window_blocks(batch: pa.Table, out: str, tokenizer_name: str, lengths: tuple[int, int, int],
-                  max_context_chars: int, trust_remote_code: bool) -> pa.Table:
+def window_blocks(
+    batch: pa.Table,
+    out: str,
+    tokenizer_name: str,
+    lengths: tuple[int, int, int],
+    max_context_chars: int,
+    trust_remote_code: bool,
+) -> pa.Table:
     """Ray Data stage: block descriptors -> one row per block: name, packed windows, counts."""
     tokenizer = _tokenizer(tokenizer_name, trust_remote_code)
     rows = []
@@ -131,10 +170,17 @@ def window_blocks(batch: pa.Table, out: str, tokenizer_name: str, lengths: tuple
 
 def _rows(rows: list[tuple[str, bytes, str]]) -> pa.Table:
     names, data, stats = zip(*rows) if rows else ((), (), ())
-    return pa.table({"name": pa.array(names, pa.string()), "data": pa.array(data, pa.large_binary()), "stats": pa.array(stats, pa.string())})
+    return pa.table(
+        {
+            "name": pa.array(names, pa.string()),
+            "data": pa.array(data, pa.large_binary()),
+            "stats": pa.array(stats, pa.string()),
+        }
+    )
 
 
 # ---- stage 2: the teacher ensemble (actors) ------------------------------------------------------
+
 
 class BlockTeacher(TeacherEnsemble):
     """The ensemble over packed blocks: each Ray batch row is a whole block of windows."""
@@ -151,14 +197,20 @@ class BlockTeacher(TeacherEnsemble):
             windows, stats, started, cpu = unpack(data), json.loads(text), time.perf_counter(), time.process_time()
             labelled = pack(super().__call__(windows))
             lengths = np.diff(windows["input_ids"].combine_chunks().offsets.to_numpy()) if windows.num_rows else []
-            stats.update(real_tokens=int(np.sum(lengths)), padded_tokens=padded_tokens(lengths, self.batch_size) if len(lengths) else 0,
-                         teacher_seconds=time.perf_counter() - started, teacher_cpu_seconds=time.process_time() - cpu,
-                         node_id=self.node_id, **memory_mb("teacher"))
+            stats.update(
+                real_tokens=int(np.sum(lengths)),
+                padded_tokens=padded_tokens(lengths, self.batch_size) if len(lengths) else 0,
+                teacher_seconds=time.perf_counter() - started,
+                teacher_cpu_seconds=time.process_time() - cpu,
+                node_id=self.node_id,
+                **memory_mb("teacher"),
+            )
             rows.append((name, labelled, json.dumps(stats)))
         return _rows(rows)
 
 
 # ---- stage 3: write shards (CPU tasks) -----------------------------------------------------------
+
 
 def write_shards(batch: pa.Table, out: str, header: dict) -> pa.Table:
     """Ray Data stage: labelled blocks -> shards written whole under their deterministic names."""

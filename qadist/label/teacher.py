@@ -120,15 +120,22 @@ class TeacherEnsemble:
         self.precision = precision
         log.info("teacher ensemble of %d on %s: %s", len(self.models), self.device, ", ".join(self.names))
 
-    def logits(self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def logits(
+        self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per window: (start, end) float32 arrays of shape [n_teachers, real length]."""
-        runs = [run_windows(m, input_ids, token_type_ids, self.pad_id, self.batch_size, self.device, self.precision) for m in self.models]
+        runs = [
+            run_windows(m, input_ids, token_type_ids, self.pad_id, self.batch_size, self.device, self.precision)
+            for m in self.models
+        ]
         return [(np.stack([r[i][0] for r in runs]), np.stack([r[i][1] for r in runs])) for i in range(len(input_ids))]
 
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table | dict[str, Any]:
         input_ids = _column(batch, "input_ids")
         if input_ids is None:
-            raise KeyError("TeacherEnsemble needs an 'input_ids' column of windows (see qadist.squad.features.make_windows)")
+            raise KeyError(
+                "TeacherEnsemble needs an 'input_ids' column of windows (see qadist.squad.features.make_windows)"
+            )
         per_window = self.logits(input_ids, _column(batch, "token_type_ids")) if len(input_ids) else []
         start = [combine_logits(s, self.combine).astype(np.float16) for s, _ in per_window]
         end = [combine_logits(e, self.combine).astype(np.float16) for _, e in per_window]
@@ -145,7 +152,9 @@ class TeacherEnsemble:
         from qadist.shards import list_array
 
         at = table.column_names.index("offsets") + 1 if "offsets" in table.column_names else table.num_columns
-        table = table.add_column(at, "start_logits", list_array(start)).add_column(at + 1, "end_logits", list_array(end))
+        table = table.add_column(at, "start_logits", list_array(start)).add_column(
+            at + 1, "end_logits", list_array(end)
+        )
         if self.keep_teacher_logits:
             n = len(self.models)
             outer = pa.array(np.arange(0, n * len(per_window) + 1, n, dtype=np.int32))

@@ -100,7 +100,9 @@ def token_windows(starts: list[bool], size: int, overlap: int) -> list[tuple[int
     return windows
 
 
-def split_document(text: str, tokenizer: Any, passage_tokens: int, overlap: int, context_tokens: int = 0) -> list[tuple[int, int, int, int]]:
+def split_document(
+    text: str, tokenizer: Any, passage_tokens: int, overlap: int, context_tokens: int = 0
+) -> list[tuple[int, int, int, int]]:
     """(start, end, context_start, context_end) character spans of the document's passages.
 
     [start, end) is the passage (see `token_windows`); [context_start, context_end) the passage
@@ -139,7 +141,9 @@ def widen(starts: list[bool], first: int, last: int, context_tokens: int) -> tup
     return lo, hi
 
 
-def build_passages(docs: list[dict], tokenizer: Any, passage_tokens: int, overlap: int, context_tokens: int = 0) -> dict[str, np.ndarray]:
+def build_passages(
+    docs: list[dict], tokenizer: Any, passage_tokens: int, overlap: int, context_tokens: int = 0
+) -> dict[str, np.ndarray]:
     """Documents -> passage columns `doc` (index into docs), `start`, `end`, `context_start`,
     `context_end` (character offsets in the document), contiguous per document.
 

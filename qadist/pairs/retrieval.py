@@ -53,7 +53,9 @@ def resolve_model(name: str) -> str:
 
         return minilm_path()
     if name.startswith("packaged:"):
-        raise UserError(f"model {name!r}: the only packaged model is {PACKAGED_MINILM!r}; or give a sentence-transformers name or path")
+        raise UserError(
+            f"model {name!r}: the only packaged model is {PACKAGED_MINILM!r}; or give a sentence-transformers name or path"
+        )
     return name
 
 
@@ -92,8 +94,11 @@ def build_lexical_index(texts: Iterable[str], k1: float = K1, b: float = B) -> d
 
 def lexical_matrix(index: dict[str, Any]) -> sparse.csr_matrix:
     """The BM25 weights (term bucket x passage) as a CSR view over the index's arrays."""
-    return sparse.csr_matrix((index["lex_data"], index["lex_indices"], index["lex_indptr"]),
-                             shape=(N_BUCKETS, index["emb"].shape[0]), copy=False)
+    return sparse.csr_matrix(
+        (index["lex_data"], index["lex_indices"], index["lex_indptr"]),
+        shape=(N_BUCKETS, index["emb"].shape[0]),
+        copy=False,
+    )
 
 
 class LexicalBatch:
@@ -150,14 +155,23 @@ def doc_chunks(doc_starts: np.ndarray, chunk_passages: int = CHUNK_PASSAGES) -> 
     return chunks
 
 
-def exact_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any], top_k: int,
-                 lexical_weight: float, chunks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+def exact_search(
+    q_emb: np.ndarray,
+    lex: LexicalBatch | None,
+    index: dict[str, Any],
+    top_k: int,
+    lexical_weight: float,
+    chunks: list[tuple[int, int]],
+) -> dict[str, np.ndarray]:
     """Top-k documents per question by their best passage: columns (questions x k) `doc`,
     `passage`, `score`, `dense`, `lexical`; -1 / -inf where there are fewer than k documents."""
     emb, doc_starts = index["emb"], index["doc_starts"]
     n_q = q_emb.shape[0]
-    best = {"doc": np.full((n_q, 0), -1, np.int64), "passage": np.full((n_q, 0), -1, np.int64),
-            "score": np.zeros((n_q, 0), np.float32)}
+    best = {
+        "doc": np.full((n_q, 0), -1, np.int64),
+        "passage": np.full((n_q, 0), -1, np.int64),
+        "score": np.zeros((n_q, 0), np.float32),
+    }
     rows = np.arange(n_q)[:, None]
     for d0, d1 in chunks:
         p0, p1 = int(doc_starts[d0]), int(doc_starts[d1])
@@ -167,7 +181,9 @@ def exact_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, A
         local_starts = doc_starts[d0:d1] - p0
         doc_max = np.maximum.reduceat(combined, local_starts, axis=1)
         kk = min(top_k, d1 - d0)
-        top = np.argpartition(-doc_max, kk - 1, axis=1)[:, :kk] if kk < d1 - d0 else np.tile(np.arange(d1 - d0), (n_q, 1))
+        top = (
+            np.argpartition(-doc_max, kk - 1, axis=1)[:, :kk] if kk < d1 - d0 else np.tile(np.arange(d1 - d0), (n_q, 1))
+        )
         passages = np.empty_like(top)
         for i in range(n_q):
             for j, d in enumerate(top[i]):
@@ -184,15 +200,25 @@ def exact_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, A
     return finish(best, q_emb, lex, index)
 
 
-def approximate_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any], top_k: int,
-                       lexical_weight: float, ann: Any, candidates: int) -> dict[str, np.ndarray]:
+def approximate_search(
+    q_emb: np.ndarray,
+    lex: LexicalBatch | None,
+    index: dict[str, Any],
+    top_k: int,
+    lexical_weight: float,
+    ann: Any,
+    candidates: int,
+) -> dict[str, np.ndarray]:
     """Like `exact_search`, over candidates: the ANN index's top dense passages plus the top BM25
     passages of each question, scored exactly."""
     emb, passage_doc = index["emb"], index["passage_doc"]
     n_q = q_emb.shape[0]
     _, dense_ids = ann.search(np.ascontiguousarray(q_emb, dtype=np.float32), min(candidates, emb.shape[0]))
-    out = {"doc": np.full((n_q, top_k), -1, np.int64), "passage": np.full((n_q, top_k), -1, np.int64),
-           "score": np.full((n_q, top_k), -np.inf, np.float32)}
+    out = {
+        "doc": np.full((n_q, top_k), -1, np.int64),
+        "passage": np.full((n_q, top_k), -1, np.int64),
+        "score": np.full((n_q, top_k), -np.inf, np.float32),
+    }
     for i in range(n_q):
         cand = dense_ids[i][dense_ids[i] >= 0]
         lex_ids, lex_scores = lex.row(i) if lex is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -217,7 +243,9 @@ def approximate_search(q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[
     return finish(out, q_emb, lex, index)
 
 
-def finish(best: dict[str, np.ndarray], q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any]) -> dict[str, np.ndarray]:
+def finish(
+    best: dict[str, np.ndarray], q_emb: np.ndarray, lex: LexicalBatch | None, index: dict[str, Any]
+) -> dict[str, np.ndarray]:
     """Sort each question's results by score and add the dense and lexical parts of the score."""
     rows = np.arange(q_emb.shape[0])[:, None]
     score = np.where(best["doc"] >= 0, best["score"], -np.inf)
@@ -240,10 +268,15 @@ class SearchIndex:
         self.ann = load_ann(arrays["ann"], ann_candidates(top_k)) if arrays.get("ann") is not None else None
 
     def search(self, q_emb: np.ndarray, questions: Sequence[str]) -> dict[str, np.ndarray]:
-        lex = (LexicalBatch(questions, self.weights, self.arrays["idf"], float(self.arrays["k1"]))
-               if self.weights is not None else None)
+        lex = (
+            LexicalBatch(questions, self.weights, self.arrays["idf"], float(self.arrays["k1"]))
+            if self.weights is not None
+            else None
+        )
         if self.ann is not None:
-            return approximate_search(q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.ann, ann_candidates(self.top_k))
+            return approximate_search(
+                q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.ann, ann_candidates(self.top_k)
+            )
         return exact_search(q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.chunks)
 
 
@@ -283,13 +316,19 @@ def ann_candidates(top_k: int) -> int:
 
 
 def log_index(index: dict[str, Any]) -> None:
-    log.info("passage index: %d passages of %d documents, dim %d, %.1f MiB (embeddings) + %.1f MiB (BM25)",
-             index["emb"].shape[0], len(index["doc_starts"]) - 1, index["emb"].shape[1], index["emb"].nbytes / 2**20,
-             (index["lex_data"].nbytes + index["lex_indices"].nbytes + index["lex_indptr"].nbytes) / 2**20)
+    log.info(
+        "passage index: %d passages of %d documents, dim %d, %.1f MiB (embeddings) + %.1f MiB (BM25)",
+        index["emb"].shape[0],
+        len(index["doc_starts"]) - 1,
+        index["emb"].shape[1],
+        index["emb"].nbytes / 2**20,
+        (index["lex_data"].nbytes + index["lex_indices"].nbytes + index["lex_indptr"].nbytes) / 2**20,
+    )
 
 
-
-def build_index(emb: np.ndarray, passages: dict[str, np.ndarray], texts: Iterable[str], approximate_above: int) -> dict[str, Any]:
+def build_index(
+    emb: np.ndarray, passages: dict[str, np.ndarray], texts: Iterable[str], approximate_above: int
+) -> dict[str, Any]:
     """Embeddings + passage layout + BM25 -> the arrays every matching actor shares (via `ray.put`)."""
     index: dict[str, Any] = {"emb": emb, "doc_starts": passages["doc_starts"], "passage_doc": passages["doc"]}
     index.update(build_lexical_index(texts))
@@ -297,8 +336,12 @@ def build_index(emb: np.ndarray, passages: dict[str, np.ndarray], texts: Iterabl
     if emb.shape[0] > approximate_above:
         index["ann"] = build_ann(emb)
         if index["ann"] is None:
-            log.warning("%d passages is above approximate_above=%d but faiss is not installed "
-                        "(pip install 'qadist[faiss]'); searching exactly", emb.shape[0], approximate_above)
+            log.warning(
+                "%d passages is above approximate_above=%d but faiss is not installed "
+                "(pip install 'qadist[faiss]'); searching exactly",
+                emb.shape[0],
+                approximate_above,
+            )
         else:
             log.info("approximate search: HNSW over %d passages (faiss), candidates rescored exactly", emb.shape[0])
     return index
@@ -324,8 +367,13 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
-            emb = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+            emb = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(emb, dtype=np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -340,8 +388,16 @@ class Matcher(Encoder):
     0 = no document reached min_score), `doc`, `passage` (indices), `score`, `dense`, `lexical`.
     """
 
-    def __init__(self, model: str, index: Any, top_k: int, min_score: float | None, lexical_weight: float,
-                 batch_size: int = 64, use_gpu: bool = False):
+    def __init__(
+        self,
+        model: str,
+        index: Any,
+        top_k: int,
+        min_score: float | None,
+        lexical_weight: float,
+        batch_size: int = 64,
+        use_gpu: bool = False,
+    ):
         import ray
 
         super().__init__(model, batch_size, use_gpu)
@@ -377,8 +433,15 @@ def build_tiny_encoder(out_dir: str, hidden: int = 64, num_layers: int = 2, seed
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(minilm_path())
     bert_dir = f"{out_dir}/bert"
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=num_layers,
-                         num_attention_heads=max(1, hidden // 32), intermediate_size=4 * hidden)).save_pretrained(bert_dir)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=max(1, hidden // 32),
+            intermediate_size=4 * hidden,
+        )
+    ).save_pretrained(bert_dir)
     tok.save_pretrained(bert_dir)
     word = models.Transformer(bert_dir, max_seq_length=256)
     SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu").save(out_dir)

@@ -35,11 +35,11 @@ import pyarrow.parquet as pq
 from qadist import console, storage
 from qadist.config import PairsConfig, to_dict
 from qadist.errors import UserError
-from qadist.pairs.passages import build_passages, load_documents, passage_texts
 from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
-from qadist.runtime import ensure_ray
+from qadist.pairs.passages import build_passages, load_documents, passage_texts
 from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
 from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
+from qadist.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,14 @@ class PartWriter:
     costs several times its JSON); Parquet rows as dicts, for the Arrow schema.
     """
 
-    def __init__(self, prefix: str, name: str = "part", fmt: str = "jsonl", rows_per_file: int = 10_000,
-                 max_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        prefix: str,
+        name: str = "part",
+        fmt: str = "jsonl",
+        rows_per_file: int = 10_000,
+        max_bytes: int = 64 << 20,
+    ):
         self.prefix, self.name, self.fmt = prefix, name, fmt
         self.rows_per_file, self.max_bytes = rows_per_file, max_bytes
         self.buffer: list = []
@@ -172,7 +178,7 @@ class StagedMatcher(Matcher):
         for uri in batch["path"]:
             cols = read_staged(str(uri))
             for i in range(0, len(cols["slot"]), self.batch_size):
-                yield self.match({k: np.asarray(v[i:i + self.batch_size]) for k, v in cols.items()})
+                yield self.match({k: np.asarray(v[i : i + self.batch_size]) for k, v in cols.items()})
             release_memory()
 
 
@@ -189,12 +195,17 @@ def embed_passages(texts: list[str], cfg: PairsConfig) -> np.ndarray:
     """Passage texts -> (n, dim) float32 normalised embeddings, by a pool of Encoder actors."""
     import ray.data
 
-    blocks = [pa.table({"pidx": np.arange(i, min(i + PASSAGE_BLOCK, len(texts))), "text": texts[i:i + PASSAGE_BLOCK]})
-              for i in range(0, len(texts), PASSAGE_BLOCK)]
+    blocks = [
+        pa.table({"pidx": np.arange(i, min(i + PASSAGE_BLOCK, len(texts))), "text": texts[i : i + PASSAGE_BLOCK]})
+        for i in range(0, len(texts), PASSAGE_BLOCK)
+    ]
     ds = ray.data.from_arrow(blocks).map_batches(
-        Encoder, batch_size=cfg.batch_size, batch_format="numpy",
+        Encoder,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
         fn_constructor_kwargs={"model": cfg.model, "batch_size": cfg.batch_size, "use_gpu": cfg.num_gpus_per_actor > 0},
-        **actor_options(cfg))
+        **actor_options(cfg),
+    )
     emb: np.ndarray | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         vectors = np.stack(batch["embedding"]) if batch["embedding"].dtype == object else batch["embedding"]
@@ -209,8 +220,16 @@ def prepare_out(cfg: PairsConfig) -> dict | None:
     """Claim `cfg.out` for these settings; the manifest when the same run already finished (a no-op
     re-run). A run killed part way is redone from the start: its leftovers are deleted."""
     settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
-    resumed = claim(cfg.out, CLAIM, settings, what="pairs", overwrite=cfg.overwrite, parts=(*OUTPUT_DIRS, MANIFEST),
-                    foreign=(MANIFEST, "pairs"), fix="use another --out, or pass --overwrite to replace them")
+    resumed = claim(
+        cfg.out,
+        CLAIM,
+        settings,
+        what="pairs",
+        overwrite=cfg.overwrite,
+        parts=(*OUTPUT_DIRS, MANIFEST),
+        foreign=(MANIFEST, "pairs"),
+        fix="use another --out, or pass --overwrite to replace them",
+    )
     if resumed and storage.exists(manifest_uri(cfg.out)):
         return read_json(manifest_uri(cfg.out))
     for name in OUTPUT_DIRS:
@@ -223,16 +242,21 @@ def load_tokenizer_for(model: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=False)  # explicit: no prompt, no remote code
+        return AutoTokenizer.from_pretrained(
+            resolve_model(model), trust_remote_code=False
+        )  # explicit: no prompt, no remote code
     except (OSError, ValueError) as e:
-        raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); give a sentence-transformers name or folder") from e
+        raise UserError(
+            f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); give a sentence-transformers name or folder"
+        ) from e
 
 
 def max_seq_length(model: str) -> int | None:
     """The sentence-transformers model's max_seq_length, when its folder says (None otherwise)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
         from pathlib import Path
+
+        from huggingface_hub import try_to_load_from_cache
 
         path = Path(resolve_model(model)) / "sentence_bert_config.json"
         if not path.exists():
@@ -277,12 +301,16 @@ def run_pairs(cfg: PairsConfig) -> dict:
         raise UserError(f"passage_overlap={cfg.passage_overlap} must be below passage_tokens={cfg.passage_tokens}")
     limit = max_seq_length(cfg.model)
     if limit is not None and cfg.passage_tokens > limit - 2:
-        raise UserError(f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); lower --passage-tokens")
+        raise UserError(
+            f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); lower --passage-tokens"
+        )
     tokenizer = load_tokenizer_for(cfg.model)
     docs, doc_rejects = load_documents(cfg.documents)
     finished = prepare_out(cfg)
     if finished is not None:
-        console.summary(f"qadist pairs: {cfg.out} is complete with these settings ({finished['counts']['pairs_out']:,} pairs); nothing to do")
+        console.summary(
+            f"qadist pairs: {cfg.out} is complete with these settings ({finished['counts']['pairs_out']:,} pairs); nothing to do"
+        )
         return finished
     ray = ensure_ray()
 
@@ -294,8 +322,10 @@ def run_pairs(cfg: PairsConfig) -> dict:
     if not stager.rep_ids:
         storage.delete(storage.join(cfg.out, "_work"))
         first = f", first: {stager.first_reason}" if stager.first_reason else ""
-        raise UserError(f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, {stager.rejects.rows} rejected{first}); "
-                        "give JSONL or Parquet rows with 'id' and 'question'")
+        raise UserError(
+            f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, {stager.rejects.rows} rejected{first}); "
+            "give JSONL or Parquet rows with 'id' and 'question'"
+        )
     doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name="documents")
     for r in doc_rejects:
         doc_reject_writer.add(r)
@@ -304,10 +334,12 @@ def run_pairs(cfg: PairsConfig) -> dict:
     # The index: passages, embeddings, BM25; once into the object store.
     passages = build_passages(docs, tokenizer, cfg.passage_tokens, cfg.passage_overlap, cfg.context_tokens)
     n_passages = len(passages["doc"])
-    console.banner(f"qadist pairs: {stager.rows_in:,} questions ({len(stager.rep_ids):,} unique, {stager.duplicates.rows:,} merged as "
-                   f"identical, {stager.rejects.rows:,} rejected) x {len(docs):,} documents ({len(doc_rejects):,} rejected) -> "
-                   f"{n_passages:,} passages of {cfg.passage_tokens} tokens (overlap {cfg.passage_overlap}); model {cfg.model}, "
-                   f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}")
+    console.banner(
+        f"qadist pairs: {stager.rows_in:,} questions ({len(stager.rep_ids):,} unique, {stager.duplicates.rows:,} merged as "
+        f"identical, {stager.rejects.rows:,} rejected) x {len(docs):,} documents ({len(doc_rejects):,} rejected) -> "
+        f"{n_passages:,} passages of {cfg.passage_tokens} tokens (overlap {cfg.passage_overlap}); model {cfg.model}, "
+        f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}"
+    )
     emb = embed_passages(list(passage_texts(docs, passages)), cfg)
     index = build_index(emb, passages, passage_texts(docs, passages), cfg.approximate_above)
     log_index(index)
@@ -318,11 +350,20 @@ def run_pairs(cfg: PairsConfig) -> dict:
     # Pass 2: unique questions stream through the matching actors; results written as they come.
     staged = [f["path"] for f in stager.staged.files]
     ds = ray.data.from_items([{"path": p} for p in staged], override_num_blocks=len(staged)).map_batches(
-        StagedMatcher, batch_size=1, batch_format="numpy",
-        fn_constructor_kwargs={"model": cfg.model, "index": index_ref, "top_k": cfg.top_k, "min_score": cfg.min_score,
-                               "lexical_weight": cfg.lexical_weight, "batch_size": cfg.batch_size,
-                               "use_gpu": cfg.num_gpus_per_actor > 0},
-        **actor_options(cfg))
+        StagedMatcher,
+        batch_size=1,
+        batch_format="numpy",
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "index": index_ref,
+            "top_k": cfg.top_k,
+            "min_score": cfg.min_score,
+            "lexical_weight": cfg.lexical_weight,
+            "batch_size": cfg.batch_size,
+            "use_gpu": cfg.num_gpus_per_actor > 0,
+        },
+        **actor_options(cfg),
+    )
     pairs = PartWriter(storage.join(cfg.out, "pairs"), fmt=cfg.output_format, rows_per_file=cfg.rows_per_file)
     unmatched = PartWriter(storage.join(cfg.out, "rejects"), name="unmatched")
     matched = 0
@@ -330,15 +371,25 @@ def run_pairs(cfg: PairsConfig) -> dict:
         for i in range(len(batch["slot"])):
             r = {k: v[i] for k, v in batch.items()}
             if int(r["rank"]) == 0:
-                unmatched.add(make_reject({"id": r["id"], "question": r["question"]}, str(r["source"]), int(r["row"]),
-                                          f"no document scored >= min_score={cfg.min_score} (best {float(r['score']):.4f})"))
+                unmatched.add(
+                    make_reject(
+                        {"id": r["id"], "question": r["question"]},
+                        str(r["source"]),
+                        int(r["row"]),
+                        f"no document scored >= min_score={cfg.min_score} (best {float(r['score']):.4f})",
+                    )
+                )
                 continue
             matched += int(r["rank"]) == 1
             pairs.add(pair_row(r, docs, passages, int(stager.counts[int(r["slot"])]), cfg.top_k))
     pairs.flush()
     unmatched.flush()
     if not pairs.rows:
-        log.warning("pairs: no question reached min_score=%s: no pairs written (see %s)", cfg.min_score, storage.join(cfg.out, "rejects"))
+        log.warning(
+            "pairs: no question reached min_score=%s: no pairs written (see %s)",
+            cfg.min_score,
+            storage.join(cfg.out, "rejects"),
+        )
     storage.delete(storage.join(cfg.out, "_work"))
 
     counts = {
@@ -354,7 +405,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
         "passages": n_passages,
     }
     assert counts["questions_in"] == matched + counts["questions_duplicate"] + counts["questions_rejected"], counts
-    rel = lambda files: [{"path": f["path"][len(cfg.out.rstrip('/')) + 1:], "rows": f["rows"]} for f in files]  # noqa: E731
+    rel = lambda files: [{"path": f["path"][len(cfg.out.rstrip("/")) + 1 :], "rows": f["rows"]} for f in files]  # noqa: E731
     manifest = {
         "schema_version": PAIRS_FORMAT_VERSION,
         "stage": "pairs",
@@ -362,13 +413,20 @@ def run_pairs(cfg: PairsConfig) -> dict:
         "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
         "search": "approximate (faiss HNSW + BM25 candidates, rescored)" if approximate else "exact",
         "counts": counts,
-        "files": {"pairs": rel(pairs.files), "rejects": rel(stager.rejects.files + doc_reject_writer.files + unmatched.files),
-                  "duplicates": rel(stager.duplicates.files)},
+        "files": {
+            "pairs": rel(pairs.files),
+            "rejects": rel(stager.rejects.files + doc_reject_writer.files + unmatched.files),
+            "duplicates": rel(stager.duplicates.files),
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     if not storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8")):
-        raise UserError(f"{manifest_uri(cfg.out)}: another run wrote this output at the same time; run again with --overwrite")
-    console.summary(f"qadist pairs: {counts['questions_in']:,} questions in -> {matched:,} matched ({pairs.rows:,} pairs), "
-                    f"{counts['questions_duplicate']:,} merged as identical, {counts['questions_rejected']:,} rejected "
-                    f"({unmatched.rows:,} below min_score) in {manifest['seconds']:.0f}s -> {cfg.out}")
+        raise UserError(
+            f"{manifest_uri(cfg.out)}: another run wrote this output at the same time; run again with --overwrite"
+        )
+    console.summary(
+        f"qadist pairs: {counts['questions_in']:,} questions in -> {matched:,} matched ({pairs.rows:,} pairs), "
+        f"{counts['questions_duplicate']:,} merged as identical, {counts['questions_rejected']:,} rejected "
+        f"({unmatched.rows:,} below min_score) in {manifest['seconds']:.0f}s -> {cfg.out}"
+    )
     return manifest

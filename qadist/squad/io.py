@@ -35,7 +35,9 @@ def _normalize_answers(answers: Any) -> dict | str:
         return "answers.text and answers.answer_start must be lists"  # a bare string would split into characters
     if len(texts) != len(starts):
         return "answers.text and answers.answer_start differ in length"
-    if not all(isinstance(t, str) for t in texts) or not all(isinstance(s, int) and not isinstance(s, bool) for s in starts):
+    if not all(isinstance(t, str) for t in texts) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in starts
+    ):
         return "answers.text must be strings and answers.answer_start integers"
     return {"text": texts, "answer_start": [int(s) for s in starts]}
 
@@ -69,14 +71,16 @@ def validate_pair(raw: Any, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple
         if isinstance(answers, str):
             return None, answers
         for text, start in zip(answers["text"], answers["answer_start"]):
-            if not 0 <= start <= len(context) - len(text) or context[start:start + len(text)] != text:
+            if not 0 <= start <= len(context) - len(text) or context[start : start + len(text)] != text:
                 return None, f"answer {text[:40]!r} is not at answer_start={start} in the context"
         pair["answers"] = answers
     reason = _bad_unicode(pair)
     return (None, reason) if reason else (pair, None)
 
 
-def read_pairs(uri: str, strict: bool = True, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple[list[dict], list[dict]]:
+def read_pairs(
+    uri: str, strict: bool = True, max_context_chars: int = MAX_CONTEXT_CHARS
+) -> tuple[list[dict], list[dict]]:
     """All pairs under `uri` -> (pairs, rejects). With `strict`, the first bad row is a UserError.
 
     Rejects carry `id` (or None), `source`, `row`, `reason` and the raw row as JSON.

@@ -62,9 +62,7 @@ def gold_from_squad(dataset: dict) -> dict[str, list[str]]:
     }
 
 
-def _raw_scores(
-    gold: dict[str, list[str]], predictions: dict[str, str]
-) -> tuple[dict[str, int], dict[str, float]]:
+def _raw_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> tuple[dict[str, int], dict[str, float]]:
     """Best exact and F1 over the gold answers, per predicted question."""
     exact: dict[str, int] = {}
     f1: dict[str, float] = {}
@@ -79,9 +77,7 @@ def _raw_scores(
     return exact, f1
 
 
-def _apply_threshold(
-    scores: dict, na_probs: dict[str, float], has_ans: dict[str, bool], thresh: float
-) -> dict:
+def _apply_threshold(scores: dict, na_probs: dict[str, float], has_ans: dict[str, bool], thresh: float) -> dict:
     """A question whose no-answer probability exceeds thresh is answered with ''."""
     return {q: float(not has_ans[q]) if na_probs[q] > thresh else s for q, s in scores.items()}
 
@@ -128,8 +124,7 @@ def squad_v2_metrics(
     probs = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
     missing = [q for q in exact_raw if q not in probs]
     if missing:
-        raise ValueError(f"no-answer probability missing for {len(missing)} question(s), "
-                         f"e.g. {missing[0]!r}")
+        raise ValueError(f"no-answer probability missing for {len(missing)} question(s), e.g. {missing[0]!r}")
     exact = _apply_threshold(exact_raw, probs, has_ans, na_prob_thresh)
     f1 = _apply_threshold(f1_raw, probs, has_ans, na_prob_thresh)
     out = _eval_dict(exact, f1, list(exact))
@@ -138,7 +133,6 @@ def squad_v2_metrics(
         if qids:
             out.update({f"{prefix}_{k}": v for k, v in _eval_dict(exact, f1, qids).items()})
     if na_probs is not None:
-        out["best_exact"], out["best_exact_thresh"] = _best_thresh(
-            predictions, exact_raw, probs, has_ans)
+        out["best_exact"], out["best_exact_thresh"] = _best_thresh(predictions, exact_raw, probs, has_ans)
         out["best_f1"], out["best_f1_thresh"] = _best_thresh(predictions, f1_raw, probs, has_ans)
     return out

@@ -37,14 +37,18 @@ class Plan:
         return self.batch_size * self.num_workers * self.grad_accum
 
 
-def plan_steps(windows: int, num_workers: int, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float) -> Plan:
+def plan_steps(
+    windows: int, num_workers: int, batch_size: int, grad_accum: int, epochs: float, warmup_ratio: float
+) -> Plan:
     """Ray Train splits the dataset into equal shards (`streaming_split(equal=True)`), so every
     worker sees `windows // num_workers` windows per epoch; the last micro-batch may be short."""
     per_worker = windows // num_workers
     micro = math.ceil(per_worker / batch_size)
     per_epoch = math.ceil(micro / grad_accum)
     total = max(1, math.ceil(epochs * per_epoch))
-    return Plan(windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total))
+    return Plan(
+        windows, num_workers, batch_size, grad_accum, per_worker, micro, per_epoch, total, round(warmup_ratio * total)
+    )
 
 
 def length_grouped(chunk: dict[str, Any], batch_size: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -57,9 +61,11 @@ def length_grouped(chunk: dict[str, Any], batch_size: int, rng: np.random.Genera
     """
     lengths = np.fromiter((len(x) for x in chunk["input_ids"]), dtype=np.int64, count=len(chunk["input_ids"]))
     order = np.argsort(lengths, kind="stable")
-    pieces = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [{k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in chunk.items()}
-            for idx in (pieces[j] for j in rng.permutation(len(pieces)))]
+    pieces = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [
+        {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]) for k, v in chunk.items()}
+        for idx in (pieces[j] for j in rng.permutation(len(pieces)))
+    ]
 
 
 def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
@@ -89,7 +95,12 @@ def collate_windows(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tenso
         out["attention_mask"][row, :length] = 1
         if types is not None:
             out["token_type_ids"][row, :length] = torch.from_numpy(np.asarray(types[row], dtype=np.int64))
-        if starts[row] is not None and len(starts[row]) == length and ends[row] is not None and len(ends[row]) == length:
+        if (
+            starts[row] is not None
+            and len(starts[row]) == length
+            and ends[row] is not None
+            and len(ends[row]) == length
+        ):
             out["teacher_start"][row, :length] = torch.from_numpy(np.asarray(starts[row], dtype=np.float32))
             out["teacher_end"][row, :length] = torch.from_numpy(np.asarray(ends[row], dtype=np.float32))
             out["has_teacher"][row] = True

@@ -53,10 +53,12 @@ def export_final(checkpoint: Any, out: str) -> str:
     final = storage.join(out, "final")
     dst_fs, dst_root = storage.resolve(final)
     src_fs, src_root = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    files = [f for f in src_fs.get_file_info(pafs.FileSelector(src_root, recursive=True)) if f.type == pafs.FileType.File]
+    files = [
+        f for f in src_fs.get_file_info(pafs.FileSelector(src_root, recursive=True)) if f.type == pafs.FileType.File
+    ]
     # config.json last: a folder with a config.json is a finished export (the pipeline's skip rule).
     for info in sorted(files, key=lambda f: (f.path.endswith("/config.json"), f.path)):
-        rel = info.path[len(src_root):].lstrip("/")
+        rel = info.path[len(src_root) :].lstrip("/")
         if rel == STATE_FILE:
             continue
         dst = f"{dst_root}/{rel}"

@@ -27,9 +27,26 @@ log = logging.getLogger(__name__)
 
 WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
 # What makes two runs into one --out the same run (so the second continues the first).
-RUN_FINGERPRINT_KEYS = ("labels", "student", "train_file", "model", "batch_size", "grad_accum", "num_workers", "shuffle_buffer",
-                        "length_group", "precision", "seed", "epochs", "learning_rate", "warmup_ratio", "temperature",
-                        "alpha_kd", "alpha_hard", *WINDOW_KEYS)
+RUN_FINGERPRINT_KEYS = (
+    "labels",
+    "student",
+    "train_file",
+    "model",
+    "batch_size",
+    "grad_accum",
+    "num_workers",
+    "shuffle_buffer",
+    "length_group",
+    "precision",
+    "seed",
+    "epochs",
+    "learning_rate",
+    "warmup_ratio",
+    "temperature",
+    "alpha_kd",
+    "alpha_hard",
+    *WINDOW_KEYS,
+)
 
 
 def quiet(dataset: Any) -> Any:
@@ -42,7 +59,7 @@ def quiet(dataset: Any) -> Any:
 def run_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
     """RunConfig's storage_path and storage_filesystem for a local folder or an s3:// prefix."""
     if storage.is_s3(out):
-        return out[len("s3://"):].rstrip("/"), storage.s3_filesystem()
+        return out[len("s3://") :].rstrip("/"), storage.s3_filesystem()
     storage.makedirs(out)
     return storage.resolve(out)[1], None
 
@@ -52,45 +69,85 @@ def check_same_run(cfg: TrainSettings, stage: str) -> None:
     Only a run with a committed checkpoint is continued; before that, new settings replace it."""
     started = storage.exists(storage.join(cfg.out, stage, "checkpoint_manager_snapshot.json"))
     settings = {k: v for k, v in to_dict(cfg).items() if k in RUN_FINGERPRINT_KEYS}
-    claim(cfg.out, f"_qadist_{stage}_run.json", settings, what=f"a {stage} run", overwrite=not started, foreign=(),
-          fix=f"give a new --out, or delete {storage.join(cfg.out, stage)} to start over")
+    claim(
+        cfg.out,
+        f"_qadist_{stage}_run.json",
+        settings,
+        what=f"a {stage} run",
+        overwrite=not started,
+        foreign=(),
+        fix=f"give a new --out, or delete {storage.join(cfg.out, stage)} to start over",
+    )
 
 
 def banner(stage: str, plan: Plan, cfg: TrainSettings, soft: int, gold: int, run_dir: str) -> str:
     parts = [f"{soft:,} soft-labelled" if soft else "", f"{gold:,} gold" if gold else ""]
-    return (f"qadist {stage}: {plan.windows:,} windows ({', '.join(p for p in parts if p)}) | "
-            f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x {plan.grad_accum} accumulation | "
-            f"{plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = {plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
-            f"checkpoints every {cfg.checkpoint_every} steps -> {run_dir}")
+    return (
+        f"qadist {stage}: {plan.windows:,} windows ({', '.join(p for p in parts if p)}) | "
+        f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x {plan.grad_accum} accumulation | "
+        f"{plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = {plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
+        f"checkpoints every {cfg.checkpoint_every} steps -> {run_dir}"
+    )
 
 
-def launch(stage: str, cfg: TrainSettings, model: str, dataset: Any, soft: int, gold: int, loss: dict, windows: dict[str, int], provenance: dict) -> dict:
+def launch(
+    stage: str,
+    cfg: TrainSettings,
+    model: str,
+    dataset: Any,
+    soft: int,
+    gold: int,
+    loss: dict,
+    windows: dict[str, int],
+    provenance: dict,
+) -> dict:
     """Run the TorchTrainer and export the final student; returns final path, metrics and plan."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     plan = plan_steps(soft + gold, cfg.num_workers, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio)
     if plan.windows_per_worker == 0:
-        raise UserError(f"{plan.windows} training windows cannot be split across --num-workers {cfg.num_workers}; use fewer workers")
+        raise UserError(
+            f"{plan.windows} training windows cannot be split across --num-workers {cfg.num_workers}; use fewer workers"
+        )
     check_same_run(cfg, stage)
     storage_path, filesystem = run_storage(cfg.out)
     console.banner(banner(stage, plan, cfg, soft, gold, storage.join(cfg.out, stage)))
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
-    qadist_config = {"schema_version": SCHEMA_VERSION, "stage": stage, "config": to_dict(cfg), "windows": windows, **provenance}
+    qadist_config = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "config": to_dict(cfg),
+        "windows": windows,
+        **provenance,
+    }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "model": model,
             "plan": asdict(plan),
             "loss": loss,
-            "train": {k: getattr(cfg, k) for k in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_every", "seed",
-                                                   "shuffle_buffer", "length_group", "precision", "trust_remote_code")},
+            "train": {
+                k: getattr(cfg, k)
+                for k in (
+                    "learning_rate",
+                    "weight_decay",
+                    "max_grad_norm",
+                    "checkpoint_every",
+                    "seed",
+                    "shuffle_buffer",
+                    "length_group",
+                    "precision",
+                    "trust_remote_code",
+                )
+            },
             "eval": {"file": cfg.eval_file, "batch_size": 64, **windows} if cfg.eval_file else None,
             "qadist_config": qadist_config,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                placement_strategy=cfg.placement_strategy),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy
+        ),
         run_config=ray.train.RunConfig(
             name=stage,
             storage_path=storage_path,
@@ -110,9 +167,9 @@ def launch(stage: str, cfg: TrainSettings, model: str, dataset: Any, soft: int, 
     final = export_final(result.checkpoint, cfg.out)
     log.info("%s: Ray Train fit %.1fs, final export %.1fs", stage, fitted - started, time.perf_counter() - fitted)
     metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k}
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/step", "train/loss", "eval/exact", "eval/f1"))
+    shown = ", ".join(
+        f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/step", "train/loss", "eval/exact", "eval/f1")
+    )
     console.summary(f"qadist {stage}: done in {time.perf_counter() - started:.1f}s ({shown}); final model -> {final}")
     checkpoint = ("s3://" if storage.is_s3(cfg.out) else "") + result.checkpoint.path
     return {"final": final, "metrics": metrics, "plan": asdict(plan), "checkpoint": checkpoint}
-
-

@@ -70,11 +70,21 @@ def train_step(
     for i, mb in enumerate(micro_batches):
         mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
         last = i == len(micro_batches) - 1
-        with (nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()):
+        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(**{k: mb[k] for k in MODEL_INPUTS if k in mb})
-            res = loss_fn(out.start_logits, out.end_logits, mb["attention_mask"], mb["teacher_start"], mb["teacher_end"],
-                          mb["has_teacher"], mb["start_positions"], mb["end_positions"], n_kd=n_kd, n_hard=n_hard)
+            res = loss_fn(
+                out.start_logits,
+                out.end_logits,
+                mb["attention_mask"],
+                mb["teacher_start"],
+                mb["teacher_end"],
+                mb["has_teacher"],
+                mb["start_positions"],
+                mb["end_positions"],
+                n_kd=n_kd,
+                n_hard=n_hard,
+            )
             scaler.scale(res.loss).backward()
         loss_sum += float(res.loss.detach())
         kd_sum += float(res.kd) * res.n_kd
@@ -84,8 +94,14 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    return {"loss": loss_sum, "kd_loss": kd_sum / max(n_kd, 1), "hard_loss": hard_sum / max(n_hard, 1),
-            "grad_norm": float(grad_norm), "kd_windows": n_kd, "gold_windows": n_hard}
+    return {
+        "loss": loss_sum,
+        "kd_loss": kd_sum / max(n_kd, 1),
+        "hard_loss": hard_sum / max(n_hard, 1),
+        "grad_norm": float(grad_norm),
+        "kd_windows": n_kd,
+        "gold_windows": n_hard,
+    }
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
@@ -98,8 +114,11 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay) or None
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=learning_rate, fused=fused)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        fused=fused,
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
@@ -108,7 +127,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
     return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
 
 
-def evaluate_model(model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device
+) -> dict[str, float]:
     """SQuAD 2.0 EM/F1 of the model on labelled pairs, with the shared windows and post-processing."""
     from qadist.config import AnswerSettings
     from qadist.inference import predict_pairs
@@ -135,8 +156,8 @@ class _Bar:
             return
         try:
             import ray
-
             from ray.experimental.tqdm_ray import tqdm as bar_cls
+
             if not ray.is_initialized():
                 raise ImportError
         except ImportError:
@@ -206,7 +227,9 @@ class WorkerTrainer:
                 self.state = load_state(folder)
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
-                self.log(f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)")
+                self.log(
+                    f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)"
+                )
         self.step, self.epoch, self.position = self.state["step"], self.state["epoch"], self.state["batches_in_epoch"]
         return model
 
@@ -220,7 +243,9 @@ class WorkerTrainer:
         if model is None:
             torch.manual_seed(self.train["seed"])
             model = load_qa_model(self.start_model, trust_remote_code=self.train["trust_remote_code"])
-        torch.manual_seed(self.train["seed"] + 1000 * self.rank + self.step)  # dropout differs by rank and after a resume
+        torch.manual_seed(
+            self.train["seed"] + 1000 * self.rank + self.step
+        )  # dropout differs by rank and after a resume
         return ray.train.torch.prepare_model(model)
 
     def setup_optimizer(self) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
@@ -265,17 +290,28 @@ class WorkerTrainer:
         t = self.timings
         t["steps_s"] = time.perf_counter() - started - t["checkpoint_s"]
         if self.rank == 0:  # to the log file (console.py): a detail, not a note for the terminal
-            print(f"worker timings: setup {t['setup_s']:.1f}s, {self.step - first} steps {t['steps_s']:.1f}s "
-                  f"(data wait included), checkpoints {t['checkpoint_s']:.1f}s", flush=True)
+            print(
+                f"worker timings: setup {t['setup_s']:.1f}s, {self.step - first} steps {t['steps_s']:.1f}s "
+                f"(data wait included), checkpoints {t['checkpoint_s']:.1f}s",
+                flush=True,
+            )
 
     def run_epoch(self, shard: Any) -> None:
         """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
         plan, group, seen = self.plan, [], 0
         # A seeded local shuffle over an ordered stream: the same order again after a resume.
-        shuffle = {"local_shuffle_buffer_size": self.train["shuffle_buffer"], "local_shuffle_seed": self.train["seed"] + self.epoch}
+        shuffle = {
+            "local_shuffle_buffer_size": self.train["shuffle_buffer"],
+            "local_shuffle_seed": self.train["seed"] + self.epoch,
+        }
         group_size = self.train["length_group"]
-        chunks = shard.iter_batches(batch_size=plan.batch_size * group_size, batch_format="numpy", prefetch_batches=2,
-                                    drop_last=False, **(shuffle if self.train["shuffle_buffer"] else {}))
+        chunks = shard.iter_batches(
+            batch_size=plan.batch_size * group_size,
+            batch_format="numpy",
+            prefetch_batches=2,
+            drop_last=False,
+            **(shuffle if self.train["shuffle_buffer"] else {}),
+        )
         rng = np.random.default_rng([self.train["seed"], self.epoch])  # the same micro-batch order after a resume
         batches = (mb for chunk in chunks for mb in length_grouped(chunk, plan.batch_size, rng))
         for i, raw in enumerate(batches):
@@ -293,14 +329,25 @@ class WorkerTrainer:
             if epoch_end or self.step >= plan.total_steps:
                 return
         if seen == 0:
-            raise RuntimeError(f"worker {self.rank} got no training data in epoch {self.epoch}; use fewer workers or more data")
+            raise RuntimeError(
+                f"worker {self.rank} got no training data in epoch {self.epoch}; use fewer workers or more data"
+            )
         if group:  # the shard held fewer rows than planned: the short group still makes a step
             self.optimizer_step(group)
         self.report(epoch_end=True)
 
     def optimizer_step(self, group: list[dict[str, torch.Tensor]]) -> None:
-        stats = train_step(self.model, group, self.loss_fn, self.optimizer, self.scheduler, self.scaler,
-                           self.train["max_grad_norm"], self.device, self.amp_dtype)
+        stats = train_step(
+            self.model,
+            group,
+            self.loss_fn,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.train["max_grad_norm"],
+            self.device,
+            self.amp_dtype,
+        )
         self.step += 1
         self.window.append(stats)
         self.bar.update(self.epoch, self.step, self.plan.total_steps, stats["loss"])
@@ -310,10 +357,19 @@ class WorkerTrainer:
         import ray.train
 
         done = self.step >= self.plan.total_steps
-        metrics = {"train/step": self.step, "train/epoch": round(self.step / self.plan.steps_per_epoch, 4),
-                   "train/lr": self.scheduler.get_last_lr()[0], "workers/node_ids": ",".join(self.worker_nodes)}
+        metrics = {
+            "train/step": self.step,
+            "train/epoch": round(self.step / self.plan.steps_per_epoch, 4),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "workers/node_ids": ",".join(self.worker_nodes),
+        }
         if self.window:
-            metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in ("loss", "kd_loss", "hard_loss", "grad_norm")})
+            metrics.update(
+                {
+                    f"train/{k}": float(np.mean([w[k] for w in self.window]))
+                    for k in ("loss", "kd_loss", "hard_loss", "grad_norm")
+                }
+            )
         self.window.clear()
         if self.eval_pairs is not None and (epoch_end or done):
             metrics.update(evaluate_model(self.model, self.tokenizer, self.eval_pairs, self.eval_cfg, self.device))
@@ -326,12 +382,23 @@ class WorkerTrainer:
         try:
             if folder:
                 epoch, position = (self.epoch + 1, 0) if epoch_end else (self.epoch, self.position)
-                save_checkpoint(folder, self.model, self.tokenizer, self.config["qadist_config"], {
-                    "step": self.step, "epoch": epoch, "batches_in_epoch": position, "plan": asdict(self.plan),
-                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.use_scaler else None,
-                    "metrics": metrics, "resumed_at": self.state["resumed_at"],
-                })
+                save_checkpoint(
+                    folder,
+                    self.model,
+                    self.tokenizer,
+                    self.config["qadist_config"],
+                    {
+                        "step": self.step,
+                        "epoch": epoch,
+                        "batches_in_epoch": position,
+                        "plan": asdict(self.plan),
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.use_scaler else None,
+                        "metrics": metrics,
+                        "resumed_at": self.state["resumed_at"],
+                    },
+                )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
         finally:
             if folder:

@@ -104,9 +104,15 @@ class DistillationLoss(nn.Module):
         kd_sum, kd_count = zero, 0
         if self.alpha_kd > 0 and teacher_start is not None and teacher_end is not None:
             rows = nonempty if has_teacher is None else nonempty & has_teacher.bool()
-            t2 = self.temperature ** 2
-            kd = t2 * (kl_per_window(student_start, teacher_start, mask, self.temperature)
-                       + kl_per_window(student_end, teacher_end, mask, self.temperature)) / 2
+            t2 = self.temperature**2
+            kd = (
+                t2
+                * (
+                    kl_per_window(student_start, teacher_start, mask, self.temperature)
+                    + kl_per_window(student_end, teacher_end, mask, self.temperature)
+                )
+                / 2
+            )
             kd_sum, kd_count = torch.where(rows, kd, 0.0).sum(), int(rows.sum())
         hard_sum, hard_count = zero, 0
         if self.alpha_hard > 0 and gold_start is not None and gold_end is not None:

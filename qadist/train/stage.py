@@ -38,14 +38,16 @@ GOLD_CHUNK = 512  # pairs windowed at a time, and rows per block of the gold dat
 
 def train_schema(has_types: bool) -> pa.Schema:
     """The columns training reads, with the shard contract's types."""
-    return pa.schema([
-        ("input_ids", pa.list_(pa.int32())),
-        *([("token_type_ids", pa.list_(pa.int8()))] if has_types else []),
-        ("start_logits", pa.list_(pa.float16())),
-        ("end_logits", pa.list_(pa.float16())),
-        ("start_position", pa.int32()),
-        ("end_position", pa.int32()),
-    ])
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            *([("token_type_ids", pa.list_(pa.int8()))] if has_types else []),
+            ("start_logits", pa.list_(pa.float16())),
+            ("end_logits", pa.list_(pa.float16())),
+            ("start_position", pa.int32()),
+            ("end_position", pa.int32()),
+        ]
+    )
 
 
 def gold_windows(pairs: list[dict], tokenizer: Any, windows: dict[str, int], has_types: bool) -> pa.Table:
@@ -56,14 +58,19 @@ def gold_windows(pairs: list[dict], tokenizer: Any, windows: dict[str, int], has
     schema = train_schema(has_types)
     tables = []
     for i in range(0, len(pairs), GOLD_CHUNK):
-        chunk = [p for p in pairs[i:i + GOLD_CHUNK] if "answers" in p]
+        chunk = [p for p in pairs[i : i + GOLD_CHUNK] if "answers" in p]
         if not chunk:
             continue
         batch = {k: [p[k] for p in chunk] for k in ("id", "question", "context", "answers")}
         w = make_windows(batch, tokenizer, windows["max_seq_len"], windows["doc_stride"], windows["max_query_len"])
         n = len(w["input_ids"])
-        cols = {"input_ids": w["input_ids"], "start_logits": [[]] * n, "end_logits": [[]] * n,
-                "start_position": w["start_position"], "end_position": w["end_position"]}
+        cols = {
+            "input_ids": w["input_ids"],
+            "start_logits": [[]] * n,
+            "end_logits": [[]] * n,
+            "start_position": w["start_position"],
+            "end_position": w["end_position"],
+        }
         if has_types:
             cols["token_type_ids"] = w.get("token_type_ids") or [[0] * len(x) for x in w["input_ids"]]
         tables.append(pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema))
@@ -76,14 +83,21 @@ def read_gold(uri: str, tokenizer: Any, windows: dict[str, int], has_types: bool
     if not labelled:
         raise UserError(f"{uri}: no row has 'answers'; {flag} needs SQuAD JSON or pairs with answers")
     if labelled < len(pairs):
-        log.warning("%s: %d of %d pairs have no 'answers' field and are not used for training", uri, len(pairs) - labelled, len(pairs))
+        log.warning(
+            "%s: %d of %d pairs have no 'answers' field and are not used for training",
+            uri,
+            len(pairs) - labelled,
+            len(pairs),
+        )
     return gold_windows(pairs, tokenizer, windows, has_types)
 
 
 def window_settings(cfg: TrainSettings, recorded: dict | None) -> dict[str, int]:
     """Window lengths: the ones given explicitly, else the recorded ones (shards, model), else defaults."""
-    return {k: getattr(cfg, k) if k in cfg.model_fields_set or not recorded or k not in recorded else int(recorded[k])
-            for k in WINDOW_KEYS}
+    return {
+        k: getattr(cfg, k) if k in cfg.model_fields_set or not recorded or k not in recorded else int(recorded[k])
+        for k in WINDOW_KEYS
+    }
 
 
 def check_tokenizer(manifest: dict, tokenizer: Any, student: str, labels: str) -> None:
@@ -92,7 +106,8 @@ def check_tokenizer(manifest: dict, tokenizer: Any, student: str, labels: str) -
     if recorded.get("hash") != mine:
         raise UserError(
             f"{student}: its tokenizer (hash {mine}) is not the one the soft labels in {labels} were made with "
-            f"({recorded.get('name')}, hash {recorded.get('hash')}); use a student that shares the teachers' tokenizer")
+            f"({recorded.get('name')}, hash {recorded.get('hash')}); use a student that shares the teachers' tokenizer"
+        )
 
 
 def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
@@ -109,8 +124,10 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
         try:
             header, _, schema = read_footer(uri)
         except (FileNotFoundError, OSError) as e:
-            raise UserError(f"{uri}: listed in {manifest_uri(labels)} but cannot be read ({str(e).splitlines()[0]}); "
-                            "re-run `qadist label --overwrite` into this output") from e
+            raise UserError(
+                f"{uri}: listed in {manifest_uri(labels)} but cannot be read ({str(e).splitlines()[0]}); "
+                "re-run `qadist label --overwrite` into this output"
+            ) from e
         return uri, header, schema.names
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -119,7 +136,9 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
         check_header(header, uri, tokenizer_hash)
     typed = {"token_type_ids" in names for _, _, names in footers}
     if len(typed) > 1:
-        raise UserError(f"{labels}: some shards have token_type_ids and some do not (mixed labelling runs); re-run `qadist label --overwrite`")
+        raise UserError(
+            f"{labels}: some shards have token_type_ids and some do not (mixed labelling runs); re-run `qadist label --overwrite`"
+        )
     return typed.pop()
 
 
@@ -135,7 +154,9 @@ def run_distill(cfg: DistillConfig) -> dict:
     manifest = read_manifest(cfg.labels)
     tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
     check_tokenizer(manifest, tokenizer, cfg.student, cfg.labels)
-    windows = window_settings(cfg, {**(manifest.get("config") or {}), **{k: manifest[k] for k in WINDOW_KEYS if k in manifest}})
+    windows = window_settings(
+        cfg, {**(manifest.get("config") or {}), **{k: manifest[k] for k in WINDOW_KEYS if k in manifest}}
+    )
     listed = [s for s in manifest["shards"] if s["rows"] > 0]
     if not listed:
         raise UserError(f"{cfg.labels}: the manifest lists no windows; label some pairs first")
@@ -152,7 +173,9 @@ def run_distill(cfg: DistillConfig) -> dict:
         gold = table.num_rows
         blocks = [table.slice(i, GOLD_CHUNK) for i in range(0, gold, GOLD_CHUNK)]
         dataset = dataset.union(ray.data.from_arrow(blocks)).randomize_block_order(seed=cfg.seed)
-    provenance = {"labels": {"uri": cfg.labels, "teachers": manifest.get("teachers"), "tokenizer": manifest.get("tokenizer")}}
+    provenance = {
+        "labels": {"uri": cfg.labels, "teachers": manifest.get("teachers"), "tokenizer": manifest.get("tokenizer")}
+    }
     loss = {"temperature": cfg.temperature, "alpha_kd": cfg.alpha_kd, "alpha_hard": cfg.alpha_hard}
     return launch("distill", cfg, cfg.student, dataset, soft, gold, loss, windows, provenance)
 

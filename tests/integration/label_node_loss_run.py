@@ -43,22 +43,40 @@ def main(workdir: str, pairs: str, teacher: str, mode: str, deadline_s: str) -> 
 
     started = time.time()
     step("starting the head", started)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK, "include_dashboard": False}
+    )
     workers = [cluster.add_node(num_cpus=2, node_ip_address=LOOPBACK) for _ in range(2)]
     step("waiting for the nodes", started)
     cluster.wait_for_nodes()
     step("connecting the driver", started)
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
-    seen = {"gcs_address": cluster.address, "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
-            "nodes_before": len([n for n in ray.nodes() if n["Alive"]])}
+    ray.init(
+        address=cluster.address, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}
+    )
+    seen = {
+        "gcs_address": cluster.address,
+        "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
+        "nodes_before": len([n for n in ray.nodes() if n["Alive"]]),
+    }
     step(f"connected: {seen}", started)
     out = Path(workdir, "labels")
     outcome: dict = {}
 
     def job() -> None:
         try:
-            m = run_label(LabelConfig(pairs=pairs, out=str(out), teachers=[teacher], num_actors=2, spread_actors=True,
-                                      rows_per_shard=20, batch_size=16, max_seq_len=256, doc_stride=64))
+            m = run_label(
+                LabelConfig(
+                    pairs=pairs,
+                    out=str(out),
+                    teachers=[teacher],
+                    num_actors=2,
+                    spread_actors=True,
+                    rows_per_shard=20,
+                    batch_size=16,
+                    max_seq_len=256,
+                    doc_stride=64,
+                )
+            )
             outcome["counts"] = m["counts"]
         except BaseException as e:  # noqa: BLE001 (reported to the parent)
             outcome["error"] = f"{type(e).__name__}: {e}"[-2000:]

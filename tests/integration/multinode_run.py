@@ -20,32 +20,61 @@ def main(workdir: str, pairs: str, teacher_a: str, teacher_b: str, student: str)
     from ray.cluster_utils import Cluster
 
     from qadist.config import DistillConfig, LabelConfig
-    from qadist.train.stage import run_distill
     from qadist.label.stage import run_label
     from qadist.shards import read_manifest
+    from qadist.train.stage import run_distill
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
-                                                           "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    )
     for _ in range(2):
         cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    ray.init(
+        address=cluster.address, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}}
+    )
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     try:
         windows = {"max_seq_len": 128, "doc_stride": 32}
-        run_label(LabelConfig(pairs=pairs, out=f"{workdir}/labels", teachers=[teacher_a, teacher_b], num_actors=3,
-                              spread_actors=True, rows_per_shard=10, batch_size=16, **windows))
+        run_label(
+            LabelConfig(
+                pairs=pairs,
+                out=f"{workdir}/labels",
+                teachers=[teacher_a, teacher_b],
+                num_actors=3,
+                spread_actors=True,
+                rows_per_shard=10,
+                batch_size=16,
+                **windows,
+            )
+        )
         manifest = read_manifest(f"{workdir}/labels")
-        result = run_distill(DistillConfig(labels=f"{workdir}/labels", student=student, out=f"{workdir}/student",
-                                           num_workers=2, placement_strategy="STRICT_SPREAD", epochs=1, batch_size=8,
-                                           checkpoint_every=1000, **windows))
-        print("MULTINODE " + json.dumps({
-            "nodes": nodes,
-            "label_shard_nodes": [s.get("node_id") for s in manifest["shards"]],
-            "counts": manifest["counts"],
-            "train_worker_nodes": result["metrics"]["workers/node_ids"].split(","),
-            "final": result["final"],
-        }), flush=True)
+        result = run_distill(
+            DistillConfig(
+                labels=f"{workdir}/labels",
+                student=student,
+                out=f"{workdir}/student",
+                num_workers=2,
+                placement_strategy="STRICT_SPREAD",
+                epochs=1,
+                batch_size=8,
+                checkpoint_every=1000,
+                **windows,
+            )
+        )
+        print(
+            "MULTINODE "
+            + json.dumps(
+                {
+                    "nodes": nodes,
+                    "label_shard_nodes": [s.get("node_id") for s in manifest["shards"]],
+                    "counts": manifest["counts"],
+                    "train_worker_nodes": result["metrics"]["workers/node_ids"].split(","),
+                    "final": result["final"],
+                }
+            ),
+            flush=True,
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -13,8 +13,21 @@ import pytest
 
 from qadist.cli import main
 
-OFFICIAL_KEYS = ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
-                 "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
+OFFICIAL_KEYS = [
+    "exact",
+    "f1",
+    "total",
+    "HasAns_exact",
+    "HasAns_f1",
+    "HasAns_total",
+    "NoAns_exact",
+    "NoAns_f1",
+    "NoAns_total",
+    "best_exact",
+    "best_exact_thresh",
+    "best_f1",
+    "best_f1_thresh",
+]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -44,8 +57,23 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 def test_predict_then_evaluate_on_the_sample(tiny_models, squad_sample, tmp_path, capsys):
     preds, na, metrics = tmp_path / "predictions.json", tmp_path / "na_probs.json", tmp_path / "metrics.json"
-    code, _, _ = run_cli(["predict", "--model", tiny_models["student"], "--data", squad_sample,
-                          "--out", str(preds), "--na-probs", str(na), "--batch-size", "64", "--cpu"], capsys)
+    code, _, _ = run_cli(
+        [
+            "predict",
+            "--model",
+            tiny_models["student"],
+            "--data",
+            squad_sample,
+            "--out",
+            str(preds),
+            "--na-probs",
+            str(na),
+            "--batch-size",
+            "64",
+            "--cpu",
+        ],
+        capsys,
+    )
     assert code == 0
     predictions, na_probs = json.loads(preds.read_text()), json.loads(na.read_text())
     gold = json.loads(open(squad_sample).read())
@@ -53,8 +81,10 @@ def test_predict_then_evaluate_on_the_sample(tiny_models, squad_sample, tmp_path
     assert set(predictions) == set(na_probs) == set(contexts) and len(predictions) == 3250
     assert all(answer in contexts[i] for i, answer in predictions.items())  # answers are context spans
     assert all(0.0 <= p <= 1.0 for p in na_probs.values())
-    code, out, _ = run_cli(["evaluate", "--data", squad_sample, "--predictions", str(preds),
-                            "--na-probs", str(na), "--out", str(metrics)], capsys)
+    code, out, _ = run_cli(
+        ["evaluate", "--data", squad_sample, "--predictions", str(preds), "--na-probs", str(na), "--out", str(metrics)],
+        capsys,
+    )
     assert code == 0
     printed = json.loads(out)
     assert list(printed) == OFFICIAL_KEYS
@@ -62,8 +92,10 @@ def test_predict_then_evaluate_on_the_sample(tiny_models, squad_sample, tmp_path
     assert all(0 <= printed[k] <= 100 for k in ("exact", "f1", "best_exact", "best_f1"))
     assert json.loads(metrics.read_text()) == printed
     answered = sum(1 for a in predictions.values() if a)
-    print(f"\n[predict+evaluate tiny student] questions={len(predictions)} answered={answered} "
-          f"exact={printed['exact']:.2f} f1={printed['f1']:.2f} best_f1={printed['best_f1']:.2f}")
+    print(
+        f"\n[predict+evaluate tiny student] questions={len(predictions)} answered={answered} "
+        f"exact={printed['exact']:.2f} f1={printed['f1']:.2f} best_f1={printed['best_f1']:.2f}"
+    )
 
 
 def test_predict_with_the_albert_family_and_a_config_file(tiny_models, squad_pairs, tmp_path, capsys):
@@ -71,8 +103,10 @@ def test_predict_with_the_albert_family_and_a_config_file(tiny_models, squad_pai
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "predict.yaml"
-    config.write_text(f"predict:\n  model: {tiny_models['albert']}\n  data: {data}\n  out: {tmp_path / 'p.json'}\n"
-                      "  max_seq_len: 128\n  doc_stride: 32\n  batch_size: 8\n")
+    config.write_text(
+        f"predict:\n  model: {tiny_models['albert']}\n  data: {data}\n  out: {tmp_path / 'p.json'}\n"
+        "  max_seq_len: 128\n  doc_stride: 32\n  batch_size: 8\n"
+    )
     code, _, _ = run_cli(["predict", "--config", str(config), "--out", str(tmp_path / "flag.json")], capsys)
     assert code == 0
     assert not (tmp_path / "p.json").exists()  # the flag overrode the config's out
@@ -80,6 +114,7 @@ def test_predict_with_the_albert_family_and_a_config_file(tiny_models, squad_pai
 
 
 # --- bad input: exit 2, one line, no traceback -----------------------------------------------------
+
 
 def write(path, content: str | bytes) -> str:
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -107,13 +142,16 @@ def test_bare_command_shows_help(tmp_path):
     assert "Traceback" not in result.stderr and "error:" not in result.stderr
 
 
-@pytest.mark.parametrize("rows,needles", [
-    ([GOOD, {"id": "b", "context": "x"}], ["row 2", "missing field 'question'", "fix or remove the row"]),
-    ([{"id": "b", "question": "q"}], ["row 1", "missing field 'context'"]),
-    ([{"id": "b", "question": 5, "context": "c"}], ["row 1", "field 'question' is int, not a string"]),
-    ([{"id": "b", "question": "q", "context": {"t": 1}}], ["row 1", "field 'context' is dict, not a string"]),
-    ([GOOD, GOOD], ["row 2", "duplicate id 'a'"]),
-])
+@pytest.mark.parametrize(
+    "rows,needles",
+    [
+        ([GOOD, {"id": "b", "context": "x"}], ["row 2", "missing field 'question'", "fix or remove the row"]),
+        ([{"id": "b", "question": "q"}], ["row 1", "missing field 'context'"]),
+        ([{"id": "b", "question": 5, "context": "c"}], ["row 1", "field 'question' is int, not a string"]),
+        ([{"id": "b", "question": "q", "context": {"t": 1}}], ["row 1", "field 'context' is dict, not a string"]),
+        ([GOOD, GOOD], ["row 2", "duplicate id 'a'"]),
+    ],
+)
 def test_bad_rows(rows, needles, tmp_path, capsys):
     data = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = run_cli(["predict", "--model", "m", "--data", data, "--out", str(tmp_path / "p.json")], capsys)
@@ -121,12 +159,15 @@ def test_bad_rows(rows, needles, tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.parametrize("name,content,needles", [
-    ("empty.jsonl", "", ["the file is empty", "give at least one pair"]),
-    ("empty.json", "\n", ["the file is empty"]),
-    ("bad.jsonl", '{"id": "a", "question": "q", "context": "c"}\n{"id": "b",\n', ["row 2", "not valid JSON"]),
-    ("bad.parquet", "PAR1 not really", ["not a readable Parquet file"]),
-])
+@pytest.mark.parametrize(
+    "name,content,needles",
+    [
+        ("empty.jsonl", "", ["the file is empty", "give at least one pair"]),
+        ("empty.json", "\n", ["the file is empty"]),
+        ("bad.jsonl", '{"id": "a", "question": "q", "context": "c"}\n{"id": "b",\n', ["row 2", "not valid JSON"]),
+        ("bad.parquet", "PAR1 not really", ["not a readable Parquet file"]),
+    ],
+)
 def test_unreadable_data_files(name, content, needles, tmp_path, capsys):
     data = write(tmp_path / name, content)
     code, _, err = run_cli(["predict", "--model", "m", "--data", data, "--out", str(tmp_path / "p.json")], capsys)
@@ -175,16 +216,20 @@ def test_missing_required_flag(capsys):
 
 
 def test_bad_window_lengths(tmp_path, capsys):
-    code, _, err = run_cli(["predict", "--model", "m", "--data", "d", "--out", "o", "--max-seq-len", "128",
-                            "--doc-stride", "64"], capsys)
+    code, _, err = run_cli(
+        ["predict", "--model", "m", "--data", "d", "--out", "o", "--max-seq-len", "128", "--doc-stride", "64"], capsys
+    )
     assert_one_line_error(code, err, "doc_stride=64 must be in")
 
 
-@pytest.mark.parametrize("content,needles", [
-    ('{"a": ', ["malformed JSON", "predictions must be a JSON object"]),
-    ('["x"]', ["predictions must be a JSON object of id -> value, not list"]),
-    ('{"a": 1}', ["id 'a'", "must be str"]),
-])
+@pytest.mark.parametrize(
+    "content,needles",
+    [
+        ('{"a": ', ["malformed JSON", "predictions must be a JSON object"]),
+        ('["x"]', ["predictions must be a JSON object of id -> value, not list"]),
+        ('{"a": 1}', ["id 'a'", "must be str"]),
+    ],
+)
 def test_bad_predictions_file(content, needles, squad_sample, tmp_path, capsys):
     preds = write(tmp_path / "p.json", content)
     code, _, err = run_cli(["evaluate", "--data", squad_sample, "--predictions", preds], capsys)

@@ -11,9 +11,9 @@ import json
 import shutil
 
 import pytest
+from shard_factory import make_label_shards
 
 from qadist.cli import main
-from shard_factory import make_label_shards
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -44,18 +44,24 @@ def workdir(tmp_path, tiny_models, squad_pairs, monkeypatch):
 
 def test_distill_and_finetune_with_relative_paths_from_another_directory(workdir, ray_local, capsys):
     small = ["--epochs", "1", "--batch-size", "16", "--max-seq-len", "128", "--doc-stride", "32"]
-    code, out, err = run_cli(["distill", "--labels", "../labels", "--student", "../student", "--out", "../distilled", *small], capsys)
+    code, out, err = run_cli(
+        ["distill", "--labels", "../labels", "--student", "../student", "--out", "../distilled", *small], capsys
+    )
     assert code == 0, err
     assert (workdir / "distilled" / "final" / "config.json").exists()
-    code, out, err = run_cli(["finetune", "--model", "../distilled/final", "--train-file", "../gold.jsonl",
-                              "--out", "../finetuned", *small], capsys)
+    code, out, err = run_cli(
+        ["finetune", "--model", "../distilled/final", "--train-file", "../gold.jsonl", "--out", "../finetuned", *small],
+        capsys,
+    )
     assert code == 0, err
     assert (workdir / "finetuned" / "final" / "config.json").exists()
     assert "qadist finetune: done" in out and (workdir / "finetuned" / "_qadist-finetune.log").exists()
 
 
 def test_a_missing_model_folder_is_one_line_before_any_work(workdir, capsys):
-    code, _, err = run_cli(["finetune", "--model", "../no-such-model", "--train-file", "../gold.jsonl", "--out", "../ft"], capsys)
+    code, _, err = run_cli(
+        ["finetune", "--model", "../no-such-model", "--train-file", "../gold.jsonl", "--out", "../ft"], capsys
+    )
     assert_one_line_error(code, err, str(workdir / "no-such-model"), "no such model folder")
 
 
@@ -67,8 +73,26 @@ def test_a_user_error_in_a_train_worker_is_one_line(workdir, ray_local, capsys):
         if not f.name.endswith((".safetensors", ".bin")):
             shutil.copy(f, broken / f.name)
     (workdir / "once.yaml").write_text("max_failures: 0\n")
-    code, _, err = run_cli(["finetune", "--config", "../once.yaml", "--model", "../no-weights", "--train-file", "../gold.jsonl",
-                            "--out", "../ft", "--epochs", "1", "--max-seq-len", "128", "--doc-stride", "32"], capsys)
+    code, _, err = run_cli(
+        [
+            "finetune",
+            "--config",
+            "../once.yaml",
+            "--model",
+            "../no-weights",
+            "--train-file",
+            "../gold.jsonl",
+            "--out",
+            "../ft",
+            "--epochs",
+            "1",
+            "--max-seq-len",
+            "128",
+            "--doc-stride",
+            "32",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, str(broken), "cannot load a question-answering model")
 
 
@@ -78,6 +102,20 @@ def test_a_user_error_in_a_teacher_actor_is_one_line(workdir, ray_local, capsys)
     for f in (workdir / "student").iterdir():
         if not f.name.endswith((".safetensors", ".bin")):
             shutil.copy(f, broken / f.name)
-    code, _, err = run_cli(["label", "--pairs", "../gold.jsonl", "--out", "../labels-2", "--teacher", "../no-weights-teacher",
-                            "--max-seq-len", "128", "--doc-stride", "32"], capsys)
+    code, _, err = run_cli(
+        [
+            "label",
+            "--pairs",
+            "../gold.jsonl",
+            "--out",
+            "../labels-2",
+            "--teacher",
+            "../no-weights-teacher",
+            "--max-seq-len",
+            "128",
+            "--doc-stride",
+            "32",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, str(broken), "cannot load a question-answering model")

@@ -19,8 +19,19 @@ from pathlib import Path
 import pytest
 
 ROW_KEYS = ["teacher_a", "teacher_b", "ensemble", "labels_only", "distilled", "distilled_ft"]
-COLUMNS = ["model", "layers", "labelled examples used", "EM", "F1", "HasAns F1", "NoAns F1", "params (M)", "size (MB)",
-           "answers/s", "speed vs teacher"]
+COLUMNS = [
+    "model",
+    "layers",
+    "labelled examples used",
+    "EM",
+    "F1",
+    "HasAns F1",
+    "NoAns F1",
+    "params (M)",
+    "size (MB)",
+    "answers/s",
+    "speed vs teacher",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +39,13 @@ def quick_demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("demo") / "run"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "qadist.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qadist.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc
 
@@ -60,7 +76,13 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
     # answers is measured, but a 2-layer student computes a third of a 6-layer teacher).
     rows = {r["key"]: r for r in result["rows"]}
     assert rows["distilled"]["params"] < rows["teacher_a"]["params"]
-    print("\n" + "\n".join(f"{r['key']}: F1 {r['f1']:.1f} (HasAns {r['HasAns_f1']:.1f}, NoAns {r['NoAns_f1']:.1f})" for r in result["rows"]))
+    print(
+        "\n"
+        + "\n".join(
+            f"{r['key']}: F1 {r['f1']:.1f} (HasAns {r['HasAns_f1']:.1f}, NoAns {r['NoAns_f1']:.1f})"
+            for r in result["rows"]
+        )
+    )
     # Distillation moved what the teachers know into the student, with no labels.
     assert rows["distilled"]["f1"] > rows["labels_only"]["f1"], (rows["distilled"]["f1"], rows["labels_only"]["f1"])
 
@@ -71,8 +93,13 @@ def test_full_demo_shows_the_claims(tmp_path):
     out = tmp_path / "full"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "qadist.cli", "demo", "--out", str(out)], capture_output=True, text=True,
-                          timeout=3600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qadist.cli", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "results.json").read_text())
     failed = [c["claim"] for c in result["checks"] if not c["holds"] and not c["claim"].startswith("self-distillation")]

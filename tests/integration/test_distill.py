@@ -54,7 +54,9 @@ def teacher(tiny_models, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def labels(teacher, split_pairs, tmp_path_factory) -> str:
     """Soft labels of 80 pairs (about 150 windows) in 3 shards."""
-    return make_label_shards(tmp_path_factory.mktemp("labels") / "out", teacher, split_pairs["label"][:80], pairs_per_shard=30, **WINDOWS)
+    return make_label_shards(
+        tmp_path_factory.mktemp("labels") / "out", teacher, split_pairs["label"][:80], pairs_per_shard=30, **WINDOWS
+    )
 
 
 def table_rows(labels_uri: str) -> dict[str, list]:
@@ -65,7 +67,9 @@ def table_rows(labels_uri: str) -> dict[str, list]:
 def no_dropout_model(path: str):
     from transformers import AutoModelForQuestionAnswering
 
-    return AutoModelForQuestionAnswering.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return AutoModelForQuestionAnswering.from_pretrained(
+        path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 def mean_kd(model, rows: dict[str, list], pad_id: int, temperature: float = 2.0) -> float:
@@ -74,9 +78,18 @@ def mean_kd(model, rows: dict[str, list], pad_id: int, temperature: float = 2.0)
     fn, total, n = DistillationLoss(temperature), 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows["input_ids"]), 64):
-            mb = collate_windows({k: v[i:i + 64] for k, v in rows.items()}, pad_id)
-            out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], token_type_ids=mb["token_type_ids"])
-            res = fn(out.start_logits, out.end_logits, mb["attention_mask"], mb["teacher_start"], mb["teacher_end"], mb["has_teacher"])
+            mb = collate_windows({k: v[i : i + 64] for k, v in rows.items()}, pad_id)
+            out = model(
+                input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], token_type_ids=mb["token_type_ids"]
+            )
+            res = fn(
+                out.start_logits,
+                out.end_logits,
+                mb["attention_mask"],
+                mb["teacher_start"],
+                mb["teacher_end"],
+                mb["has_teacher"],
+            )
             total, n = total + float(res.kd) * res.n_kd, n + res.n_kd
     return total / n
 
@@ -102,7 +115,7 @@ def test_grad_accumulation_equals_one_large_batch(tiny_models, labels):
     rows = table_rows(labels)
     tok = load_tokenizer(tiny_models["student"])
     by_length = sorted(range(len(rows["input_ids"])), key=lambda i: len(rows["input_ids"][i]))
-    take = by_length[:8] + by_length[len(by_length) // 2:][:8] + by_length[-8:]  # three different padded lengths
+    take = by_length[:8] + by_length[len(by_length) // 2 :][:8] + by_length[-8:]  # three different padded lengths
     batch = {k: [rows[k][i] for i in take] for k in rows}
     # Some windows without soft labels (gold-only rows) and some without gold: the per-term
     # normalisation must use the whole group's counts.
@@ -111,13 +124,17 @@ def test_grad_accumulation_equals_one_large_batch(tiny_models, labels):
     for i in (2, 3, 17, 20):
         batch["start_position"][i], batch["end_position"][i] = -1, -1
     k = 3
-    micro = [collate_windows({c: v[j * 8:(j + 1) * 8] for c, v in batch.items()}, tok.pad_token_id) for j in range(k)]
+    micro = [collate_windows({c: v[j * 8 : (j + 1) * 8] for c, v in batch.items()}, tok.pad_token_id) for j in range(k)]
     whole = [collate_windows(batch, tok.pad_token_id)]
     assert len({m["input_ids"].shape[1] for m in micro}) > 1, "micro-batches should pad to different lengths"
 
     def run(groups, optimizer):
         model = no_dropout_model(tiny_models["student"])
-        opt = build_optimizer(model, 1e-3, 0.01) if optimizer == "adamw" else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        opt = (
+            build_optimizer(model, 1e-3, 0.01)
+            if optimizer == "adamw"
+            else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        )
         sched = build_scheduler(opt, plan_steps(48, 1, 8, k, 1.0, 0.0))
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         loss_fn = DistillationLoss(temperature=2.0, alpha_kd=1.0, alpha_hard=0.5)
@@ -130,7 +147,11 @@ def test_grad_accumulation_equals_one_large_batch(tiny_models, labels):
     large, s_large = run([whole], "adamw")
     assert s_acc[0]["loss"] == pytest.approx(s_large[0]["loss"], rel=1e-5)
     assert s_acc[0]["grad_norm"] == pytest.approx(s_large[0]["grad_norm"], rel=1e-5)
-    assert (s_acc[0]["kd_windows"], s_acc[0]["gold_windows"]) == (s_large[0]["kd_windows"], s_large[0]["gold_windows"]) == (21, 20)
+    assert (
+        (s_acc[0]["kd_windows"], s_acc[0]["gold_windows"])
+        == (s_large[0]["kd_windows"], s_large[0]["gold_windows"])
+        == (21, 20)
+    )
     grad_diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(accumulated.parameters(), large.parameters()))
     grad_max = max(b.grad.abs().max().item() for b in large.parameters())
     # The update itself, two steps with momentum so the second depends on the first. (Adam divides
@@ -140,16 +161,23 @@ def test_grad_accumulation_equals_one_large_batch(tiny_models, labels):
     sgd_large, _ = run([whole, whole], "sgd")
     worst = max((a - b).abs().max().item() for a, b in zip(sgd_acc.parameters(), sgd_large.parameters()))
     moved = max((a - b).abs().max().item() for a, b in zip(sgd_acc.parameters(), start.parameters()))
-    print(f"\ngrad accumulation (k={k}): max |grad difference| {grad_diff:.1e} (max |grad| {grad_max:.2f}); "
-          f"after 2 steps max |param difference| {worst:.1e} (largest parameter change {moved:.1e})")
+    print(
+        f"\ngrad accumulation (k={k}): max |grad difference| {grad_diff:.1e} (max |grad| {grad_max:.2f}); "
+        f"after 2 steps max |param difference| {worst:.1e} (largest parameter change {moved:.1e})"
+    )
     assert grad_diff <= 1e-5 * grad_max
     assert moved > 1e-3 and worst <= 1e-5 * moved
 
 
 def test_collate_pads_to_the_longest_window_and_flags_soft_labels():
-    batch = {"input_ids": [[5, 6, 7], [5, 6]], "token_type_ids": [[0, 1, 1], [0, 1]],
-             "start_logits": [[0.5, 1.0, 2.0], []], "end_logits": [[1.0, 0.0, 3.0], []],
-             "start_position": [2, 1], "end_position": [2, 1]}
+    batch = {
+        "input_ids": [[5, 6, 7], [5, 6]],
+        "token_type_ids": [[0, 1, 1], [0, 1]],
+        "start_logits": [[0.5, 1.0, 2.0], []],
+        "end_logits": [[1.0, 0.0, 3.0], []],
+        "start_position": [2, 1],
+        "end_position": [2, 1],
+    }
     out = collate_windows(batch, pad_id=0)
     assert out["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -161,7 +189,12 @@ def test_collate_pads_to_the_longest_window_and_flags_soft_labels():
 def test_plan_counts_equal_shards_and_partial_groups():
     plan = plan_steps(windows=101, num_workers=2, batch_size=8, grad_accum=3, epochs=1.5, warmup_ratio=0.1)
     # 50 windows per worker -> 7 micro-batches -> 3 steps per epoch (the last group has 1) -> 5 steps.
-    assert (plan.windows_per_worker, plan.micro_batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (50, 7, 3, 5)
+    assert (plan.windows_per_worker, plan.micro_batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (
+        50,
+        7,
+        3,
+        5,
+    )
     assert plan.global_batch == 48 and plan.warmup_steps == 0
 
 
@@ -180,7 +213,9 @@ def test_missing_manifest_and_unlabelled_train_file_are_user_errors(tiny_models,
 
     with pytest.raises(UserError, match="_manifest.json"):
         run_distill(DistillConfig(labels=str(tmp_path), student=tiny_models["student"], out=str(tmp_path / "out")))
-    unlabelled = write_jsonl(tmp_path / "q.jsonl", [{k: p[k] for k in ("id", "question", "context")} for p in split_pairs["gold"]])
+    unlabelled = write_jsonl(
+        tmp_path / "q.jsonl", [{k: p[k] for k in ("id", "question", "context")} for p in split_pairs["gold"]]
+    )
     with pytest.raises(UserError, match="no row has 'answers'"):
         run_finetune(FinetuneConfig(train_file=unlabelled, model=tiny_models["student"], out=str(tmp_path / "ft")))
 
@@ -188,19 +223,36 @@ def test_missing_manifest_and_unlabelled_train_file_are_user_errors(tiny_models,
 # ---- Ray Train --------------------------------------------------------------------------------------
 
 
-def test_two_worker_ddp_distills_and_the_student_answers_through_predict(ray_local, tiny_models, labels, split_pairs, tmp_path):
+def test_two_worker_ddp_distills_and_the_student_answers_through_predict(
+    ray_local, tiny_models, labels, split_pairs, tmp_path
+):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from qadist.train.stage import run_distill
 
     gold = write_jsonl(tmp_path / "gold.jsonl", split_pairs["gold"][:20])
     held = write_jsonl(tmp_path / "held.jsonl", split_pairs["held"][:15])
-    cfg = DistillConfig(labels=labels, student=tiny_models["student"], out=str(tmp_path / "run"), train_file=gold, eval_file=held,
-                        num_workers=2, batch_size=8, grad_accum=2, epochs=2, checkpoint_every=4, learning_rate=3e-3,
-                        alpha_kd=1.0, alpha_hard=0.5, warmup_ratio=0.0)
+    cfg = DistillConfig(
+        labels=labels,
+        student=tiny_models["student"],
+        out=str(tmp_path / "run"),
+        train_file=gold,
+        eval_file=held,
+        num_workers=2,
+        batch_size=8,
+        grad_accum=2,
+        epochs=2,
+        checkpoint_every=4,
+        learning_rate=3e-3,
+        alpha_kd=1.0,
+        alpha_hard=0.5,
+        warmup_ratio=0.0,
+    )
     result = run_distill(cfg)
     plan, metrics = result["plan"], result["metrics"]
-    assert plan["num_workers"] == 2 and plan["windows"] > len(table_rows(labels)["input_ids"])  # soft-labelled + gold windows
+    assert plan["num_workers"] == 2 and plan["windows"] > len(
+        table_rows(labels)["input_ids"]
+    )  # soft-labelled + gold windows
     assert metrics["train/step"] == plan["total_steps"]
     assert metrics["train/hard_loss"] > 0 and "eval/exact" in metrics and "eval/f1" in metrics
 
@@ -209,19 +261,38 @@ def test_two_worker_ddp_distills_and_the_student_answers_through_predict(ray_loc
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert not (Path(final) / STATE_FILE).exists()
     saved = json.loads((Path(final) / "qadist_config.json").read_text())
-    assert saved["stage"] == "distill" and saved["step"] == plan["total_steps"] and saved["windows"]["max_seq_len"] == 128
+    assert (
+        saved["stage"] == "distill" and saved["step"] == plan["total_steps"] and saved["windows"]["max_seq_len"] == 128
+    )
     rows = table_rows(labels)
     before = mean_kd(no_dropout_model(tiny_models["student"]), rows, tokenizer.pad_token_id)
     after = mean_kd(model, rows, tokenizer.pad_token_id)
-    print(f"\n2-worker DDP: {plan['total_steps']} steps, distillation loss on the labels {before:.4f} -> {after:.4f}; "
-          f"eval exact {metrics['eval/exact']:.1f} f1 {metrics['eval/f1']:.1f}")
+    print(
+        f"\n2-worker DDP: {plan['total_steps']} steps, distillation loss on the labels {before:.4f} -> {after:.4f}; "
+        f"eval exact {metrics['eval/exact']:.1f} f1 {metrics['eval/f1']:.1f}"
+    )
     assert after < 0.9 * before
 
     out = tmp_path / "predictions.json"
     from qadist.cli import main
 
     with pytest.raises(SystemExit) as exit_:  # the real `qadist predict` command, in this process
-        main(["predict", "--model", final, "--data", held, "--out", str(out), "--max-seq-len", "128", "--doc-stride", "32", "--cpu"])
+        main(
+            [
+                "predict",
+                "--model",
+                final,
+                "--data",
+                held,
+                "--out",
+                str(out),
+                "--max-seq-len",
+                "128",
+                "--doc-stride",
+                "32",
+                "--cpu",
+            ]
+        )
     assert exit_.value.code == 0
     predictions = json.loads(out.read_text())
     assert set(predictions) == {p["id"] for p in split_pairs["held"][:15]}
@@ -236,8 +307,16 @@ def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, t
     for f in Path(tiny_models["student"]).iterdir():
         storage.write_bytes(storage.join(model, f.name), f.read_bytes())
     out = f"{s3_bucket}/finetune"
-    cfg = FinetuneConfig(train_file=train, model=model, out=out, epochs=1, batch_size=16, checkpoint_every=3,
-                         learning_rate=3e-3, **WINDOWS)
+    cfg = FinetuneConfig(
+        train_file=train,
+        model=model,
+        out=out,
+        epochs=1,
+        batch_size=16,
+        checkpoint_every=3,
+        learning_rate=3e-3,
+        **WINDOWS,
+    )
     first = run_finetune(cfg)
     total = first["plan"]["total_steps"]
     assert first["metrics"]["train/step"] == total and first["metrics"]["train/hard_loss"] > 0
@@ -255,7 +334,6 @@ def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, t
         run_finetune(cfg.model_copy(update={"batch_size": 8}))
 
 
-
 # ---- slow: the real label stage, learning, and surviving faults ------------------------------------
 
 
@@ -268,14 +346,37 @@ def test_label_then_distill_then_finetune_end_to_end(ray_local, tiny_models, spl
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", split_pairs["label"][:60])
     labels_out = str(tmp_path / "labels")
-    run_label(LabelConfig(pairs=pairs, out=labels_out, teachers=[tiny_models["teacher_a"], tiny_models["teacher_b"]],
-                          rows_per_shard=20, **WINDOWS))
-    distilled = run_distill(DistillConfig(labels=labels_out, student=tiny_models["student"], out=str(tmp_path / "distill"),
-                                          epochs=1, batch_size=16, checkpoint_every=1000))
+    run_label(
+        LabelConfig(
+            pairs=pairs,
+            out=labels_out,
+            teachers=[tiny_models["teacher_a"], tiny_models["teacher_b"]],
+            rows_per_shard=20,
+            **WINDOWS,
+        )
+    )
+    distilled = run_distill(
+        DistillConfig(
+            labels=labels_out,
+            student=tiny_models["student"],
+            out=str(tmp_path / "distill"),
+            epochs=1,
+            batch_size=16,
+            checkpoint_every=1000,
+        )
+    )
     assert distilled["metrics"]["train/step"] == distilled["plan"]["total_steps"]
     gold = write_jsonl(tmp_path / "gold.jsonl", split_pairs["gold"][:20])
-    tuned = run_finetune(FinetuneConfig(train_file=gold, model=distilled["final"], out=str(tmp_path / "finetune"), epochs=1,
-                                        batch_size=16, eval_file=gold))
+    tuned = run_finetune(
+        FinetuneConfig(
+            train_file=gold,
+            model=distilled["final"],
+            out=str(tmp_path / "finetune"),
+            epochs=1,
+            batch_size=16,
+            eval_file=gold,
+        )
+    )
     saved = json.loads((Path(tuned["final"]) / "qadist_config.json").read_text())
     assert saved["windows"] == WINDOWS  # inherited from the distilled student's qadist_config.json
     assert "eval/f1" in tuned["metrics"]
@@ -291,12 +392,23 @@ def test_student_learns_to_agree_with_the_teacher(ray_local, tiny_models, teache
     teacher_model, held = load_qa_model(teacher), split_pairs["held"]
     before = agreement(load_qa_model(tiny_models["student"]), teacher_model, tokenizer, held)
     started = time.perf_counter()
-    result = run_distill(DistillConfig(labels=labels_400, student=tiny_models["student"], out=str(tmp_path / "run"), epochs=6,
-                                       batch_size=32, learning_rate=3e-3, checkpoint_every=1000))
+    result = run_distill(
+        DistillConfig(
+            labels=labels_400,
+            student=tiny_models["student"],
+            out=str(tmp_path / "run"),
+            epochs=6,
+            batch_size=32,
+            learning_rate=3e-3,
+            checkpoint_every=1000,
+        )
+    )
     seconds = time.perf_counter() - started
     after = agreement(load_qa_model(result["final"]), teacher_model, tokenizer, held)
-    print(f"\nstudent vs teacher on {len(held)} held-out pairs: EM {before[0]:.1f} -> {after[0]:.1f}, F1 {before[1]:.1f} -> {after[1]:.1f} "
-          f"({result['plan']['total_steps']} steps on {result['plan']['windows']} windows in {seconds:.0f}s)")
+    print(
+        f"\nstudent vs teacher on {len(held)} held-out pairs: EM {before[0]:.1f} -> {after[0]:.1f}, F1 {before[1]:.1f} -> {after[1]:.1f} "
+        f"({result['plan']['total_steps']} steps on {result['plan']['windows']} windows in {seconds:.0f}s)"
+    )
     assert before[0] < 10
     assert after[0] >= 50 and after[1] >= 60
 
@@ -329,8 +441,13 @@ def cmdline(pid: int) -> str:
 def start_cli(config: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)  # its own embedded Ray, not the test session's
-    return subprocess.Popen([sys.executable, "-m", "qadist.cli", "distill", "--config", str(config)], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "qadist.cli", "distill", "--config", str(config)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -382,9 +499,25 @@ def folder_steps(run: Path) -> list[int]:
 def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) -> tuple[Path, Path]:
     run = tmp_path / "run"
     config = tmp_path / "distill.yaml"
-    config.write_text(json.dumps({"distill": {
-        "labels": labels, "student": student, "out": str(run), "num_workers": num_workers, "batch_size": 4, "epochs": 2,
-        "checkpoint_every": 5, "max_failures": 2, "keep_checkpoints": 100, "learning_rate": 1e-3, **WINDOWS}}))
+    config.write_text(
+        json.dumps(
+            {
+                "distill": {
+                    "labels": labels,
+                    "student": student,
+                    "out": str(run),
+                    "num_workers": num_workers,
+                    "batch_size": 4,
+                    "epochs": 2,
+                    "checkpoint_every": 5,
+                    "max_failures": 2,
+                    "keep_checkpoints": 100,
+                    "learning_rate": 1e-3,
+                    **WINDOWS,
+                }
+            }
+        )
+    )
     return config, run
 
 
@@ -399,13 +532,15 @@ def check_resumed(run: Path, log: Path, committed: int, before: list[int]) -> No
     last = torch.load(checkpoints(run)[-1] / STATE_FILE, weights_only=True)
     total = last["plan"]["total_steps"]
     steps, folders = committed_steps(run), folder_steps(run)
-    print(f"\nfault after committed checkpoints at steps {before}; resumed at step(s) {last['resumed_at']}; "
-          f"committed steps {steps}; checkpoint folders by time {folders}; finished at step {final['step']} of {total} planned")
+    print(
+        f"\nfault after committed checkpoints at steps {before}; resumed at step(s) {last['resumed_at']}; "
+        f"committed steps {steps}; checkpoint folders by time {folders}; finished at step {final['step']} of {total} planned"
+    )
     assert final["step"] == last["step"] == total
     assert len(last["resumed_at"]) == 1
     resumed = last["resumed_at"][0]
     assert committed <= resumed < total and resumed % 5 == 0, log.read_text()[-3000:]
-    assert resumed in steps and steps[:len(before)] == before, (steps, before)
+    assert resumed in steps and steps[: len(before)] == before, (steps, before)
     assert all(a < b for a, b in zip(steps, steps[1:])), steps
     assert all(a <= b for a, b in zip(folders, folders[1:])) and len(folders) - len(set(folders)) <= 1, folders
 

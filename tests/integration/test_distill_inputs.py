@@ -22,7 +22,13 @@ WINDOWS = {"max_seq_len": 128, "doc_stride": 32, "max_query_len": 32}
 @pytest.fixture(scope="module")
 def good_labels(tiny_models, squad_pairs, tmp_path_factory) -> str:
     """Soft labels of 24 pairs in 3 shards, made with the teachers' (and the student's) tokenizer."""
-    return make_label_shards(tmp_path_factory.mktemp("labels") / "good", tiny_models["teacher_a"], squad_pairs[:24], pairs_per_shard=8, **WINDOWS)
+    return make_label_shards(
+        tmp_path_factory.mktemp("labels") / "good",
+        tiny_models["teacher_a"],
+        squad_pairs[:24],
+        pairs_per_shard=8,
+        **WINDOWS,
+    )
 
 
 def copy_labels(src: str, dst: Path) -> Path:
@@ -75,7 +81,12 @@ def test_a_shard_made_with_another_tokenizer_is_refused_before_training(good_lab
     shard = sorted((labels / "shards").glob("*.parquet"))[-1]
     rewrite_footer(shard, tokenizer={"name": "albert-base-v2", "hash": "0123456789abcdef"})
     err = distill_fails(labels, tiny_models["student"], tmp_path / "out", capsys)
-    assert str(shard) in err and "tokenizer" in err and "0123456789abcdef" in err and "shares the teachers' tokenizer" in err
+    assert (
+        str(shard) in err
+        and "tokenizer" in err
+        and "0123456789abcdef" in err
+        and "shares the teachers' tokenizer" in err
+    )
 
 
 def test_a_student_with_another_tokenizer_is_refused_before_training(good_labels, tiny_models, tmp_path, capsys):

@@ -27,9 +27,24 @@ def test_evaluate_with_a_model_predicts_and_scores(tmp_path, squad_pairs, tiny_m
     config = tmp_path / "eval.yaml"
     config.write_text("evaluate:\n  max_seq_len: 128\n  doc_stride: 32\n  batch_size: 16\n")
     out = tmp_path / "eval"
-    code, stdout, _ = run_cli(["evaluate", "--config", str(config), "--model", tiny_models["student"], "--data", str(data),
-                               "--predictions", str(out / "predictions.json"), "--na-probs", str(out / "na_probs.json"),
-                               "--out", str(out / "metrics.json")], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "evaluate",
+            "--config",
+            str(config),
+            "--model",
+            tiny_models["student"],
+            "--data",
+            str(data),
+            "--predictions",
+            str(out / "predictions.json"),
+            "--na-probs",
+            str(out / "na_probs.json"),
+            "--out",
+            str(out / "metrics.json"),
+        ],
+        capsys,
+    )
     assert code == 0
     predictions = json.loads((out / "predictions.json").read_text())
     na_probs = json.loads((out / "na_probs.json").read_text())
@@ -40,8 +55,9 @@ def test_evaluate_with_a_model_predicts_and_scores(tmp_path, squad_pairs, tiny_m
 
 
 def test_the_job_is_the_cli_with_its_exit_code_and_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(JOB), "--data", str(tmp_path / "gold.jsonl")], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(JOB), "--data", str(tmp_path / "gold.jsonl")], capture_output=True, text=True, timeout=120
+    )
     err = done.stderr.strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1, err
     assert "give --predictions (a predictions.json) or --model" in err

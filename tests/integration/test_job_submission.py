@@ -41,10 +41,27 @@ def ray_head(monkeypatch):
     env = {**os.environ, "RAY_ADDRESS": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS")
     head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs_port}",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash_port}",
+            "--include-dashboard=true",
+            "--num-cpus=4",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{dash_port}"
     try:
         from ray.job_submission import JobSubmissionClient
@@ -75,14 +92,21 @@ def test_label_job_submitted_to_a_real_head_succeeds(ray_head, tmp_path, squad_p
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({k: v for k, v in p.items() if k != "answers"}) for p in squad_pairs[:300]) + "\n")
+    pairs.write_text(
+        "\n".join(json.dumps({k: v for k, v in p.items() if k != "answers"}) for p in squad_pairs[:300]) + "\n"
+    )
     out = tmp_path / "labels"
     client = JobSubmissionClient(ray_head)
     job = client.submit_job(
-        entrypoint=(f"python jobs/label.py --pairs {pairs} --out {out} --teacher {tiny_models['teacher_a']} "
-                    f"--teacher {tiny_models['teacher_b']} --rows-per-shard 100 --max-seq-len 128 --doc-stride 32"),
-        runtime_env={"working_dir": str(REPO), "excludes": [".git", "out", "qadist-demo", "*.egg-info", ".hypothesis"],
-                     "env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+        entrypoint=(
+            f"python jobs/label.py --pairs {pairs} --out {out} --teacher {tiny_models['teacher_a']} "
+            f"--teacher {tiny_models['teacher_b']} --rows-per-shard 100 --max-seq-len 128 --doc-stride 32"
+        ),
+        runtime_env={
+            "working_dir": str(REPO),
+            "excludes": [".git", "out", "qadist-demo", "*.egg-info", ".hypothesis"],
+            "env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+        },
     )
     deadline = time.monotonic() + LIMIT_S
     while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -96,5 +120,7 @@ def test_label_job_submitted_to_a_real_head_succeeds(ray_head, tmp_path, squad_p
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["pairs_in"] == 300 == manifest["counts"]["pairs_labeled"]
     assert len(manifest["shards"]) == 3
-    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(Path(s["path"]).name for s in manifest["shards"])
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(
+        Path(s["path"]).name for s in manifest["shards"]
+    )
     print(f"job {job}: {status}; {manifest['counts']}")

@@ -21,8 +21,7 @@ import pytest
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.shards import read, read_manifest
-from qadist.shards import list_values, read_footer, read_shard
+from qadist.shards import list_values, read, read_footer, read_manifest, read_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -61,8 +60,24 @@ def test_label_s3_two_teacher_ensemble(s3_bucket, squad_pairs, tiny_models, ray_
     put_jsonl(f"{s3_bucket}/pairs/part-1.jsonl", pairs[half:])
     out = f"{s3_bucket}/labels"
     teachers = [tiny_models["teacher_a"], tiny_models["teacher_b"]]
-    code = run_cli("--pairs", f"{s3_bucket}/pairs", "--out", out, "--teacher", teachers[0], "--teacher", teachers[1],
-                   "--rows-per-shard", "1000", "--batch-size", "32", "--max-seq-len", "256", "--doc-stride", "64")
+    code = run_cli(
+        "--pairs",
+        f"{s3_bucket}/pairs",
+        "--out",
+        out,
+        "--teacher",
+        teachers[0],
+        "--teacher",
+        teachers[1],
+        "--rows-per-shard",
+        "1000",
+        "--batch-size",
+        "32",
+        "--max-seq-len",
+        "256",
+        "--doc-stride",
+        "64",
+    )
     assert code == 0
 
     manifest, table = load_output(out)
@@ -70,8 +85,11 @@ def test_label_s3_two_teacher_ensemble(s3_bucket, squad_pairs, tiny_models, ray_
     assert counts["pairs_in"] == len(pairs) == counts["pairs_labeled"] + counts["pairs_rejected"]
     assert counts["pairs_rejected"] == 0 and manifest["rejects"] == []
     assert [s["path"] for s in manifest["shards"]] == [
-        "shards/part-0.jsonl.r000000000-000001000.parquet", "shards/part-0.jsonl.r000001000-000001625.parquet",
-        "shards/part-1.jsonl.r000000000-000001000.parquet", "shards/part-1.jsonl.r000001000-000001625.parquet"]
+        "shards/part-0.jsonl.r000000000-000001000.parquet",
+        "shards/part-0.jsonl.r000001000-000001625.parquet",
+        "shards/part-1.jsonl.r000000000-000001000.parquet",
+        "shards/part-1.jsonl.r000001000-000001625.parquet",
+    ]
     assert sorted(storage.list_files(f"{out}/shards")) == sorted(f"{out}/{s['path']}" for s in manifest["shards"])
     assert manifest["teachers"] == [{"name": t, "revision": "local"} for t in teachers]
 
@@ -89,8 +107,17 @@ def test_label_s3_two_teacher_ensemble(s3_bucket, squad_pairs, tiny_models, ray_
     # other padding) -> the same logits to float16 precision.
     picked = list(range(0, len(expected["id"]), 5))
     models = [load_qa_model(t).eval() for t in teachers]
-    runs = [run_windows(m, [expected["input_ids"][i] for i in picked], [expected["token_type_ids"][i] for i in picked],
-                        tok.pad_token_id, 64, torch.device("cpu")) for m in models]
+    runs = [
+        run_windows(
+            m,
+            [expected["input_ids"][i] for i in picked],
+            [expected["token_type_ids"][i] for i in picked],
+            tok.pad_token_id,
+            64,
+            torch.device("cpu"),
+        )
+        for m in models
+    ]
     stored_start, stored_end = list_values(table["start_logits"]), list_values(table["end_logits"])
     for j, i in enumerate(picked):
         for k, stored in ((0, stored_start[i]), (1, stored_end[i])):
@@ -118,10 +145,15 @@ BAD_KINDS = {
     "not JSON": lambda i: '{"id": "broken-%d", "question": "unterminated' % i,
 }
 REASONS = {
-    "missing question": "missing field 'question'", "missing context": "missing field 'context'", "missing id": "missing field 'id'",
-    "empty context": "field 'context' is empty", "null question": "missing field 'question'",
-    "non-string question": "field 'question' is int, not a string", "1 MB context": "over max_context_chars",
-    "not JSON": "not valid JSON", "duplicate": "duplicate id",
+    "missing question": "missing field 'question'",
+    "missing context": "missing field 'context'",
+    "missing id": "missing field 'id'",
+    "empty context": "field 'context' is empty",
+    "null question": "missing field 'question'",
+    "non-string question": "field 'question' is int, not a string",
+    "1 MB context": "over max_context_chars",
+    "not JSON": "not valid JSON",
+    "duplicate": "duplicate id",
 }
 
 
@@ -157,12 +189,36 @@ def mixed_run(tmp_path_factory, squad_sample, squad_pairs, tiny_models, ray_loca
     rows, kinds, good = bad_rows_input(squad_pairs[300:])  # ids disjoint from a.json's and b.parquet's
     put_jsonl(str(root / "in" / "c.jsonl"), rows)
     out = str(root / "labels")
-    args = ["--pairs", str(root / "in"), "--out", out, "--teacher", tiny_models["teacher_a"], "--rows-per-shard", "70",
-            "--max-seq-len", "128", "--doc-stride", "32", "--keep-teacher-logits", "--combine", "mean_probs"]
+    args = [
+        "--pairs",
+        str(root / "in"),
+        "--out",
+        out,
+        "--teacher",
+        tiny_models["teacher_a"],
+        "--rows-per-shard",
+        "70",
+        "--max-seq-len",
+        "128",
+        "--doc-stride",
+        "32",
+        "--keep-teacher-logits",
+        "--combine",
+        "mean_probs",
+    ]
     code = run_cli(*args)
     manifest, table = load_output(out)
-    return {"code": code, "args": args, "out": out, "manifest": manifest, "table": table, "rows": rows, "kinds": kinds,
-            "good": good, "answered": read_pairs(str(root / "in" / "a.json"))[0] + parquet_pairs}
+    return {
+        "code": code,
+        "args": args,
+        "out": out,
+        "manifest": manifest,
+        "table": table,
+        "rows": rows,
+        "kinds": kinds,
+        "good": good,
+        "answered": read_pairs(str(root / "in" / "a.json"))[0] + parquet_pairs,
+    }
 
 
 def test_bad_rows_rejected_with_reasons(mixed_run):
@@ -170,9 +226,17 @@ def test_bad_rows_rejected_with_reasons(mixed_run):
     assert run["code"] == 0
     assert set(kinds.values()) == set(REASONS) and 0.08 < len(kinds) / len(run["rows"]) < 0.12
     n_good = len(run["good"]) + len(run["answered"])
-    assert manifest["counts"] == {"pairs_in": n_good + len(kinds), "pairs_labeled": n_good, "pairs_rejected": len(kinds),
-                                  "windows": table.num_rows}
-    rejects = [json.loads(line) for rel in manifest["rejects"] for line in storage.read_text(f"{run['out']}/{rel}").splitlines()]
+    assert manifest["counts"] == {
+        "pairs_in": n_good + len(kinds),
+        "pairs_labeled": n_good,
+        "pairs_rejected": len(kinds),
+        "windows": table.num_rows,
+    }
+    rejects = [
+        json.loads(line)
+        for rel in manifest["rejects"]
+        for line in storage.read_text(f"{run['out']}/{rel}").splitlines()
+    ]
     assert {r["row"]: r["reason"] for r in rejects}.keys() == kinds.keys()
     for r in rejects:
         assert REASONS[kinds[r["row"]]] in r["reason"], r
@@ -196,7 +260,9 @@ def test_squad_json_and_parquet_answers_pass_through(mixed_run, tiny_models):
     assert manifest["shards"][0]["path"].startswith("shards/a.json.r") and manifest["combine"] == "mean_probs"
     assert {s["source"].rsplit("/", 1)[1] for s in manifest["shards"]} == {"a.json", "b.parquet", "c.jsonl"}
     tok = load_tokenizer(tiny_models["teacher_a"])
-    expected = make_windows({k: [p.get(k) for p in pairs] for k in ("id", "question", "context", "answers")}, tok, 128, 32, 64)
+    expected = make_windows(
+        {k: [p.get(k) for p in pairs] for k in ("id", "question", "context", "answers")}, tok, 128, 32, 64
+    )
     got = table.slice(0, len(expected["id"]))
     assert got.column("id").to_pylist() == expected["id"]
     for k in ("start_position", "end_position", "answers"):
@@ -224,8 +290,16 @@ def test_same_settings_do_nothing_other_settings_are_refused(mixed_run, capsys, 
 
 def test_teachers_with_different_tokenizers_fail_before_work(tmp_path, squad_pairs, tiny_models, capsys):
     put_jsonl(str(tmp_path / "pairs.jsonl"), squad_pairs[:5])
-    code = run_cli("--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "labels"),
-                   "--teacher", tiny_models["teacher_a"], "--teacher", tiny_models["albert"])
+    code = run_cli(
+        "--pairs",
+        str(tmp_path / "pairs.jsonl"),
+        "--out",
+        str(tmp_path / "labels"),
+        "--teacher",
+        tiny_models["teacher_a"],
+        "--teacher",
+        tiny_models["albert"],
+    )
     assert code == 2
     assert "different tokenizers" in capsys.readouterr().err
     assert not (tmp_path / "labels").exists()
@@ -239,16 +313,33 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
     out = tmp_path / "labels"
     ray_tmp = tempfile.mkdtemp(prefix="qr-")  # short: Ray's socket paths must fit in 107 bytes
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
-    cmd = [sys.executable, "-m", "qadist.cli", "label", "--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out),
-           "--teacher", tiny_models["teacher_a"], "--teacher", tiny_models["teacher_b"], "--rows-per-shard", "50",
-           "--num-actors", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qadist.cli",
+        "label",
+        "--pairs",
+        str(tmp_path / "pairs.jsonl"),
+        "--out",
+        str(out),
+        "--teacher",
+        tiny_models["teacher_a"],
+        "--teacher",
+        tiny_models["teacher_b"],
+        "--rows-per-shard",
+        "50",
+        "--num-actors",
+        "1",
+    ]
     first_log = tmp_path / "first-run.log"
     with open(first_log, "wb") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and len(list((out / "shards").glob("*.parquet"))) < 6:
-            assert proc.poll() is None, f"the first run ended before it could be killed: {first_log.read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the first run ended before it could be killed: {first_log.read_text()[-3000:]}"
+            )
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -270,19 +361,23 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
     assert len(list((out / "shards").glob("*.parquet"))) == 24
 
     # Other settings: refused without --overwrite; with it, the old shards are gone, not mixed in.
-    other = [*cmd[:cmd.index("--rows-per-shard")], "--rows-per-shard", "400", "--num-actors", "1"]
+    other = [*cmd[: cmd.index("--rows-per-shard")], "--rows-per-shard", "400", "--num-actors", "1"]
     refused = _run(other, env)
     assert refused.returncode == 2 and "changed: rows_per_shard" in refused.stderr
     replaced = _run([*other, "--overwrite"], env)
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     manifest = read_manifest(str(out))
-    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(s["path"].split("/")[1] for s in manifest["shards"])
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == sorted(
+        s["path"].split("/")[1] for s in manifest["shards"]
+    )
     assert len(manifest["shards"]) == 3 and manifest["counts"]["pairs_labeled"] == len(pairs)
 
 
 def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     """The CLI in its own session (so its embedded Ray can be ended with it), with a time limit."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=900)
     finally:
@@ -315,8 +410,26 @@ def _kill_group(sid: int) -> None:
 
 def _label_subprocess(pairs_path: Path, out: Path, teacher: str, ray_tmp: str) -> dict:
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
-    cmd = [sys.executable, "-m", "qadist.cli", "label", "--pairs", str(pairs_path), "--out", str(out), "--teacher", teacher,
-           "--rows-per-shard", "2000", "--max-seq-len", "128", "--doc-stride", "32", "--max-query-len", "32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qadist.cli",
+        "label",
+        "--pairs",
+        str(pairs_path),
+        "--out",
+        str(out),
+        "--teacher",
+        teacher,
+        "--rows-per-shard",
+        "2000",
+        "--max-seq-len",
+        "128",
+        "--doc-stride",
+        "32",
+        "--max-query-len",
+        "32",
+    ]
     done = _run(cmd, env)
     assert done.returncode == 0, done.stderr[-3000:]
     return read_manifest(str(out))["run"]
@@ -339,8 +452,10 @@ def test_memory_is_flat_from_10k_to_100k_pairs(tmp_path, squad_pairs, tiny_model
     stages = ("driver", "window", "teacher", "writer")
     print(f"\npeak RSS, MiB (private/shared max) {'10k pairs':>22s} {'100k pairs':>22s} {'RSS growth':>10s}")
     for stage in stages:
-        cells = [f"{r[f'{stage}_rss_mb']:6.0f} ({r.get(f'{stage}_private_mb', 0):4.0f}/{r.get(f'{stage}_shared_mb', 0):3.0f})"
-                 for r in (runs[10_000], runs[100_000])]
+        cells = [
+            f"{r[f'{stage}_rss_mb']:6.0f} ({r.get(f'{stage}_private_mb', 0):4.0f}/{r.get(f'{stage}_shared_mb', 0):3.0f})"
+            for r in (runs[10_000], runs[100_000])
+        ]
         growth = runs[100_000][f"{stage}_rss_mb"] / runs[10_000][f"{stage}_rss_mb"] - 1
         print(f"{stage:35s} {cells[0]:>22s} {cells[1]:>22s} {growth:10.1%}")
     print(f"{'seconds':35s} {runs[10_000]['seconds']:22.0f} {runs[100_000]['seconds']:22.0f}")

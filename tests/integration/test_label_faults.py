@@ -30,8 +30,7 @@ from qadist import storage
 from qadist.config import LabelConfig
 from qadist.errors import UserError
 from qadist.label.stage import run_label
-from qadist.shards import read, read_manifest
-from qadist.shards import read_shard
+from qadist.shards import read, read_manifest, read_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 LIMIT_S = 240  # per test; a hang past it ends the test process with every thread's traceback
@@ -64,12 +63,28 @@ def put_pairs(uri: str, pairs: list[dict]) -> None:
 
 
 def small_pairs(squad_pairs, n: int, tag: str = "") -> list[dict]:
-    return [{"id": f"{p['id']}{tag}", "question": p["question"], "context": p["context"][:600]} for p in squad_pairs[:n]]
+    return [
+        {"id": f"{p['id']}{tag}", "question": p["question"], "context": p["context"][:600]} for p in squad_pairs[:n]
+    ]
 
 
 def label_args(pairs: str, out: str, teacher: str, rows: int = 20) -> list[str]:
-    return ["--pairs", pairs, "--out", out, "--teacher", teacher, "--rows-per-shard", str(rows), "--max-seq-len", "128",
-            "--doc-stride", "32", "--batch-size", "16"]
+    return [
+        "--pairs",
+        pairs,
+        "--out",
+        out,
+        "--teacher",
+        teacher,
+        "--rows-per-shard",
+        str(rows),
+        "--max-seq-len",
+        "128",
+        "--doc-stride",
+        "32",
+        "--batch-size",
+        "16",
+    ]
 
 
 def exactly_once(out: str, pairs: list[dict]) -> tuple[dict, pa.Table]:
@@ -82,17 +97,22 @@ def exactly_once(out: str, pairs: list[dict]) -> tuple[dict, pa.Table]:
     firsts = [i for i, w in keys if w == 0]
     assert len(firsts) == len(set(firsts)) == len(pairs) and set(firsts) == {p["id"] for p in pairs}
     assert manifest["counts"]["pairs_in"] == manifest["counts"]["pairs_labeled"] == len(pairs)
-    assert sorted(storage.list_files(storage.join(out, "shards"))) == sorted(storage.join(out, s["path"]) for s in manifest["shards"])
+    assert sorted(storage.list_files(storage.join(out, "shards"))) == sorted(
+        storage.join(out, s["path"]) for s in manifest["shards"]
+    )
     return manifest, table
 
 
 def s3_keys(uri: str) -> list[str]:
     bucket, prefix = storage.split_s3(uri)
-    pages = storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-    return sorted(o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", []))
+    pages = (
+        storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    )
+    return sorted(o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", []))
 
 
 # ---- the commit protocol: readers read only listed shards; the sweep ------------------------------
+
 
 @pytest.mark.slow
 def test_stray_files_are_never_read_and_are_swept_after_commit(tmp_path, squad_pairs, tiny_models):
@@ -121,7 +141,10 @@ def test_stray_files_are_never_read_and_are_swept_after_commit(tmp_path, squad_p
     fresh_tmp.write_bytes(b"partial")
     os.utime(fresh_tmp, (time.time() + 3600, time.time() + 3600))  # "started after this run": a live writer's
     assert run_cli(*args) == 0  # same job again: a no-op that sweeps what the manifest does not list
-    assert not (shards / "stray.r000000000-000000020.parquet").exists() and not Path(out, "rejects", "stray.jsonl").exists()
+    assert (
+        not (shards / "stray.r000000000-000000020.parquet").exists()
+        and not Path(out, "rejects", "stray.jsonl").exists()
+    )
     assert not old_tmp.exists() and fresh_tmp.exists()
     assert {p: os.stat(os.path.join(out, p)).st_mtime_ns for p in listed} == listed  # listed shards untouched
     fresh_tmp.unlink()
@@ -129,6 +152,7 @@ def test_stray_files_are_never_read_and_are_swept_after_commit(tmp_path, squad_p
 
 
 # ---- transient S3 errors: retried by the driver and the workers -----------------------------------
+
 
 def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket, faults, squad_pairs, tiny_models):
     pairs = small_pairs(squad_pairs, 60)
@@ -138,31 +162,40 @@ def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket,
     bucket, key = storage.split_s3(out)
     client = storage.s3_client()
     orphan = client.create_multipart_upload(Bucket=bucket, Key=f"{key}/shards/killed.parquet")["UploadId"]
-    client.upload_part(Bucket=bucket, Key=f"{key}/shards/killed.parquet", UploadId=orphan, PartNumber=1, Body=b"x" * 1024)
+    client.upload_part(
+        Bucket=bucket, Key=f"{key}/shards/killed.parquet", UploadId=orphan, PartNumber=1, Body=b"x" * 1024
+    )
     time.sleep(1.1)  # S3 timestamps have a one-second resolution
 
     shard = r"/labels/shards/[^?]+\.parquet$"
     rules = [
-        faults.add("503", method="GET", path=r"/pairs/part-0\.jsonl", times=3),   # reads: planning (driver) and blocks (workers)
-        faults.add("500", method="PUT", path=shard, times=2),                     # shard writes (workers)
+        faults.add(
+            "503", method="GET", path=r"/pairs/part-0\.jsonl", times=3
+        ),  # reads: planning (driver) and blocks (workers)
+        faults.add("500", method="PUT", path=shard, times=2),  # shard writes (workers)
         faults.add("drop", method="PUT", path=shard, times=1),
         faults.add("503", method="PUT", path=r"/labels/_manifest\.json$", times=1),  # the commit
         faults.add("drop", method="PUT", path=r"/labels/_manifest\.json$", times=1),
-        faults.add("lost_reply", method="PUT", path=r"/labels/_manifest\.json$", times=1),  # stored, but the answer is lost
+        faults.add(
+            "lost_reply", method="PUT", path=r"/labels/_manifest\.json$", times=1
+        ),  # stored, but the answer is lost
         faults.add("500", method="HEAD", path=r"/labels/_fingerprint\.json$", times=1),  # the claim: exists?
-        faults.add("503", method="PUT", path=r"/labels/_fingerprint\.json$", times=1),   # and its conditional put
+        faults.add("503", method="PUT", path=r"/labels/_fingerprint\.json$", times=1),  # and its conditional put
     ]
     assert run_cli(*label_args(f"{s3_bucket}/pairs", out, tiny_models["student"])) == 0
     print(f"\ninjected {faults.count()} faults: {sorted((k, m) for k, m, _ in faults.injected)}")
     assert [r.hits for r in rules] == [r.times for r in rules], "every fault was injected"
     manifest, _ = exactly_once(out, pairs)
     assert manifest["run"]["shards_computed"] == 3  # the lost reply's retry found our own manifest (412) and kept it
-    assert s3_keys(out) == sorted(["_fingerprint.json", "_manifest.json", *(s["path"] for s in manifest["shards"])])  # no duplicates
+    assert s3_keys(out) == sorted(
+        ["_fingerprint.json", "_manifest.json", *(s["path"] for s in manifest["shards"])]
+    )  # no duplicates
     assert client.list_multipart_uploads(Bucket=bucket, Prefix=f"{key}/").get("Uploads", []) == []
 
 
-def test_commit_errors_past_the_retry_limit_fail_cleanly_and_a_rerun_succeeds(s3_bucket, faults, squad_pairs, tiny_models,
-                                                                              monkeypatch, caplog):
+def test_commit_errors_past_the_retry_limit_fail_cleanly_and_a_rerun_succeeds(
+    s3_bucket, faults, squad_pairs, tiny_models, monkeypatch, caplog
+):
     pairs = small_pairs(squad_pairs, 40)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
     out = f"{s3_bucket}/labels"
@@ -172,7 +205,9 @@ def test_commit_errors_past_the_retry_limit_fail_cleanly_and_a_rerun_succeeds(s3
     from botocore.exceptions import ClientError
 
     with pytest.raises(ClientError, match="SlowDown"), caplog.at_level("ERROR"):
-        run_label(LabelConfig(pairs=args[1], out=out, teachers=[args[5]], rows_per_shard=20, max_seq_len=128, doc_stride=32))
+        run_label(
+            LabelConfig(pairs=args[1], out=out, teachers=[args[5]], rows_per_shard=20, max_seq_len=128, doc_stride=32)
+        )
     assert rule.hits == 3  # three attempts, then the error
     assert "_manifest.json" not in s3_keys(out) and len(s3_keys(f"{out}/shards")) == 2
     with pytest.raises(UserError, match="no _manifest.json"):
@@ -188,13 +223,18 @@ def test_commit_errors_past_the_retry_limit_fail_cleanly_and_a_rerun_succeeds(s3
     assert read(out).count() == manifest["counts"]["windows"]
 
 
-def test_permanent_s3_errors_exit_2_naming_the_uri_without_retrying(s3_bucket, faults, squad_pairs, tiny_models, monkeypatch, capsys):
+def test_permanent_s3_errors_exit_2_naming_the_uri_without_retrying(
+    s3_bucket, faults, squad_pairs, tiny_models, monkeypatch, capsys
+):
     pairs = small_pairs(squad_pairs, 5)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
     teacher = tiny_models["student"]
     assert run_cli(*label_args(f"{s3_bucket}/pairs.jsonl", "s3://qadist-no-such-bucket/labels", teacher)) == 2
     err = capsys.readouterr().err
-    assert "s3://qadist-no-such-bucket/labels (--out): bucket 'qadist-no-such-bucket' does not exist" in err and "Traceback" not in err
+    assert (
+        "s3://qadist-no-such-bucket/labels (--out): bucket 'qadist-no-such-bucket' does not exist" in err
+        and "Traceback" not in err
+    )
     assert run_cli(*label_args("s3://qadist-no-such-bucket/pairs.jsonl", f"{s3_bucket}/labels", teacher)) == 2
     assert "s3://qadist-no-such-bucket/pairs.jsonl (--pairs): bucket" in capsys.readouterr().err
 
@@ -206,7 +246,9 @@ def test_permanent_s3_errors_exit_2_naming_the_uri_without_retrying(s3_bucket, f
     started = time.perf_counter()
     assert run_cli(*label_args(f"{s3_bucket}/pairs.jsonl", f"{s3_bucket}/labels", teacher)) == 2
     err = capsys.readouterr().err
-    print(f"\nbad credentials: exit 2 after {time.perf_counter() - started:.2f}s, {rule.hits} request(s): {err.strip()}")
+    print(
+        f"\nbad credentials: exit 2 after {time.perf_counter() - started:.2f}s, {rule.hits} request(s): {err.strip()}"
+    )
     assert f"{s3_bucket}/pairs.jsonl (--pairs): access denied" in err and "check the AWS credentials" in err
     assert rule.hits == 1  # refused credentials are not retried
     monkeypatch.undo()
@@ -215,6 +257,7 @@ def test_permanent_s3_errors_exit_2_naming_the_uri_without_retrying(s3_bucket, f
 
 
 # ---- compute faults --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def broken_teacher(tmp_path_factory, tiny_models) -> str:
@@ -225,7 +268,9 @@ def broken_teacher(tmp_path_factory, tiny_models) -> str:
 
     tok = load_tokenizer(tiny_models["student"])
     path = tmp_path_factory.mktemp("broken-teacher")
-    AutoModelForQuestionAnswering.from_config(tiny_config("bert", len(tok), 1, 32, max_positions=16)).save_pretrained(path)
+    AutoModelForQuestionAnswering.from_config(tiny_config("bert", len(tok), 1, 32, max_positions=16)).save_pretrained(
+        path
+    )
     tok.save_pretrained(path)
     return str(path)
 
@@ -235,11 +280,24 @@ def test_a_teacher_that_always_raises_fails_fast_without_a_manifest(tmp_path, sq
     put_pairs(str(tmp_path / "pairs.jsonl"), pairs)
     out = str(tmp_path / "labels")
     started = time.perf_counter()
-    with pytest.raises(Exception, match="must match the size of tensor") as failure, caplog.at_level("ERROR", logger="qadist.label.stage"):
-        run_label(LabelConfig(pairs=str(tmp_path / "pairs.jsonl"), out=out, teachers=[broken_teacher], rows_per_shard=20,
-                              max_seq_len=128, doc_stride=32))
-    print(f"\nfailed after {time.perf_counter() - started:.1f}s with {type(failure.value).__name__}: "
-          f"{next(line for line in str(failure.value).splitlines() if 'Error:' in line)}")
+    with (
+        pytest.raises(Exception, match="must match the size of tensor") as failure,
+        caplog.at_level("ERROR", logger="qadist.label.stage"),
+    ):
+        run_label(
+            LabelConfig(
+                pairs=str(tmp_path / "pairs.jsonl"),
+                out=out,
+                teachers=[broken_teacher],
+                rows_per_shard=20,
+                max_seq_len=128,
+                doc_stride=32,
+            )
+        )
+    print(
+        f"\nfailed after {time.perf_counter() - started:.1f}s with {type(failure.value).__name__}: "
+        f"{next(line for line in str(failure.value).splitlines() if 'Error:' in line)}"
+    )
     assert "no manifest written" in caplog.text
     assert not Path(out, "_manifest.json").exists() and not list(Path(out).glob("shards/*.parquet"))
 
@@ -288,23 +346,41 @@ def test_teacher_actor_sigkilled_mid_batch_run_completes_exactly_once(tmp_path, 
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    manifest = run_label(LabelConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(out), teachers=[tiny_models["teacher_a"]],
-                                     rows_per_shard=25, max_seq_len=384, doc_stride=128, batch_size=8))
+    manifest = run_label(
+        LabelConfig(
+            pairs=str(tmp_path / "pairs.jsonl"),
+            out=str(out),
+            teachers=[tiny_models["teacher_a"]],
+            rows_per_shard=25,
+            max_seq_len=384,
+            doc_stride=128,
+            batch_size=8,
+        )
+    )
     thread.join(5)
-    print(f"\nteacher actor SIGKILLed {len(kills)}x (pid, shards done at the kill): {kills}; "
-          f"pairs in {manifest['counts']['pairs_in']}, labelled {manifest['counts']['pairs_labeled']}")
+    print(
+        f"\nteacher actor SIGKILLed {len(kills)}x (pid, shards done at the kill): {kills}; "
+        f"pairs in {manifest['counts']['pairs_in']}, labelled {manifest['counts']['pairs_labeled']}"
+    )
     assert len(kills) == 2 and all(done < 16 for _, done in kills), "killed while blocks were still pending"
     exactly_once(str(out), pairs)
 
 
 # ---- the same job twice ----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, tiny_models, caplog):
     pairs = small_pairs(squad_pairs, 60)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
-    cfg = LabelConfig(pairs=f"{s3_bucket}/pairs.jsonl", out=f"{s3_bucket}/at-once", teachers=[tiny_models["student"]],
-                      rows_per_shard=20, max_seq_len=128, doc_stride=32)
+    cfg = LabelConfig(
+        pairs=f"{s3_bucket}/pairs.jsonl",
+        out=f"{s3_bucket}/at-once",
+        teachers=[tiny_models["student"]],
+        rows_per_shard=20,
+        max_seq_len=128,
+        doc_stride=32,
+    )
     results: list = [None, None]
 
     def job(i: int) -> None:
@@ -324,7 +400,9 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
     as_stored = [json.loads(json.dumps(r)) for r in results]
     assert as_stored[0] == as_stored[1] == stored  # both runs answer with the one committed manifest
     outcome = ("a manifest appeared" in caplog.text, "already complete" in caplog.text)
-    print(f"\nat once: both exit 0; one manifest; loser {'lost the conditional commit' if outcome[0] else 'found it complete'}")
+    print(
+        f"\nat once: both exit 0; one manifest; loser {'lost the conditional commit' if outcome[0] else 'found it complete'}"
+    )
     assert any(outcome)
     exactly_once(cfg.out, pairs)
     assert s3_keys(cfg.out) == sorted(["_fingerprint.json", "_manifest.json", *(s["path"] for s in stored["shards"])])
@@ -339,10 +417,17 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
 
 # ---- slow: the driver killed mid-upload; worker writes failing past the retry limit (CLI subprocesses) ----
 
+
 def _cli(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="qr-"), RAY_ADDRESS="", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "qadist.cli", "label", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "qadist.cli", "label", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = LIMIT_S) -> tuple[int, str]:
@@ -366,7 +451,9 @@ def _kill_when(proc: subprocess.Popen, rule: s3_faults.Rule) -> None:
 
 
 @pytest.mark.slow
-def test_driver_sigkilled_mid_upload_leaves_nothing_visible_and_rerun_repairs(s3_bucket, faults, squad_pairs, tiny_models):
+def test_driver_sigkilled_mid_upload_leaves_nothing_visible_and_rerun_repairs(
+    s3_bucket, faults, squad_pairs, tiny_models
+):
     pairs = small_pairs(squad_pairs, 100)
     put_pairs(f"{s3_bucket}/pairs.jsonl", pairs)
     out = f"{s3_bucket}/labels"
@@ -395,9 +482,11 @@ def test_driver_sigkilled_mid_upload_leaves_nothing_visible_and_rerun_repairs(s3
     code, err = _finish(_cli(args))
     assert code == 0, err[-3000:]
     manifest, _ = exactly_once(out, pairs)
-    print(f"\nkilled mid-upload: after kill 1 {len(after_first)} objects (3rd shard absent), after kill 2 "
-          f"{len(after_second)} (no manifest); re-run: {manifest['run']['shards_skipped']} skipped, "
-          f"{manifest['run']['shards_computed']} computed, {manifest['counts']['pairs_labeled']}/{len(pairs)} pairs once")
+    print(
+        f"\nkilled mid-upload: after kill 1 {len(after_first)} objects (3rd shard absent), after kill 2 "
+        f"{len(after_second)} (no manifest); re-run: {manifest['run']['shards_skipped']} skipped, "
+        f"{manifest['run']['shards_computed']} computed, {manifest['counts']['pairs_labeled']}/{len(pairs)} pairs once"
+    )
     assert manifest["run"]["shards_skipped"] == 5 and manifest["run"]["shards_computed"] == 0
 
 
@@ -411,8 +500,10 @@ def test_shard_writes_failing_past_retries_fail_cleanly_and_rerun_succeeds(s3_bu
     started = time.perf_counter()
     code, err = _finish(_cli(args, {"AWS_MAX_ATTEMPTS": "3"}))  # workers inherit the setting from the CLI's Ray
     elapsed = time.perf_counter() - started
-    print(f"\nshard PUTs answered 503 past 3 attempts: exit {code} after {elapsed:.0f}s, {rule.hits} faulted PUTs; "
-          f"error: {next((line for line in err.splitlines() if 'SlowDown' in line), '')[:200]}")
+    print(
+        f"\nshard PUTs answered 503 past 3 attempts: exit {code} after {elapsed:.0f}s, {rule.hits} faulted PUTs; "
+        f"error: {next((line for line in err.splitlines() if 'SlowDown' in line), '')[:200]}"
+    )
     assert code == 1 and "SlowDown" in err and "no manifest written" in err
     assert s3_keys(out) == ["_fingerprint.json"]
     faults.clear()

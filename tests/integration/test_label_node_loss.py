@@ -15,12 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from qadist.shards import read_manifest
-from qadist.shards import read_shard
+from qadist.shards import read_manifest, read_shard
 
 HERE = Path(__file__).resolve().parent
 DEADLINE_S = 360  # the child's own limit for the run
-LIMIT_S = 480     # the child process's wall-clock limit (then its whole process group is killed)
+LIMIT_S = 480  # the child process's wall-clock limit (then its whole process group is killed)
 
 
 @pytest.mark.slow
@@ -33,9 +32,21 @@ def test_label_survives_losing_a_node(tmp_path, squad_pairs, tiny_models, mode):
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="qr-"), RAY_ADDRESS="")
     logs = (tmp_path / "stdout.txt", tmp_path / "stderr.txt")
     with open(logs[0], "w") as stdout, open(logs[1], "w") as stderr:
-        proc = subprocess.Popen([sys.executable, str(HERE / "label_node_loss_run.py"), str(tmp_path), str(tmp_path / "pairs.jsonl"),
-                                 tiny_models["teacher_a"], mode, str(DEADLINE_S)], env=env, stdout=stdout, stderr=stderr,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "label_node_loss_run.py"),
+                str(tmp_path),
+                str(tmp_path / "pairs.jsonl"),
+                tiny_models["teacher_a"],
+                mode,
+                str(DEADLINE_S),
+            ],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=LIMIT_S)
         except subprocess.TimeoutExpired:
@@ -56,9 +67,14 @@ def test_label_survives_losing_a_node(tmp_path, squad_pairs, tiny_models, mode):
         pytest.fail(f"the run failed cleanly within the limit but did not complete: {seen['error']}")
     assert proc.returncode == 0, err[-3000:]
     manifest = read_manifest(str(tmp_path / "labels"))
-    table = pa.concat_tables([read_shard(str(tmp_path / "labels" / s["path"]), ["id", "window"]) for s in manifest["shards"]])
+    table = pa.concat_tables(
+        [read_shard(str(tmp_path / "labels" / s["path"]), ["id", "window"]) for s in manifest["shards"]]
+    )
     keys = list(zip(table.column("id").to_pylist(), table.column("window").to_pylist()))
     assert len(keys) == len(set(keys)) == manifest["counts"]["windows"]
-    assert {i for i, w in keys if w == 0} == {p["id"] for p in pairs} and manifest["counts"]["pairs_labeled"] == len(pairs)
+    assert {i for i, w in keys if w == 0} == {p["id"] for p in pairs} and manifest["counts"]["pairs_labeled"] == len(
+        pairs
+    )
     assert sorted(p.name for p in (tmp_path / "labels" / "shards").glob("*.parquet")) == sorted(
-        s["path"].split("/")[1] for s in manifest["shards"])
+        s["path"].split("/")[1] for s in manifest["shards"]
+    )

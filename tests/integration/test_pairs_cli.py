@@ -31,7 +31,9 @@ def put_jsonl(uri: str, rows: list) -> None:
 
 
 def read_jsonl(uri: str) -> list[dict]:
-    return [json.loads(line) for f in storage.list_files(uri, (".jsonl",)) for line in storage.read_text(f).splitlines()]
+    return [
+        json.loads(line) for f in storage.list_files(uri, (".jsonl",)) for line in storage.read_text(f).splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +56,22 @@ def collection(squad_sample, tmp_path_factory):
         {"question": "no id"},
         "{not json",
     ]
-    bad_docs = [{"id": "a0p0", "text": "duplicate id"}, {"id": "empty", "text": ""}, {"id": "list", "text": ["x"]}, {"text": "no id"}]
+    bad_docs = [
+        {"id": "a0p0", "text": "duplicate id"},
+        {"id": "empty", "text": ""},
+        {"id": "list", "text": ["x"]},
+        {"text": "no id"},
+    ]
     put_jsonl(str(root / "questions.jsonl"), questions + bad_questions)
     put_jsonl(str(root / "documents.jsonl"), docs + bad_docs)
-    return {"root": root, "docs": {d["id"]: d for d in docs}, "questions": questions, "own": own,
-            "n_questions": len(questions) + len(bad_questions), "n_docs": len(docs) + len(bad_docs)}
+    return {
+        "root": root,
+        "docs": {d["id"]: d for d in docs},
+        "questions": questions,
+        "own": own,
+        "n_questions": len(questions) + len(bad_questions),
+        "n_docs": len(docs) + len(bad_docs),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +84,17 @@ def tiny_encoder(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def minilm_run(collection):
     out = collection["root"] / "out"
-    code = run_cli("pairs", "--questions", str(collection["root"] / "questions.jsonl"),
-                   "--documents", str(collection["root"] / "documents.jsonl"), "--out", str(out), "--top-k", "2")
+    code = run_cli(
+        "pairs",
+        "--questions",
+        str(collection["root"] / "questions.jsonl"),
+        "--documents",
+        str(collection["root"] / "documents.jsonl"),
+        "--out",
+        str(out),
+        "--top-k",
+        "2",
+    )
     assert code == 0
     return out
 
@@ -93,7 +115,7 @@ def test_pairs_layout_counts_and_rejects(collection, minilm_run):
     for p in pairs:
         doc = collection["docs"][p["doc_id"]]
         assert p["id"] == f"{p['question_id']}::{p['rank']}" and p["rank"] in (1, 2)
-        assert p["context"] == doc["text"][p["context_start"]:p["context_end"]] and p["title"] == doc["title"]
+        assert p["context"] == doc["text"][p["context_start"] : p["context_end"]] and p["title"] == doc["title"]
         assert p["context_start"] <= p["passage_start"] < p["passage_end"] <= p["context_end"]
         assert p["score"] == pytest.approx(p["dense_score"] + p["lexical_score"], abs=1e-5)
     firsts = {p["question_id"]: p for p in pairs if p["rank"] == 1}
@@ -105,20 +127,42 @@ def test_pairs_layout_counts_and_rejects(collection, minilm_run):
 
     rejects = read_jsonl(str(out / "rejects"))
     reasons = sorted(r["reason"].split(" (")[0] for r in rejects)
-    assert reasons == sorted([
-        f"duplicate question id {collection['questions'][1]['id']!r}", "field 'question' is int, not a string",
-        "field 'question' is empty", "missing field 'id'", "not valid JSON", "duplicate document id 'a0p0'",
-        "field 'text' is empty", "field 'text' is list, not a string", "missing field 'id'"])
+    assert reasons == sorted(
+        [
+            f"duplicate question id {collection['questions'][1]['id']!r}",
+            "field 'question' is int, not a string",
+            "field 'question' is empty",
+            "missing field 'id'",
+            "not valid JSON",
+            "duplicate document id 'a0p0'",
+            "field 'text' is empty",
+            "field 'text' is list, not a string",
+            "missing field 'id'",
+        ]
+    )
     assert all({"id", "source", "row", "reason", "raw"} <= set(r) for r in rejects)
     dups = read_jsonl(str(out / "duplicates"))
-    assert dups == [{"id": "same-text", "same_as": collection["questions"][0]["id"],
-                     "source": str(collection["root"] / "questions.jsonl"), "row": len(collection["questions"]) + 1}]
+    assert dups == [
+        {
+            "id": "same-text",
+            "same_as": collection["questions"][0]["id"],
+            "source": str(collection["root"] / "questions.jsonl"),
+            "row": len(collection["questions"]) + 1,
+        }
+    ]
     assert not (out / "_work").exists()
 
 
 def test_existing_output_needs_overwrite(collection, minilm_run, capsys):
-    args = ["pairs", "--questions", str(collection["root"] / "questions.jsonl"),
-            "--documents", str(collection["root"] / "documents.jsonl"), "--out", str(minilm_run)]
+    args = [
+        "pairs",
+        "--questions",
+        str(collection["root"] / "questions.jsonl"),
+        "--documents",
+        str(collection["root"] / "documents.jsonl"),
+        "--out",
+        str(minilm_run),
+    ]
     assert run_cli(*args) == 2
     assert "--overwrite" in capsys.readouterr().err
 
@@ -126,11 +170,16 @@ def test_existing_output_needs_overwrite(collection, minilm_run, capsys):
 def test_pairs_feed_label_unchanged(collection, minilm_run, tiny_models, tmp_path):
     labels = pytest.importorskip("qadist.label.stage")
     out = tmp_path / "labels"
-    assert run_cli("label", "--pairs", str(minilm_run / "pairs"), "--out", str(out), "--teacher", tiny_models["teacher_a"]) == 0
+    assert (
+        run_cli("label", "--pairs", str(minilm_run / "pairs"), "--out", str(out), "--teacher", tiny_models["teacher_a"])
+        == 0
+    )
     manifest = labels.read_manifest(str(out))
     n_pairs = json.loads((minilm_run / "_manifest.json").read_text())["counts"]["pairs_out"]
     assert manifest["counts"]["pairs_in"] == n_pairs and manifest["counts"]["pairs_labeled"] == n_pairs
-    assert {r["id"] for r in labels.read(str(out)).select_columns(["id"]).take_all()} == {p["id"] for p in read_jsonl(str(minilm_run / "pairs"))}
+    assert {r["id"] for r in labels.read(str(out)).select_columns(["id"]).take_all()} == {
+        p["id"] for p in read_jsonl(str(minilm_run / "pairs"))
+    }
 
 
 def test_s3_in_and_out_with_parquet_pairs_and_min_score(collection, tiny_encoder, s3_bucket):
@@ -138,29 +187,54 @@ def test_s3_in_and_out_with_parquet_pairs_and_min_score(collection, tiny_encoder
         storage.write_bytes(f"{s3_bucket}/in/{name}", (collection["root"] / name).read_bytes())
     out = f"{s3_bucket}/pairs-out"
     cfg = collection["root"] / "pairs.yaml"
-    cfg.write_text(f"pairs:\n  model: {tiny_encoder}\n  output_format: parquet\n  top_k: 1\n  min_score: 0.9\n"
-                   "  passage_tokens: 48\n  passage_overlap: 8\n  batch_size: 8\n")
-    assert run_cli("pairs", "--config", str(cfg), "--questions", f"{s3_bucket}/in/questions.jsonl",
-                   "--documents", f"{s3_bucket}/in/documents.jsonl", "--out", out) == 0
+    cfg.write_text(
+        f"pairs:\n  model: {tiny_encoder}\n  output_format: parquet\n  top_k: 1\n  min_score: 0.9\n"
+        "  passage_tokens: 48\n  passage_overlap: 8\n  batch_size: 8\n"
+    )
+    assert (
+        run_cli(
+            "pairs",
+            "--config",
+            str(cfg),
+            "--questions",
+            f"{s3_bucket}/in/questions.jsonl",
+            "--documents",
+            f"{s3_bucket}/in/documents.jsonl",
+            "--out",
+            out,
+        )
+        == 0
+    )
     manifest = json.loads(storage.read_text(f"{out}/_manifest.json"))
     c = manifest["counts"]
     assert c["questions_in"] == c["questions_matched"] + c["questions_duplicate"] + c["questions_rejected"]
-    assert c["questions_unmatched"] == c["questions_unique"] - c["questions_matched"] and c["pairs_out"] == c["questions_matched"]
+    assert (
+        c["questions_unmatched"] == c["questions_unique"] - c["questions_matched"]
+        and c["pairs_out"] == c["questions_matched"]
+    )
     files = storage.list_files(f"{out}/pairs", (".parquet",)) if c["pairs_out"] else []
-    pairs = [row for f in files for row in pq.read_table(storage.resolve(f)[1], filesystem=storage.resolve(f)[0]).to_pylist()]
+    pairs = [
+        row for f in files for row in pq.read_table(storage.resolve(f)[1], filesystem=storage.resolve(f)[0]).to_pylist()
+    ]
     assert len(pairs) == c["pairs_out"] and all(p["score"] >= 0.9 and p["id"] == p["question_id"] for p in pairs)
     unmatched = [r for r in read_jsonl(f"{out}/rejects") if r["reason"].startswith("no document scored")]
     assert len(unmatched) == c["questions_unmatched"] and not storage.exists(f"{out}/_work")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty-questions", "no usable questions (0 rows read"),
-    ("bad-questions", "no usable questions (2 rows read, 2 rejected, first: questions.jsonl row 1: field 'question' is int"),
-    ("no-documents", "no usable documents (1 rows rejected, first: missing field 'text'"),
-    ("missing-file", "no such file or folder"),
-    ("long-passages", "passage_tokens=400 is over what"),
-    ("bad-key", "unknown key 'top_n'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty-questions", "no usable questions (0 rows read"),
+        (
+            "bad-questions",
+            "no usable questions (2 rows read, 2 rejected, first: questions.jsonl row 1: field 'question' is int",
+        ),
+        ("no-documents", "no usable documents (1 rows rejected, first: missing field 'text'"),
+        ("missing-file", "no such file or folder"),
+        ("long-passages", "passage_tokens=400 is over what"),
+        ("bad-key", "unknown key 'top_n'"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(collection, tiny_encoder, tmp_path, capsys, case, message):
     qfile, dfile = tmp_path / "questions.jsonl", tmp_path / "documents.jsonl"
     put_jsonl(str(qfile), [{"id": "a", "question": "what is it?"}])
@@ -181,7 +255,18 @@ def test_bad_input_is_a_one_line_error(collection, tiny_encoder, tmp_path, capsy
         extra = ["--config", str(tmp_path / "c.yaml")]
         (tmp_path / "c.yaml").write_text("pairs:\n  top_n: 3\n")
     model = "packaged:all-MiniLM-L6-v2" if case == "long-passages" else tiny_encoder
-    code = run_cli("pairs", *extra, "--questions", str(qfile), "--documents", str(dfile), "--out", str(tmp_path / "out"), "--model", model)
+    code = run_cli(
+        "pairs",
+        *extra,
+        "--questions",
+        str(qfile),
+        "--documents",
+        str(dfile),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        model,
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out" / "_manifest.json").exists()
@@ -191,18 +276,31 @@ def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_pat
     """faiss installed: HNSW candidates; not installed: a warning and exact search, same output layout."""
     import qadist.pairs.retrieval
 
-    args = ["pairs", "--questions", str(collection["root"] / "questions.jsonl"), "--documents", str(collection["root"] / "documents.jsonl"),
-            "--model", tiny_encoder, "--config", str(tmp_path / "c.yaml")]
+    args = [
+        "pairs",
+        "--questions",
+        str(collection["root"] / "questions.jsonl"),
+        "--documents",
+        str(collection["root"] / "documents.jsonl"),
+        "--model",
+        tiny_encoder,
+        "--config",
+        str(tmp_path / "c.yaml"),
+    ]
     (tmp_path / "c.yaml").write_text("approximate_above: 2\ntop_k: 3\n")
     try:
         import faiss  # noqa: F401
+
         have_faiss = True
     except ImportError:
         have_faiss = False
     if have_faiss:
         assert run_cli(*args, "--out", str(tmp_path / "ann")) == 0
         manifest = json.loads((tmp_path / "ann" / "_manifest.json").read_text())
-        assert manifest["search"].startswith("approximate") and manifest["counts"]["pairs_out"] == 3 * manifest["counts"]["questions_matched"]
+        assert (
+            manifest["search"].startswith("approximate")
+            and manifest["counts"]["pairs_out"] == 3 * manifest["counts"]["questions_matched"]
+        )
     monkeypatch.setattr(qadist.pairs.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
     assert run_cli(*args, "--out", str(tmp_path / "exact")) == 0
     manifest = json.loads((tmp_path / "exact" / "_manifest.json").read_text())

@@ -18,14 +18,36 @@ def test_pipeline_twice_second_run_does_nothing(tmp_path, squad_pairs, tiny_mode
     out = tmp_path / "run"
     windows = {"max_seq_len": 128, "doc_stride": 32}
     config = {
-        "label": {"pairs": str(pairs), "out": f"{out}/labels", "teachers": [tiny_models["teacher_a"], tiny_models["teacher_b"]],
-                  "rows_per_shard": 60, "batch_size": 32, **windows},
-        "distill": {"labels": f"{out}/labels", "student": tiny_models["student"], "out": f"{out}/student",
-                    "epochs": 1, "batch_size": 16, "checkpoint_every": 50, **windows},
-        "predict": {"model": f"{out}/student/final", "data": str(pairs), "out": f"{out}/predictions.json",
-                    "na_probs": f"{out}/na_probs.json", **windows},
-        "evaluate": {"data": str(pairs), "predictions": f"{out}/predictions.json", "na_probs": f"{out}/na_probs.json",
-                     "out": f"{out}/metrics.json"},
+        "label": {
+            "pairs": str(pairs),
+            "out": f"{out}/labels",
+            "teachers": [tiny_models["teacher_a"], tiny_models["teacher_b"]],
+            "rows_per_shard": 60,
+            "batch_size": 32,
+            **windows,
+        },
+        "distill": {
+            "labels": f"{out}/labels",
+            "student": tiny_models["student"],
+            "out": f"{out}/student",
+            "epochs": 1,
+            "batch_size": 16,
+            "checkpoint_every": 50,
+            **windows,
+        },
+        "predict": {
+            "model": f"{out}/student/final",
+            "data": str(pairs),
+            "out": f"{out}/predictions.json",
+            "na_probs": f"{out}/na_probs.json",
+            **windows,
+        },
+        "evaluate": {
+            "data": str(pairs),
+            "predictions": f"{out}/predictions.json",
+            "na_probs": f"{out}/na_probs.json",
+            "out": f"{out}/metrics.json",
+        },
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))

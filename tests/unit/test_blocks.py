@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qadist.label.blocks import block_name, find_duplicates, plan_blocks, read_block, scan_block
 from qadist.errors import UserError
-from qadist.shards import list_array, list_values, pack, shard_schema, unpack, windows_table
+from qadist.label.blocks import block_name, find_duplicates, plan_blocks, read_block, scan_block
 from qadist.rows import Unparsable, iter_raw_rows
+from qadist.shards import list_array, list_values, pack, shard_schema, unpack, windows_table
 
 
 def pair(i: int, **extra) -> dict:
@@ -32,13 +32,18 @@ def test_jsonl_blocks_cover_every_line_once(tmp_path, trailing_newline):
     path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""))
     blocks, inputs = plan_blocks(str(path), 3)
     assert [(b.start, b.end) for b in blocks] == [(0, 3), (3, 6), (6, 7)]
-    assert [b.name for b in blocks] == ["p.jsonl.r000000000-000000003", "p.jsonl.r000000003-000000006", "p.jsonl.r000000006-000000007"]
+    assert [b.name for b in blocks] == [
+        "p.jsonl.r000000000-000000003",
+        "p.jsonl.r000000003-000000006",
+        "p.jsonl.r000000006-000000007",
+    ]
     assert inputs == [{"uri": str(path), "size": path.stat().st_size}]
     rows = all_rows(blocks)
     assert [n for n, _ in rows] == [1, 2, 4, 5, 6, 7]
     assert isinstance(dict(rows)[5], Unparsable)
-    assert [(n, r if isinstance(r, dict) else r.text) for n, r in rows] == \
-           [(n, r if isinstance(r, dict) else r.text) for _, n, r in iter_raw_rows(str(path))]
+    assert [(n, r if isinstance(r, dict) else r.text) for n, r in rows] == [
+        (n, r if isinstance(r, dict) else r.text) for _, n, r in iter_raw_rows(str(path))
+    ]
 
 
 def test_jsonl_ending_on_a_block_boundary(tmp_path):
@@ -79,7 +84,14 @@ def test_prefix_blocks_are_named_after_their_files(tmp_path):
 
 
 def test_duplicates_keep_the_first_valid_row_across_blocks(tmp_path):
-    rows = [pair(0), pair(1), {"id": "q2", "question": "", "context": "c"}, pair(2), pair(0), pair(1, question="again?")]
+    rows = [
+        pair(0),
+        pair(1),
+        {"id": "q2", "question": "", "context": "c"},
+        pair(2),
+        pair(0),
+        pair(1, question="again?"),
+    ]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     blocks, _ = plan_blocks(str(path), 2)
@@ -102,8 +114,16 @@ def test_list_arrays_round_trip_and_pack():
 
 
 def test_windows_table_has_the_contract_types():
-    windows = {"id": ["a"], "window": [0], "input_ids": [[101, 7, 102]], "token_type_ids": [[0, 0, 1]],
-               "offsets": [[[-1, -1], [0, 3], [-1, -1]]], "start_position": [-1], "end_position": [-1], "answers": [None]}
+    windows = {
+        "id": ["a"],
+        "window": [0],
+        "input_ids": [[101, 7, 102]],
+        "token_type_ids": [[0, 0, 1]],
+        "offsets": [[[-1, -1], [0, 3], [-1, -1]]],
+        "start_position": [-1],
+        "end_position": [-1],
+        "answers": [None],
+    }
     table = windows_table(windows, has_answers=True)
     full = shard_schema(True, True, False)
     assert all(table.schema.field(f.name).type == f.type for f in table.schema)

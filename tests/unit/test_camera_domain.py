@@ -31,7 +31,7 @@ def test_answer_start_is_exact_and_pairs_validate(domain):
             clean, reason = validate_pair(pair)
             assert reason is None, (pair["id"], reason)
             for text, start in zip(pair["answers"]["text"], pair["answers"]["answer_start"]):
-                assert pair["context"][start:start + len(text)] == text
+                assert pair["context"][start : start + len(text)] == text
                 answered += 1
     assert answered > 0.6 * sum(len(domain[s]) for s in PAIR_SPLITS)
 
@@ -46,7 +46,9 @@ def _asked_attribute(question: str, title: str) -> str:
     model = title.split(" ", 1)[1]
     for attr, templates in QUESTIONS.items():
         for t in templates:
-            if question in {t.format(name=n) for n in (title, model)} | {t.format(name=n).lower().rstrip("?") for n in (title, model)}:
+            if question in {t.format(name=n) for n in (title, model)} | {
+                t.format(name=n).lower().rstrip("?") for n in (title, model)
+            }:
                 return attr
     raise AssertionError(f"no template makes {question!r}")
 

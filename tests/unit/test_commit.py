@@ -9,13 +9,28 @@ import time
 from qadist import storage
 from qadist.label.commit import abort_multipart_uploads, sweep, unlisted_files
 
-MANIFEST = {"shards": [{"path": "shards/a.r0-10.parquet"}, {"path": "shards/a.r10-20.parquet"}], "rejects": ["rejects/a.r0-10.jsonl"]}
+MANIFEST = {
+    "shards": [{"path": "shards/a.r0-10.parquet"}, {"path": "shards/a.r10-20.parquet"}],
+    "rejects": ["rejects/a.r0-10.jsonl"],
+}
 
 
 def test_sweep_local_keeps_listed_and_young_temporary_files(tmp_path):
     out = tmp_path / "labels"
-    listed = ["shards/a.r0-10.parquet", "shards/a.r10-20.parquet", "rejects/a.r0-10.jsonl", "_manifest.json", "_fingerprint.json"]
-    stray = ["shards/a.r20-30.parquet", "shards/sub/b.parquet", "rejects/old.jsonl", "shards/.tmp-1-a.parquet", ".tmp-2"]
+    listed = [
+        "shards/a.r0-10.parquet",
+        "shards/a.r10-20.parquet",
+        "rejects/a.r0-10.jsonl",
+        "_manifest.json",
+        "_fingerprint.json",
+    ]
+    stray = [
+        "shards/a.r20-30.parquet",
+        "shards/sub/b.parquet",
+        "rejects/old.jsonl",
+        "shards/.tmp-1-a.parquet",
+        ".tmp-2",
+    ]
     for rel in listed + stray + ["shards/.tmp-3-young.parquet"]:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(rel.encode())
@@ -34,7 +49,13 @@ def test_sweep_local_keeps_listed_and_young_temporary_files(tmp_path):
 
 def test_sweep_s3_removes_unlisted_objects_and_aborts_old_uploads(s3_bucket):
     out = f"{s3_bucket}/labels"
-    for rel in ("shards/a.r0-10.parquet", "shards/a.r10-20.parquet", "rejects/a.r0-10.jsonl", "_manifest.json", "shards/x.parquet"):
+    for rel in (
+        "shards/a.r0-10.parquet",
+        "shards/a.r10-20.parquet",
+        "rejects/a.r0-10.jsonl",
+        "_manifest.json",
+        "shards/x.parquet",
+    ):
         storage.write_bytes(f"{out}/{rel}", b"x")
     client = storage.s3_client()
     bucket, key = storage.split_s3(out)
@@ -50,5 +71,7 @@ def test_sweep_s3_removes_unlisted_objects_and_aborts_old_uploads(s3_bucket):
     uploads = {u["UploadId"]: u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
     assert killed not in uploads and list(uploads.values()) == ["elsewhere/big.bin"]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"])
-    assert keys == sorted(f"{key}/{r}" for r in ("shards/a.r0-10.parquet", "shards/a.r10-20.parquet", "rejects/a.r0-10.jsonl",
-                                                 "_manifest.json"))  # no "folder/" marker objects either
+    assert keys == sorted(
+        f"{key}/{r}"
+        for r in ("shards/a.r0-10.parquet", "shards/a.r10-20.parquet", "rejects/a.r0-10.jsonl", "_manifest.json")
+    )  # no "folder/" marker objects either

@@ -25,15 +25,20 @@ def test_flat_yaml(tmp_path):
 
 
 def test_sectioned_yaml_takes_the_stage_section(tmp_path):
-    path = yaml_file(tmp_path, (
-        "label:\n  pairs: s3://b/pairs\n  out: s3://b/labels\n  teachers: [t1, t2]\n  max_seq_len: 256\n"
-        "predict:\n  model: m\n  data: d.json\n  out: p.json\n  batch_size: 4\n"
-        "evaluate:\n  data: d.json\n  predictions: p.json\n"
-    ))
+    path = yaml_file(
+        tmp_path,
+        (
+            "label:\n  pairs: s3://b/pairs\n  out: s3://b/labels\n  teachers: [t1, t2]\n  max_seq_len: 256\n"
+            "predict:\n  model: m\n  data: d.json\n  out: p.json\n  batch_size: 4\n"
+            "evaluate:\n  data: d.json\n  predictions: p.json\n"
+        ),
+    )
     label = load_config(LabelConfig, "label", path)
     assert label.teachers == ["t1", "t2"] and label.max_seq_len == 256
     assert load_config(PredictConfig, "predict", path).batch_size == 4
-    assert load_config(EvaluateConfig, "evaluate", path).predictions == os.path.abspath("p.json")  # resolved on the driver
+    assert load_config(EvaluateConfig, "evaluate", path).predictions == os.path.abspath(
+        "p.json"
+    )  # resolved on the driver
 
 
 def test_flag_overrides_win_and_none_does_not_override(tmp_path):
@@ -61,12 +66,15 @@ def test_unknown_key_in_a_section(tmp_path):
         load_config(EvaluateConfig, "evaluate", path)
 
 
-@pytest.mark.parametrize("text,key,got", [
-    ("batch_size: many\n", "batch_size", "'many'"),
-    ("null_threshold: [1]\n", "null_threshold", "[1]"),
-    ("use_gpu: maybe\n", "use_gpu", "'maybe'"),
-    ("batch_size: 0\n", "batch_size", "0"),
-])
+@pytest.mark.parametrize(
+    "text,key,got",
+    [
+        ("batch_size: many\n", "batch_size", "'many'"),
+        ("null_threshold: [1]\n", "null_threshold", "[1]"),
+        ("use_gpu: maybe\n", "use_gpu", "'maybe'"),
+        ("batch_size: 0\n", "batch_size", "0"),
+    ],
+)
 def test_wrong_type_names_the_key_and_value(tmp_path, text, key, got):
     path = yaml_file(tmp_path, "model: m\ndata: d.json\nout: p.json\n" + text)
     with pytest.raises(UserError) as e:
@@ -81,7 +89,9 @@ def test_wrong_type_in_a_list_names_the_element():
 
 
 def test_missing_required_key_names_the_flag():
-    with pytest.raises(UserError, match="command line: missing required key 'data'; set it in the config or with --data"):
+    with pytest.raises(
+        UserError, match="command line: missing required key 'data'; set it in the config or with --data"
+    ):
         load_config(PredictConfig, "predict", None, {"model": "m", "out": "o"})
 
 
@@ -90,12 +100,15 @@ def test_window_lengths_that_cannot_work():
         load_config(PredictConfig, "predict", None, {**REQUIRED, "max_seq_len": 256, "doc_stride": 200})
 
 
-@pytest.mark.parametrize("content,message", [
-    ("a: [1\n", "not valid YAML"),
-    ("- 1\n- 2\n", "must be a YAML mapping"),
-    (b"\xff\xfe: 1\n", "not UTF-8"),
-    ("predict: 3\nlabel: {}\n", "section 'predict' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("a: [1\n", "not valid YAML"),
+        ("- 1\n- 2\n", "must be a YAML mapping"),
+        (b"\xff\xfe: 1\n", "not UTF-8"),
+        ("predict: 3\nlabel: {}\n", "section 'predict' must be a mapping"),
+    ],
+)
 def test_unreadable_config_files(tmp_path, content, message):
     path = yaml_file(tmp_path, content)
     with pytest.raises(UserError, match=message) as e:

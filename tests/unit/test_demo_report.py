@@ -3,18 +3,29 @@ import json
 import pytest
 import torch
 
-from qadist.demo.run import FULL, QUICK, Train, epochs_for
 from qadist.demo.report import COLUMNS, MeanLogitsEnsemble, Row, checks, markdown_table, report
+from qadist.demo.run import FULL, QUICK, Train, epochs_for
 
 
 def make_rows(distilled_f1: float = 70.0) -> list[Row]:
-    specs = [("teacher_a", 6, 75.0, 10.0), ("teacher_b", 6, 74.0, 10.0), ("ensemble", 6, 76.0, 5.0),
-             ("labels_only", 2, 40.0, 30.0), ("distilled", 2, distilled_f1, 30.0), ("distilled_ft", 2, distilled_f1 + 1, 30.0)]
+    specs = [
+        ("teacher_a", 6, 75.0, 10.0),
+        ("teacher_b", 6, 74.0, 10.0),
+        ("ensemble", 6, 76.0, 5.0),
+        ("labels_only", 2, 40.0, 30.0),
+        ("distilled", 2, distilled_f1, 30.0),
+        ("distilled_ft", 2, distilled_f1 + 1, 30.0),
+    ]
     rows = []
     for key, layers, f1, speed in specs:
         row = Row(key.replace("_", " "), key, layers, 0 if key == "distilled" else 200, "", ["/nowhere"])
         row.metrics = {"exact": f1 - 2, "f1": f1, "HasAns_f1": f1 - 5, "NoAns_f1": f1 + 5}
-        row.params, row.megabytes, row.answers_per_s, row.speed_vs_teacher = 1_000_000 * layers, 4.0 * layers, speed, speed / 10.0
+        row.params, row.megabytes, row.answers_per_s, row.speed_vs_teacher = (
+            1_000_000 * layers,
+            4.0 * layers,
+            speed,
+            speed / 10.0,
+        )
         rows.append(row)
     return rows
 
@@ -42,7 +53,14 @@ def test_report_writes_markdown_json_and_png(tmp_path, capsys):
     assert (tmp_path / "f1_vs_labels.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["key"] for r in saved["rows"]] == ["teacher_a", "teacher_b", "ensemble", "labels_only", "distilled", "distilled_ft"]
+    assert [r["key"] for r in saved["rows"]] == [
+        "teacher_a",
+        "teacher_b",
+        "ensemble",
+        "labels_only",
+        "distilled",
+        "distilled_ft",
+    ]
     assert saved["curve"]["labels only"] == {"50": 20.0, "200": 40.0}
     assert "| total | 50.0 |" in (tmp_path / "results.md").read_text()
     assert "total" in capsys.readouterr().out
@@ -61,7 +79,9 @@ def test_mean_logits_ensemble_averages_members():
             return QuestionAnsweringModelOutput(start_logits=x, end_logits=-x)
 
     out = MeanLogitsEnsemble([Fixed(1.0), Fixed(3.0)])(input_ids=torch.zeros(2, 5, dtype=torch.long))
-    assert torch.equal(out.start_logits, torch.full((2, 5), 2.0)) and torch.equal(out.end_logits, torch.full((2, 5), -2.0))
+    assert torch.equal(out.start_logits, torch.full((2, 5), 2.0)) and torch.equal(
+        out.end_logits, torch.full((2, 5), -2.0)
+    )
 
 
 def test_few_label_runs_get_a_minimum_number_of_steps():

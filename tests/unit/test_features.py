@@ -78,11 +78,15 @@ def test_windows_cover_every_context_character(name, max_seq_len, doc_stride, sq
         by_tokenizer = covered(len(context), [whole[context]])
         missing = [i for i, ch in enumerate(context) if not in_windows[i] and not ch.isspace()]
         for i in missing:
-            assert not by_tokenizer[i], f"{p['id']}: character {i} {context[i]!r} is in no window but the tokenizer keeps it"
+            assert not by_tokenizer[i], (
+                f"{p['id']}: character {i} {context[i]!r} is in no window but the tokenizer keeps it"
+            )
             assert dropped_by_tokenizer(context[i]), f"{p['id']}: {context[i]!r} dropped by the tokenizer"
             explained.append(context[i])
-    print(f"\n[coverage {name} {max_seq_len}/{doc_stride}] windows={n_windows} pairs={len(squad_pairs)} "
-          f"characters dropped by the tokenizer itself={len(explained)} {sorted(set(explained))}")
+    print(
+        f"\n[coverage {name} {max_seq_len}/{doc_stride}] windows={n_windows} pairs={len(squad_pairs)} "
+        f"characters dropped by the tokenizer itself={len(explained)} {sorted(set(explained))}"
+    )
     assert n_windows > len(squad_pairs)  # some contexts need several windows at these lengths
 
 
@@ -136,7 +140,7 @@ def test_gold_text_recovered_from_some_window(name, max_seq_len, doc_stride, squ
             s, e = w["start_position"], w["end_position"]
             assert (s == 0) == (e == 0) and s <= e
             if s > 0:
-                recovered.append(context[w["offsets"][s][0]:w["offsets"][e][1]])
+                recovered.append(context[w["offsets"][s][0] : w["offsets"][e][1]])
         if gold in recovered:
             continue
         whole = tok(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -155,9 +159,11 @@ def test_gold_text_recovered_from_some_window(name, max_seq_len, doc_stride, squ
                 ctx = [(s, e) for s, e in w["offsets"] if s >= 0]
                 assert not (ctx[0][0] <= start and ctx[-1][1] >= end), (p["id"], gold)
             too_long.append((p["id"], gold))
-    print(f"\n[gold {name} {max_seq_len}/{doc_stride}] windows={sum(map(len, by_id.values()))} pairs={len(squad_pairs)} "
-          f"answerable={len(answerable)} exceptions={len(mid_token) + len(too_long)} "
-          f"(boundary inside a token: {len(mid_token)}, longer than the window overlap: {len(too_long)})")
+    print(
+        f"\n[gold {name} {max_seq_len}/{doc_stride}] windows={sum(map(len, by_id.values()))} pairs={len(squad_pairs)} "
+        f"answerable={len(answerable)} exceptions={len(mid_token) + len(too_long)} "
+        f"(boundary inside a token: {len(mid_token)}, longer than the window overlap: {len(too_long)})"
+    )
     for pair_id, gold, got in mid_token:
         print(f"  mid-token {pair_id}: gold {gold!r} -> tokens give {got!r}")
     for pair_id, gold in too_long:
@@ -180,25 +186,31 @@ def test_unanswerable_questions_point_at_cls(squad_pairs, sample_windows):
 WINDOW = [[-1, -1], [-1, -1], [-1, -1], [0, 5], [6, 10], [11, 16], [-1, -1]]
 
 
-@pytest.mark.parametrize("start,text,expected", [
-    (0, "alpha", (3, 3)),               # first context token of the window
-    (11, "gamma", (5, 5)),              # last context token of the window
-    (0, "alpha beta gamma", (3, 5)),    # the whole window
-    (6, "beta gamma", (4, 5)),
-    (7, "eta", (4, 4)),                 # starts and ends inside a token: that token
-    (8, "ta gam", (4, 5)),
-])
+@pytest.mark.parametrize(
+    "start,text,expected",
+    [
+        (0, "alpha", (3, 3)),  # first context token of the window
+        (11, "gamma", (5, 5)),  # last context token of the window
+        (0, "alpha beta gamma", (3, 5)),  # the whole window
+        (6, "beta gamma", (4, 5)),
+        (7, "eta", (4, 4)),  # starts and ends inside a token: that token
+        (8, "ta gam", (4, 5)),
+    ],
+)
 def test_gold_positions_inside_window(start, text, expected):
     assert gold_positions(WINDOW, start, text) == expected
 
 
-@pytest.mark.parametrize("offsets,start,text", [
-    (WINDOW, 11, "gamma delta"),                                   # runs past the window's last token
-    ([[-1, -1], [20, 25], [26, 30], [-1, -1]], 11, "gamma delta"),  # starts before the window's first token
-    ([[-1, -1], [20, 25], [-1, -1]], 40, "later"),                 # wholly after the window
-    ([[-1, -1], [-1, -1], [-1, -1]], 0, "alpha"),                  # a window with no context tokens
-    ([[-1, -1], [0, 5], [9, 12], [-1, -1]], 6, "xy"),              # falls between two tokens (dropped text)
-])
+@pytest.mark.parametrize(
+    "offsets,start,text",
+    [
+        (WINDOW, 11, "gamma delta"),  # runs past the window's last token
+        ([[-1, -1], [20, 25], [26, 30], [-1, -1]], 11, "gamma delta"),  # starts before the window's first token
+        ([[-1, -1], [20, 25], [-1, -1]], 40, "later"),  # wholly after the window
+        ([[-1, -1], [-1, -1], [-1, -1]], 0, "alpha"),  # a window with no context tokens
+        ([[-1, -1], [0, 5], [9, 12], [-1, -1]], 6, "xy"),  # falls between two tokens (dropped text)
+    ],
+)
 def test_gold_positions_outside_window_is_cls(offsets, start, text):
     assert gold_positions(offsets, start, text) == (0, 0)
 
@@ -215,14 +227,15 @@ def test_gold_positions_across_windows(bert_tokenizer):
     first_of_1 = spans[0].index(spans[1][0])
     assert len(spans[0]) - first_of_1 == 16  # doc_stride tokens shared by windows 0 and 1
     cases = [
-        (spans[1][0][0], spans[1][0][1], [True, True]),             # inside the overlap
-        (spans[1][5][0], spans[1][20][1], [False, True]),           # runs past window 0's end
+        (spans[1][0][0], spans[1][0][1], [True, True]),  # inside the overlap
+        (spans[1][5][0], spans[1][20][1], [False, True]),  # runs past window 0's end
         (spans[0][first_of_1 - 1][0], spans[1][16][1], [False, False]),  # 18 tokens across the boundary
     ]
     for text_start, text_end, expect in cases:
         answer = context[text_start:text_end]
-        w = make_windows({**batch, "answers": [{"text": [answer], "answer_start": [text_start]}]},
-                         bert_tokenizer, 48, 16, 16)
+        w = make_windows(
+            {**batch, "answers": [{"text": [answer], "answer_start": [text_start]}]}, bert_tokenizer, 48, 16, 16
+        )
         found = []
         for k in range(len(w["id"])):
             s, e = w["start_position"][k], w["end_position"][k]
@@ -230,15 +243,19 @@ def test_gold_positions_across_windows(bert_tokenizer):
             whole = offs[0][0] <= text_start and offs[-1][1] >= text_end
             found.append(s > 0)
             if whole:
-                assert context[w["offsets"][k][s][0]:w["offsets"][k][e][1]] == answer
+                assert context[w["offsets"][k][s][0] : w["offsets"][k][e][1]] == answer
             else:
                 assert (s, e) == (0, 0)
         assert found[:2] == expect and not any(found[2:])
 
 
 def test_unanswerable_and_missing_answers(bert_tokenizer):
-    batch = {"id": ["a", "b"], "question": ["q?", "q?"], "context": ["some context here", "more text"],
-             "answers": [{"text": [], "answer_start": []}, None]}
+    batch = {
+        "id": ["a", "b"],
+        "question": ["q?", "q?"],
+        "context": ["some context here", "more text"],
+        "answers": [{"text": [], "answer_start": []}, None],
+    }
     w = make_windows(batch, bert_tokenizer, 32, 8, 8)
     assert list(zip(w["start_position"], w["end_position"])) == [(0, 0), (-1, -1)]
     assert w["answers"] == [{"text": [], "answer_start": []}, None]
@@ -247,6 +264,7 @@ def test_unanswerable_and_missing_answers(bert_tokenizer):
 
 
 # --- question truncation --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["bert", "albert"])
 def test_questions_truncated_to_max_query_len(name, tokenizers):
@@ -257,7 +275,9 @@ def test_questions_truncated_to_max_query_len(name, tokenizers):
     assert cut[1] == short_q
     assert long_q.lstrip().startswith(cut[0]) and len(cut[0]) < len(long_q.lstrip())
     assert len(tok(cut[0], add_special_tokens=False)["input_ids"]) == 12
-    w = make_windows({"id": ["x"], "question": [long_q], "context": ["the capital has two million people"]}, tok, 64, 8, 12)
+    w = make_windows(
+        {"id": ["x"], "question": [long_q], "context": ["the capital has two million people"]}, tok, 64, 8, 12
+    )
     first_sep = w["input_ids"][0].index(tok.sep_token_id)
     assert first_sep - 1 == 12
     assert w["offsets"][0][: first_sep + 1] == [[-1, -1]] * (first_sep + 1)
@@ -280,12 +300,12 @@ def test_check_lengths():
 # --- invariants on arbitrary unicode --------------------------------------------------------------
 
 SPECIAL = list(
-    "\u0301\u0308\u20dd"          # combining marks
-    "\u200b\u200c\u200d\ufeff"    # zero-width space / non-joiner / joiner, BOM
+    "\u0301\u0308\u20dd"  # combining marks
+    "\u200b\u200c\u200d\ufeff"  # zero-width space / non-joiner / joiner, BOM
     "\u200e\u200f\u202e\u05d0\u05e9\u0627\u0644"  # RTL marks and letters
     "\U0001f600\U0001f44d\U0001f3fd\u2764\ufe0f"  # emoji with a skin-tone modifier and VS16
-    "\x00\x07\x1b\x7f\x85"        # control characters
-    "\n\t \u3000\xa0\u2028"       # whitespace of many kinds
+    "\x00\x07\x1b\x7f\x85"  # control characters
+    "\n\t \u3000\xa0\u2028"  # whitespace of many kinds
     "\u6771\u4eac\u00e9\ufdfa\u00bca.,()-1"
 )
 TEXT = st.text(alphabet=st.one_of(st.sampled_from(SPECIAL), st.characters(exclude_categories=("Cs",))), max_size=200)

@@ -29,16 +29,34 @@ def test_squad_sample_flattens_to_pairs(squad_sample):
     assert 0 < len(answerable) < 3250
     for p in answerable:
         for text, start in zip(p["answers"]["text"], p["answers"]["answer_start"]):
-            assert p["context"][start:start + len(text)] == text
+            assert p["context"][start : start + len(text)] == text
     assert all(p["answers"] == {"text": [], "answer_start": []} for p in pairs if not p["answers"]["text"])
     assert all(isinstance(p.get("title"), str) for p in pairs)
 
 
 def test_flatten_squad_marks_impossible_questions_unanswerable():
-    obj = {"data": [{"title": "T", "paragraphs": [{"context": "abc", "qas": [
-        {"id": "1", "question": "q", "answers": [{"text": "a", "answer_start": 0}]},
-        {"id": "2", "question": "q", "is_impossible": True, "answers": [], "plausible_answers": [{"text": "b", "answer_start": 1}]},
-    ]}]}]}
+    obj = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "abc",
+                        "qas": [
+                            {"id": "1", "question": "q", "answers": [{"text": "a", "answer_start": 0}]},
+                            {
+                                "id": "2",
+                                "question": "q",
+                                "is_impossible": True,
+                                "answers": [],
+                                "plausible_answers": [{"text": "b", "answer_start": 1}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     rows = flatten_squad(obj, "x.json")
     assert [r["answers"]["text"] for r in rows] == [["a"], []]
     with pytest.raises(UserError, match="x.json: a JSON object without 'data'"):
@@ -53,7 +71,14 @@ def test_jsonl_parquet_and_json_list(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps(rows))
     as_list = read_pairs(str(tmp_path / "list.json"))[0]
     assert jsonl == as_list
-    assert jsonl[1] == {"id": "7", "question": "Q?", "context": "A document.", "title": "t", "doc_id": "d", "score": 0.5}
+    assert jsonl[1] == {
+        "id": "7",
+        "question": "Q?",
+        "context": "A document.",
+        "title": "t",
+        "doc_id": "d",
+        "score": 0.5,
+    }
     assert parquet == [PAIR]
 
 
@@ -81,21 +106,24 @@ def test_prefix_of_many_files_s3(s3_bucket):
     assert read_pairs(f"{s3_bucket}/pairs/part-1.jsonl")[0][0]["id"] == "b"
 
 
-@pytest.mark.parametrize("raw,reason", [
-    ({"question": "q", "context": "c"}, "missing field 'id'"),
-    ({"id": " ", "question": "q", "context": "c"}, "missing field 'id'"),
-    ({"id": True, "question": "q", "context": "c"}, "field 'id' is bool"),
-    ({"id": "x", "context": "c"}, "missing field 'question'"),
-    ({"id": "x", "question": "q"}, "missing field 'context'"),
-    ({"id": "x", "question": 5, "context": "c"}, "field 'question' is int, not a string"),
-    ({"id": "x", "question": "q", "context": ["c"]}, "field 'context' is list, not a string"),
-    ({"id": "x", "question": "  ", "context": "c"}, "field 'question' is empty"),
-    ({**PAIR, "answers": {"text": ["Ada"], "answer_start": [1]}}, "answer 'Ada' is not at answer_start=1"),
-    ({**PAIR, "answers": {"text": ["Ada"], "answer_start": []}}, "differ in length"),
-    ({**PAIR, "answers": {"text": [1], "answer_start": [0]}}, "must be strings"),
-    ({**PAIR, "answers": "Ada"}, "answers must be"),
-    ([1, 2], "row is list, not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        ({"question": "q", "context": "c"}, "missing field 'id'"),
+        ({"id": " ", "question": "q", "context": "c"}, "missing field 'id'"),
+        ({"id": True, "question": "q", "context": "c"}, "field 'id' is bool"),
+        ({"id": "x", "context": "c"}, "missing field 'question'"),
+        ({"id": "x", "question": "q"}, "missing field 'context'"),
+        ({"id": "x", "question": 5, "context": "c"}, "field 'question' is int, not a string"),
+        ({"id": "x", "question": "q", "context": ["c"]}, "field 'context' is list, not a string"),
+        ({"id": "x", "question": "  ", "context": "c"}, "field 'question' is empty"),
+        ({**PAIR, "answers": {"text": ["Ada"], "answer_start": [1]}}, "answer 'Ada' is not at answer_start=1"),
+        ({**PAIR, "answers": {"text": ["Ada"], "answer_start": []}}, "differ in length"),
+        ({**PAIR, "answers": {"text": [1], "answer_start": [0]}}, "must be strings"),
+        ({**PAIR, "answers": "Ada"}, "answers must be"),
+        ([1, 2], "row is list, not a JSON object"),
+    ],
+)
 def test_validate_pair_reasons(raw, reason):
     pair, why = validate_pair(raw)
     assert pair is None and reason in why
@@ -109,14 +137,19 @@ def test_validate_pair_context_limit():
 
 def test_non_strict_collects_rejects_with_row_numbers(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text("\n".join([
-        json.dumps(PAIR),
-        "{not json",
-        json.dumps({"id": "x", "context": "c"}),
-        "",
-        json.dumps(PAIR),  # duplicate id
-        json.dumps({**PAIR, "id": "p2"}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(PAIR),
+                "{not json",
+                json.dumps({"id": "x", "context": "c"}),
+                "",
+                json.dumps(PAIR),  # duplicate id
+                json.dumps({**PAIR, "id": "p2"}),
+            ]
+        )
+        + "\n"
+    )
     pairs, rejects = read_pairs(str(path), strict=False)
     assert [p["id"] for p in pairs] == ["p1", "p2"]
     assert [(r["row"], r["id"]) for r in rejects] == [(2, None), (3, "x"), (5, "p1")]
@@ -135,15 +168,18 @@ def test_parse_json_line_and_make_reject():
     assert reject == {"id": "3", "source": "f.jsonl", "row": 4, "reason": "why", "raw": '{"id": 3, "q": "é"}'}
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("empty.jsonl", b"", "the file is empty"),
-    ("blank.json", b"  \n", "the file is empty"),
-    ("bad.json", b'{"data": [', "malformed JSON at line 1"),
-    ("latin1.json", b'{"data": "\xe9"}', "malformed JSON at encoding"),
-    ("scalar.json", b"42", "JSON must be a SQuAD object or a list of pairs"),
-    ("nodata.json", b'{"version": "2"}', "a JSON object without 'data'"),
-    ("bad.parquet", b"not a parquet file", "not a readable Parquet file"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("blank.json", b"  \n", "the file is empty"),
+        ("bad.json", b'{"data": [', "malformed JSON at line 1"),
+        ("latin1.json", b'{"data": "\xe9"}', "malformed JSON at encoding"),
+        ("scalar.json", b"42", "JSON must be a SQuAD object or a list of pairs"),
+        ("nodata.json", b'{"version": "2"}', "a JSON object without 'data'"),
+        ("bad.parquet", b"not a parquet file", "not a readable Parquet file"),
+    ],
+)
 def test_unreadable_files_are_user_errors(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UserError, match=message) as e:

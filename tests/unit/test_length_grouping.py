@@ -12,7 +12,11 @@ def chunk_of(lengths: list[int]) -> dict:
     ids = np.empty(len(lengths), dtype=object)
     for i, n in enumerate(lengths):
         ids[i] = np.full(n, i, dtype=np.int32)
-    return {"input_ids": ids, "start_position": np.arange(len(lengths)), "labels_list": [f"row{i}" for i in range(len(lengths))]}
+    return {
+        "input_ids": ids,
+        "start_position": np.arange(len(lengths)),
+        "labels_list": [f"row{i}" for i in range(len(lengths))],
+    }
 
 
 def padded_tokens(batches: list) -> int:
@@ -34,10 +38,14 @@ def test_every_row_once_and_the_same_number_of_micro_batches(rows, batch):
 
 def test_same_seed_same_order_other_seed_other_order():
     chunk = chunk_of(list(range(10, 138)))
-    order = lambda seed: [m["start_position"].tolist() for m in length_grouped(chunk, 8, np.random.default_rng([seed, 0]))]  # noqa: E731
+    order = lambda seed: [
+        m["start_position"].tolist() for m in length_grouped(chunk, 8, np.random.default_rng([seed, 0]))
+    ]  # noqa: E731
     assert order(1) == order(1)
     assert order(1) != order(2)
-    lengths_in_order = [min(len(x) for x in m["input_ids"]) for m in length_grouped(chunk, 8, np.random.default_rng([1, 0]))]
+    lengths_in_order = [
+        min(len(x) for x in m["input_ids"]) for m in length_grouped(chunk, 8, np.random.default_rng([1, 0]))
+    ]
     assert lengths_in_order != sorted(lengths_in_order)  # the micro-batches are not served shortest first
 
 
@@ -47,11 +55,16 @@ def test_less_padding_on_real_squad_lengths(squad_pairs):
     rng = np.random.default_rng(0)
     lengths = rng.permutation(lengths)[:1024].tolist()
     chunk = chunk_of(lengths)
-    plain = [chunk["input_ids"][i:i + 16] for i in range(0, len(lengths), 16)]
-    grouped = [m["input_ids"] for start in range(0, len(lengths), 128)
-               for m in length_grouped({k: v[start:start + 128] for k, v in chunk.items()}, 16, rng)]
+    plain = [chunk["input_ids"][i : i + 16] for i in range(0, len(lengths), 16)]
+    grouped = [
+        m["input_ids"]
+        for start in range(0, len(lengths), 128)
+        for m in length_grouped({k: v[start : start + 128] for k, v in chunk.items()}, 16, rng)
+    ]
     real = sum(lengths)
-    print(f"\npadded tokens per real token: stream order {padded_tokens(plain) / real:.3f}, "
-          f"length groups of 8 micro-batches {padded_tokens(grouped) / real:.3f}")
+    print(
+        f"\npadded tokens per real token: stream order {padded_tokens(plain) / real:.3f}, "
+        f"length groups of 8 micro-batches {padded_tokens(grouped) / real:.3f}"
+    )
     assert padded_tokens(grouped) < padded_tokens(plain)
     assert padded_tokens(grouped) < 1.1 * real

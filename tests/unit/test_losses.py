@@ -26,8 +26,11 @@ def test_kl_term_equals_a_hand_computation():
     s_start, s_end = [0.3, -1.2, 2.0, 0.5], [1.0, 0.0, -0.5, 0.7]
     t_start, t_end = [1.5, 0.2, -0.3, 2.5], [-1.0, 2.0, 0.1, 0.4]
     loss = DistillationLoss(temperature=t, alpha_kd=1.0)(
-        torch.tensor([s_start]), torch.tensor([s_end]), torch.ones(1, 4, dtype=torch.bool),
-        torch.tensor([t_start]), torch.tensor([t_end]),
+        torch.tensor([s_start]),
+        torch.tensor([s_end]),
+        torch.ones(1, 4, dtype=torch.bool),
+        torch.tensor([t_start]),
+        torch.tensor([t_end]),
     )
     expected = t * t * (hand_kl(t_start, s_start, t) + hand_kl(t_end, s_end, t)) / 2
     assert loss.loss.item() == pytest.approx(expected, rel=1e-5)
@@ -38,11 +41,18 @@ def test_kl_ignores_padding_and_matches_the_unpadded_window():
     # A window of 3 real positions padded to 5: the same loss as the unpadded window.
     s, te = [0.1, 0.9, -0.4], [1.0, -1.0, 0.5]
     fn = DistillationLoss(temperature=1.5)
-    padded = fn(torch.tensor([s + [7.0, -3.0]]), torch.tensor([s + [9.0, 9.0]]), torch.tensor([[1, 1, 1, 0, 0]]),
-                torch.tensor([te + [5.0, 5.0]]), torch.tensor([te + [-8.0, 0.0]]))
-    plain = fn(torch.tensor([s]), torch.tensor([s]), torch.ones(1, 3, dtype=torch.bool), torch.tensor([te]), torch.tensor([te]))
+    padded = fn(
+        torch.tensor([s + [7.0, -3.0]]),
+        torch.tensor([s + [9.0, 9.0]]),
+        torch.tensor([[1, 1, 1, 0, 0]]),
+        torch.tensor([te + [5.0, 5.0]]),
+        torch.tensor([te + [-8.0, 0.0]]),
+    )
+    plain = fn(
+        torch.tensor([s]), torch.tensor([s]), torch.ones(1, 3, dtype=torch.bool), torch.tensor([te]), torch.tensor([te])
+    )
     assert padded.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
-    assert padded.loss.item() == pytest.approx(1.5 ** 2 * hand_kl(te, s, 1.5), rel=1e-5)
+    assert padded.loss.item() == pytest.approx(1.5**2 * hand_kl(te, s, 1.5), rel=1e-5)
 
 
 @pytest.mark.parametrize("t", [1.0, 2.0, 4.0])
@@ -50,10 +60,14 @@ def test_t_squared_scaling(t):
     torch.manual_seed(0)
     s, te, mask = torch.randn(3, 6), torch.randn(3, 6), torch.ones(3, 6, dtype=torch.bool)
     loss = DistillationLoss(temperature=t)(s, s, mask, te, te).loss.item()
-    kl = torch.nn.functional.kl_div(torch.log_softmax(s / t, -1), torch.log_softmax(te / t, -1), log_target=True, reduction="batchmean")
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(s / t, -1), torch.log_softmax(te / t, -1), log_target=True, reduction="batchmean"
+    )
     assert loss == pytest.approx(t * t * kl.item(), rel=1e-5)
     # And alpha_kd multiplies the term.
-    assert DistillationLoss(temperature=t, alpha_kd=0.25)(s, s, mask, te, te).loss.item() == pytest.approx(0.25 * loss, rel=1e-6)
+    assert DistillationLoss(temperature=t, alpha_kd=0.25)(s, s, mask, te, te).loss.item() == pytest.approx(
+        0.25 * loss, rel=1e-6
+    )
 
 
 def test_padded_positions_get_zero_gradient():
@@ -62,8 +76,14 @@ def test_padded_positions_get_zero_gradient():
     s_end = torch.randn(2, 6, requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
     out = DistillationLoss(temperature=2.0, alpha_kd=1.0, alpha_hard=1.0)(
-        s_start, s_end, mask, torch.randn(2, 6), torch.randn(2, 6),
-        gold_start=torch.tensor([2, 1]), gold_end=torch.tensor([3, 1]))
+        s_start,
+        s_end,
+        mask,
+        torch.randn(2, 6),
+        torch.randn(2, 6),
+        gold_start=torch.tensor([2, 1]),
+        gold_end=torch.tensor([3, 1]),
+    )
     out.loss.backward()
     for grad in (s_start.grad, s_end.grad):
         assert torch.all(grad[~mask] == 0)
@@ -75,8 +95,14 @@ def test_all_masked_batch_gives_zero_loss_and_finite_zero_gradient():
     s_end = torch.randn(3, 5, requires_grad=True)
     mask = torch.zeros(3, 5, dtype=torch.bool)
     out = DistillationLoss(temperature=0.5, alpha_kd=1.0, alpha_hard=1.0)(
-        s_start, s_end, mask, torch.randn(3, 5), torch.randn(3, 5),
-        gold_start=torch.tensor([0, 2, -1]), gold_end=torch.tensor([0, 3, -1]))
+        s_start,
+        s_end,
+        mask,
+        torch.randn(3, 5),
+        torch.randn(3, 5),
+        gold_start=torch.tensor([0, 2, -1]),
+        gold_end=torch.tensor([0, 3, -1]),
+    )
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.n_kd == 0 and out.n_hard == 0
     assert torch.isfinite(s_start.grad).all() and torch.all(s_start.grad == 0)
@@ -107,16 +133,24 @@ def test_kd_only_on_windows_with_teacher_logits_and_group_normalisers():
     both = fn(s[[0, 2]], s[[0, 2]], mask[:2], te[[0, 2]], te[[0, 2]])
     assert out.n_kd == 2 and out.loss.item() == pytest.approx(both.loss.item(), rel=1e-6)
     # An explicit normaliser (the accumulation group's count) replaces the batch's own.
-    assert fn(s, s, mask, te, te, has_teacher=has_teacher, n_kd=8).loss.item() == pytest.approx(both.loss.item() / 4, rel=1e-6)
+    assert fn(s, s, mask, te, te, has_teacher=has_teacher, n_kd=8).loss.item() == pytest.approx(
+        both.loss.item() / 4, rel=1e-6
+    )
 
 
 def test_kd_and_hard_combine_with_their_weights():
     torch.manual_seed(4)
     s, te, mask = torch.randn(2, 5), torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool)
     gs, ge = torch.tensor([1, -1]), torch.tensor([2, -1])
-    kd = DistillationLoss(temperature=3.0, alpha_kd=1.0, alpha_hard=0.0)(s, s, mask, te, te, gold_start=gs, gold_end=ge).loss
-    hard = DistillationLoss(temperature=3.0, alpha_kd=0.0, alpha_hard=1.0)(s, s, mask, te, te, gold_start=gs, gold_end=ge).loss
-    both = DistillationLoss(temperature=3.0, alpha_kd=0.7, alpha_hard=0.3)(s, s, mask, te, te, gold_start=gs, gold_end=ge).loss
+    kd = DistillationLoss(temperature=3.0, alpha_kd=1.0, alpha_hard=0.0)(
+        s, s, mask, te, te, gold_start=gs, gold_end=ge
+    ).loss
+    hard = DistillationLoss(temperature=3.0, alpha_kd=0.0, alpha_hard=1.0)(
+        s, s, mask, te, te, gold_start=gs, gold_end=ge
+    ).loss
+    both = DistillationLoss(temperature=3.0, alpha_kd=0.7, alpha_hard=0.3)(
+        s, s, mask, te, te, gold_start=gs, gold_end=ge
+    ).loss
     assert both.item() == pytest.approx(0.7 * kd.item() + 0.3 * hard.item(), rel=1e-6)
 
 

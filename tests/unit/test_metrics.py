@@ -27,8 +27,17 @@ from qadist.squad.metrics import (
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_PATH = REPO / "tests" / "reference" / "official_eval_v2.py"
 BEST_KEYS = ["best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
-BASE_KEYS = ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total",
-             "NoAns_exact", "NoAns_f1", "NoAns_total"]
+BASE_KEYS = [
+    "exact",
+    "f1",
+    "total",
+    "HasAns_exact",
+    "HasAns_f1",
+    "HasAns_total",
+    "NoAns_exact",
+    "NoAns_f1",
+    "NoAns_total",
+]
 
 
 def _load_reference():
@@ -49,8 +58,9 @@ def assert_same_metrics(ours: dict, theirs: dict) -> None:
             assert type(ours[key]) is int
 
 
-def run_official(tmp: Path, dataset: dict, preds: dict, na_probs: dict | None = None,
-                 thresh: float | None = None) -> dict:
+def run_official(
+    tmp: Path, dataset: dict, preds: dict, na_probs: dict | None = None, thresh: float | None = None
+) -> dict:
     """Run the official script as a subprocess on JSON files, as a user would."""
     data_file, pred_file, out_file = tmp / "data.json", tmp / "pred.json", tmp / "eval.json"
     data_file.write_text(json.dumps(dataset))
@@ -76,21 +86,29 @@ def run_official_inprocess(dataset: dict, preds: dict, na_probs: dict | None, th
             na_file = str(tmp / "na.json")
             Path(na_file).write_text(json.dumps(na_probs))
         ref.OPTS = argparse.Namespace(
-            data_file=str(tmp / "data.json"), pred_file=str(tmp / "pred.json"),
-            out_file=str(tmp / "eval.json"), na_prob_file=na_file, na_prob_thresh=thresh,
-            out_image_dir=None, verbose=False)
+            data_file=str(tmp / "data.json"),
+            pred_file=str(tmp / "pred.json"),
+            out_file=str(tmp / "eval.json"),
+            na_prob_file=na_file,
+            na_prob_thresh=thresh,
+            out_image_dir=None,
+            verbose=False,
+        )
         ref.main()
         return json.loads((tmp / "eval.json").read_text())
 
 
 def squad_json(gold: dict[str, list[str]]) -> dict:
     """An official-layout dataset holding the given gold answers."""
-    qas = [{"id": q, "question": "?", "is_impossible": not a,
-            "answers": [{"text": t, "answer_start": 0} for t in a]} for q, a in gold.items()]
+    qas = [
+        {"id": q, "question": "?", "is_impossible": not a, "answers": [{"text": t, "answer_start": 0} for t in a]}
+        for q, a in gold.items()
+    ]
     return {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "c", "qas": qas}]}]}
 
 
 # --------------------------------------------------------------------------- real data
+
 
 @pytest.fixture(scope="module")
 def sample(squad_sample) -> dict:
@@ -102,12 +120,24 @@ def near_miss(rng: random.Random, answers: list[str], others: list[str]) -> str 
     """A prediction of a random kind for a question; None = leave the id out."""
     if not answers:
         kind = rng.choice(["empty", "empty", "text", "punct", "article", "missing"])
-        return {"empty": "", "text": rng.choice(others), "punct": " . ", "article": "The",
-                "missing": None}[kind]
+        return {"empty": "", "text": rng.choice(others), "punct": " . ", "article": "The", "missing": None}[kind]
     gold = rng.choice(answers)
     words = gold.split()
-    kind = rng.choice(["exact", "add_article", "drop_article", "punct", "case", "partial",
-                       "extra", "empty", "wrong", "spaces", "missing"])
+    kind = rng.choice(
+        [
+            "exact",
+            "add_article",
+            "drop_article",
+            "punct",
+            "case",
+            "partial",
+            "extra",
+            "empty",
+            "wrong",
+            "spaces",
+            "missing",
+        ]
+    )
     if kind == "exact":
         return gold
     if kind == "add_article":
@@ -131,8 +161,7 @@ def near_miss(rng: random.Random, answers: list[str], others: list[str]) -> str 
     return None
 
 
-def make_predictions(dataset: dict, seed: int, allow_missing: bool
-                     ) -> tuple[dict[str, str], dict[str, float]]:
+def make_predictions(dataset: dict, seed: int, allow_missing: bool) -> tuple[dict[str, str], dict[str, float]]:
     rng = random.Random(seed)
     gold = gold_from_squad(dataset)
     others = [a for answers in gold.values() for a in answers][:500]
@@ -147,17 +176,24 @@ def make_predictions(dataset: dict, seed: int, allow_missing: bool
     preds["not-a-gold-id"] = "stray prediction"  # extra ids are ignored by the official script
     # Coarse values give many ties; a few fine ones spread the sweep.
     coarse = [0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0]
-    na_probs = {q: rng.choice(coarse) if rng.random() < 0.7 else round(rng.random(), 3)
-                for q in preds}
+    na_probs = {q: rng.choice(coarse) if rng.random() < 0.7 else round(rng.random(), 3) for q in preds}
     return preds, na_probs
 
 
 def without_missing(dataset: dict, preds: dict) -> dict:
     """The dataset less its questions that have no prediction."""
-    return {**dataset, "data": [
-        {**article, "paragraphs": [
-            {**p, "qas": [qa for qa in p["qas"] if qa["id"] in preds]} for p in article["paragraphs"]]}
-        for article in dataset["data"]]}
+    return {
+        **dataset,
+        "data": [
+            {
+                **article,
+                "paragraphs": [
+                    {**p, "qas": [qa for qa in p["qas"] if qa["id"] in preds]} for p in article["paragraphs"]
+                ],
+            }
+            for article in dataset["data"]
+        ],
+    }
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -165,8 +201,7 @@ def without_missing(dataset: dict, preds: dict) -> dict:
 def test_real_data_matches_official_with_na_probs(sample, tmp_path, seed, thresh):
     preds, na_probs = make_predictions(sample, seed, allow_missing=False)
     theirs = run_official(tmp_path, sample, preds, na_probs, thresh)
-    ours = squad_v2_metrics(gold_from_squad(sample), preds, na_probs,
-                            1.0 if thresh is None else thresh)
+    ours = squad_v2_metrics(gold_from_squad(sample), preds, na_probs, 1.0 if thresh is None else thresh)
     assert list(theirs) == BASE_KEYS + BEST_KEYS
     assert_same_metrics(ours, theirs)
     assert theirs["total"] == 3250 and theirs["NoAns_total"] == 1744
@@ -213,19 +248,51 @@ def test_gold_from_squad_real_data(sample):
 
 
 def test_gold_from_squad_layout():
-    dataset = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [
-        {"context": "Paris is in France.", "qas": [
-            {"id": "a", "question": "Where?", "is_impossible": False,
-             "answers": [{"text": "France", "answer_start": 12},
-                         {"text": "in France", "answer_start": 9}]},
-            {"id": "b", "question": "Who?", "is_impossible": True, "answers": [],
-             "plausible_answers": [{"text": "Paris", "answer_start": 0}]}]}]},
-        {"title": "U", "paragraphs": [{"context": "x", "qas": [
-            {"id": "c", "question": "?", "answers": [{"text": "x", "answer_start": 0}]}]}]}]}
+    dataset = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [
+                            {
+                                "id": "a",
+                                "question": "Where?",
+                                "is_impossible": False,
+                                "answers": [
+                                    {"text": "France", "answer_start": 12},
+                                    {"text": "in France", "answer_start": 9},
+                                ],
+                            },
+                            {
+                                "id": "b",
+                                "question": "Who?",
+                                "is_impossible": True,
+                                "answers": [],
+                                "plausible_answers": [{"text": "Paris", "answer_start": 0}],
+                            },
+                        ],
+                    }
+                ],
+            },
+            {
+                "title": "U",
+                "paragraphs": [
+                    {
+                        "context": "x",
+                        "qas": [{"id": "c", "question": "?", "answers": [{"text": "x", "answer_start": 0}]}],
+                    }
+                ],
+            },
+        ],
+    }
     assert gold_from_squad(dataset) == {"a": ["France", "in France"], "b": [], "c": ["x"]}
 
 
 # --------------------------------------------------------------------------- hand-computed
+
 
 def test_hand_computed_without_na_probs():
     gold = {"q1": ["Denver Broncos", "The Denver Broncos"], "q2": [], "q3": ["1990s"]}
@@ -235,7 +302,7 @@ def test_hand_computed_without_na_probs():
     out = squad_v2_metrics(gold, preds)
     assert list(out) == BASE_KEYS
     assert out["exact"] == pytest.approx(100 / 3)
-    assert out["f1"] == pytest.approx(100 * (2 / 3 + 1 + 2 / 3) / 3)   # 77.78
+    assert out["f1"] == pytest.approx(100 * (2 / 3 + 1 + 2 / 3) / 3)  # 77.78
     assert out["HasAns_exact"] == 0.0 and out["HasAns_f1"] == pytest.approx(200 / 3)
     assert (out["total"], out["HasAns_total"], out["NoAns_total"]) == (3, 2, 1)
     assert out["NoAns_exact"] == out["NoAns_f1"] == 100.0
@@ -249,7 +316,7 @@ def test_hand_computed_with_na_probs_and_threshold():
     out = squad_v2_metrics(gold, preds, na, na_prob_thresh=0.5)
     # Threshold 0.5: q1 (0.8) and q2 (0.9) become no-answer -> q1 scores 0, q2 scores 1.
     assert out["exact"] == pytest.approx(100 / 3)
-    assert out["f1"] == pytest.approx(100 * (0 + 1 + 2 / 3) / 3)        # 55.56
+    assert out["f1"] == pytest.approx(100 * (0 + 1 + 2 / 3) / 3)  # 55.56
     # Sweep, starting from "all no-answer" = 1 (q2) and ascending na prob: q3 (+2/3 F1, +0 EM),
     # q1 (+2/3 F1, +0 EM), q2 (empty prediction: +0).  EM never beats 1 -> thresh 0.0;
     # F1 peaks at 1 + 4/3 after q1 -> thresh 0.8.
@@ -286,8 +353,14 @@ def test_gold_answers_that_normalize_to_empty():
     # has-answer (the list is not empty) but scored against [""] as the official script does.
     gold = {"q": ["The", "a."]}
     out = squad_v2_metrics(gold, {"q": ""})
-    assert out == {"exact": 100.0, "f1": 100.0, "total": 1,
-                   "HasAns_exact": 100.0, "HasAns_f1": 100.0, "HasAns_total": 1}
+    assert out == {
+        "exact": 100.0,
+        "f1": 100.0,
+        "total": 1,
+        "HasAns_exact": 100.0,
+        "HasAns_f1": 100.0,
+        "HasAns_total": 1,
+    }
     assert_same_metrics(out, run_official_inprocess(squad_json(gold), {"q": ""}, None, 1.0))
 
 
@@ -296,9 +369,18 @@ def test_missing_prediction_is_logged_and_skipped(caplog):
     with caplog.at_level(logging.WARNING, logger="qadist.squad.metrics"):
         out = squad_v2_metrics(gold, {"q1": "x"}, {"q1": 0.2})
     assert [r.getMessage() for r in caplog.records] == ["Missing prediction for q2"]
-    assert out == {"exact": 100.0, "f1": 100.0, "total": 1, "HasAns_exact": 100.0,
-                   "HasAns_f1": 100.0, "HasAns_total": 1, "best_exact": 100.0,
-                   "best_exact_thresh": 0.2, "best_f1": 100.0, "best_f1_thresh": 0.2}
+    assert out == {
+        "exact": 100.0,
+        "f1": 100.0,
+        "total": 1,
+        "HasAns_exact": 100.0,
+        "HasAns_f1": 100.0,
+        "HasAns_total": 1,
+        "best_exact": 100.0,
+        "best_exact_thresh": 0.2,
+        "best_f1": 100.0,
+        "best_f1_thresh": 0.2,
+    }
 
 
 def test_negative_threshold_without_na_probs_predicts_no_answer_everywhere():
@@ -317,9 +399,43 @@ def test_errors():
 
 # --------------------------------------------------------------------------- properties
 
-_PIECES = st.sampled_from(["the", "The", "a", "an", "An", "THE", "theory", "and", "Paris", "paris",
-                           "1990s", "U.S.", "don't", "é", "ß", "İ", "ﬁ", "—", "·", "\u00a0", " ",
-                           "  ", "\t", "\n", ".", ",", "!", "(", ")", "'", '"', "-", "_"])
+_PIECES = st.sampled_from(
+    [
+        "the",
+        "The",
+        "a",
+        "an",
+        "An",
+        "THE",
+        "theory",
+        "and",
+        "Paris",
+        "paris",
+        "1990s",
+        "U.S.",
+        "don't",
+        "é",
+        "ß",
+        "İ",
+        "ﬁ",
+        "—",
+        "·",
+        "\u00a0",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        ".",
+        ",",
+        "!",
+        "(",
+        ")",
+        "'",
+        '"',
+        "-",
+        "_",
+    ]
+)
 _TEXT = st.one_of(st.text(max_size=40), st.lists(_PIECES, max_size=12).map("".join))
 
 
@@ -332,8 +448,9 @@ def test_text_functions_agree_with_reference(gold, pred):
     assert ours == theirs and type(ours) is type(theirs)
 
 
-_ANSWER = st.lists(st.sampled_from(["the", "a", "Paris", "paris", "France", "in", ".", ",", "x"]),
-                   max_size=4).map(" ".join)
+_ANSWER = st.lists(st.sampled_from(["the", "a", "Paris", "paris", "France", "in", ".", ",", "x"]), max_size=4).map(
+    " ".join
+)
 
 
 @st.composite

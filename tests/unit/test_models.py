@@ -25,9 +25,14 @@ def test_minilm_folder_is_packaged():
     assert (folder / "vocab.txt").exists() and (folder / "config.json").exists()
 
 
-@pytest.mark.parametrize("name,family,layers,hidden", [
-    ("teacher_a", "bert", 2, 64), ("student", "bert", 1, 32), ("albert", "albert", 2, 64),
-])
+@pytest.mark.parametrize(
+    "name,family,layers,hidden",
+    [
+        ("teacher_a", "bert", 2, 64),
+        ("student", "bert", 1, 32),
+        ("albert", "albert", 2, 64),
+    ],
+)
 def test_tiny_models_load_and_answer(tiny_models, name, family, layers, hidden):
     model = load_qa_model(tiny_models[name]).eval()
     tok = load_tokenizer(tiny_models[name])
@@ -52,8 +57,12 @@ def test_ensemble_teachers_share_a_tokenizer_but_not_weights(tiny_models):
 
 
 def test_same_seed_same_weights(tmp_path, bert_tokenizer):
-    one = load_qa_model(build_tiny_model("bert", tmp_path / "one", seed=7, tokenizer=bert_tokenizer, num_layers=1, hidden=32))
-    two = load_qa_model(build_tiny_model("bert", tmp_path / "two", seed=7, tokenizer=bert_tokenizer, num_layers=1, hidden=32))
+    one = load_qa_model(
+        build_tiny_model("bert", tmp_path / "one", seed=7, tokenizer=bert_tokenizer, num_layers=1, hidden=32)
+    )
+    two = load_qa_model(
+        build_tiny_model("bert", tmp_path / "two", seed=7, tokenizer=bert_tokenizer, num_layers=1, hidden=32)
+    )
     for (n1, p1), (n2, p2) in zip(one.state_dict().items(), two.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
 

@@ -13,19 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadist.errors import UserError
-from qadist.pairs.stage import PartWriter, QuestionStager, normalize_question, validate_question
-from qadist.rows import iter_raw_rows
-from qadist.pairs.passages import build_passages, load_documents, split_document, token_windows, validate_document, widen
+from qadist.pairs.passages import (
+    build_passages,
+    load_documents,
+    split_document,
+    token_windows,
+    validate_document,
+    widen,
+)
 from qadist.pairs.retrieval import (
     LexicalBatch,
     SearchIndex,
     build_ann,
     build_lexical_index,
-    exact_search,
     lexical_matrix,
     lexical_terms,
     resolve_model,
 )
+from qadist.pairs.stage import PartWriter, QuestionStager, normalize_question, validate_question
+from qadist.rows import iter_raw_rows
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +45,19 @@ def tokenizer():
 
 # --- validation -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw, reason", [
-    ([1], "row is list, not a JSON object"),
-    ({"question": "q"}, "missing field 'id'"),
-    ({"id": "  ", "question": "q"}, "missing field 'id'"),
-    ({"id": True, "question": "q"}, "field 'id' is bool, not a string"),
-    ({"id": "a"}, "missing field 'question'"),
-    ({"id": "a", "question": 3}, "field 'question' is int, not a string"),
-    ({"id": "a", "question": " \n"}, "field 'question' is empty"),
-])
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ([1], "row is list, not a JSON object"),
+        ({"question": "q"}, "missing field 'id'"),
+        ({"id": "  ", "question": "q"}, "missing field 'id'"),
+        ({"id": True, "question": "q"}, "field 'id' is bool, not a string"),
+        ({"id": "a"}, "missing field 'question'"),
+        ({"id": "a", "question": 3}, "field 'question' is int, not a string"),
+        ({"id": "a", "question": " \n"}, "field 'question' is empty"),
+    ],
+)
 def test_validate_question_rejects(raw, reason):
     assert validate_question(raw) == (None, reason)
 
@@ -56,24 +66,32 @@ def test_validate_question_accepts_int_ids():
     assert validate_question({"id": 7, "question": "why?", "extra": 1}) == ({"id": "7", "question": "why?"}, None)
 
 
-@pytest.mark.parametrize("raw, reason", [
-    ({"text": "t"}, "missing field 'id'"),
-    ({"id": "d"}, "missing field 'text' (or 'context')"),
-    ({"id": "d", "text": ["a"]}, "field 'text' is list, not a string"),
-    ({"id": "d", "context": ""}, "field 'context' is empty"),
-    ({"id": "d", "text": "t", "title": 5}, "field 'title' is int, not a string"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ({"text": "t"}, "missing field 'id'"),
+        ({"id": "d"}, "missing field 'text' (or 'context')"),
+        ({"id": "d", "text": ["a"]}, "field 'text' is list, not a string"),
+        ({"id": "d", "context": ""}, "field 'context' is empty"),
+        ({"id": "d", "text": "t", "title": 5}, "field 'title' is int, not a string"),
+    ],
+)
 def test_validate_document_rejects(raw, reason):
     assert validate_document(raw) == (None, reason)
 
 
 def test_validate_document_reads_context_and_title():
-    assert validate_document({"id": 1, "context": "body", "title": "T"}) == ({"id": "1", "text": "body", "title": "T"}, None)
+    assert validate_document({"id": 1, "context": "body", "title": "T"}) == (
+        {"id": "1", "text": "body", "title": "T"},
+        None,
+    )
 
 
 def test_load_documents_rejects_bad_rows_and_duplicates(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\nnot json\n{"id": "b", "text": 3}\n{"id": "c", "text": "three"}\n')
+    path.write_text(
+        '{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\nnot json\n{"id": "b", "text": 3}\n{"id": "c", "text": "three"}\n'
+    )
     docs, rejects = load_documents(str(path))
     assert [d["id"] for d in docs] == ["a", "c"]
     reasons = [r["reason"] for r in rejects]
@@ -101,6 +119,7 @@ def test_resolve_model():
 
 
 # --- passages ---------------------------------------------------------------------------------
+
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=300), st.integers(2, 40), st.integers(0, 39))
@@ -147,21 +166,27 @@ def test_build_passages_is_contiguous_per_document(tokenizer, squad_pairs):
     p = build_passages(docs, tokenizer, 48, 8, 100)
     assert p["doc_starts"][0] == 0 and p["doc_starts"][-1] == len(p["doc"])
     for i in range(len(docs)):
-        assert (p["doc"][p["doc_starts"][i]:p["doc_starts"][i + 1]] == i).all()
+        assert (p["doc"][p["doc_starts"][i] : p["doc_starts"][i + 1]] == i).all()
         assert p["doc_starts"][i + 1] > p["doc_starts"][i]
 
 
 # --- BM25 and search --------------------------------------------------------------------------
 
+
 def reference_bm25(query: str, texts: list[str], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
     docs = [lexical_terms(t) for t in texts]
     avg = sum(map(len, docs)) / len(docs)
     terms = set(lexical_terms(query))
-    idf = {t: math.log(1 + (len(docs) - sum(t in d for d in docs) + 0.5) / (sum(t in d for d in docs) + 0.5)) for t in terms}
+    idf = {
+        t: math.log(1 + (len(docs) - sum(t in d for d in docs) + 0.5) / (sum(t in d for d in docs) + 0.5))
+        for t in terms
+    }
     upper = sum(idf[t] * (k1 + 1) for t in terms)
     out = []
     for d in docs:
-        s = sum(idf[t] * d.count(t) * (k1 + 1) / (d.count(t) + k1 * (1 - b + b * len(d) / avg)) for t in terms if t in d)
+        s = sum(
+            idf[t] * d.count(t) * (k1 + 1) / (d.count(t) + k1 * (1 - b + b * len(d) / avg)) for t in terms if t in d
+        )
         out.append(s / upper if upper else 0.0)
     return np.asarray(out)
 
@@ -190,7 +215,12 @@ def random_index(rng, n_docs: int, dim: int = 8) -> tuple[dict, list[str]]:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     words = [f"w{i}" for i in range(30)]
     texts = [" ".join(rng.choice(words, rng.integers(3, 12))) for _ in range(doc_starts[-1])]
-    index = {"emb": emb, "doc_starts": doc_starts, "passage_doc": np.repeat(np.arange(n_docs), sizes), **build_lexical_index(texts)}
+    index = {
+        "emb": emb,
+        "doc_starts": doc_starts,
+        "passage_doc": np.repeat(np.arange(n_docs), sizes),
+        **build_lexical_index(texts),
+    }
     return index, texts
 
 
@@ -220,11 +250,16 @@ def test_exact_search_equals_brute_force(chunk, top_k):
     lex = LexicalBatch(questions, searcher.weights, index["idf"], float(index["k1"])).chunk(0, len(index["emb"]))
     expected = brute_force(q_emb, lex, index, top_k, 0.7)
     for i, exp in enumerate(expected):
-        assert got["doc"][i][:len(exp)].tolist() == [d for d, _ in exp]
-        assert got["passage"][i][:len(exp)].tolist() == [p for _, (_, p) in exp]
-        np.testing.assert_allclose(got["score"][i][:len(exp)], [s for _, (s, _) in exp], rtol=1e-5)
-        np.testing.assert_allclose(got["dense"][i][:len(exp)] + 0.7 * got["lexical"][i][:len(exp)], got["score"][i][:len(exp)], rtol=1e-5, atol=1e-6)
-        assert (got["doc"][i][len(exp):] == -1).all()
+        assert got["doc"][i][: len(exp)].tolist() == [d for d, _ in exp]
+        assert got["passage"][i][: len(exp)].tolist() == [p for _, (_, p) in exp]
+        np.testing.assert_allclose(got["score"][i][: len(exp)], [s for _, (s, _) in exp], rtol=1e-5)
+        np.testing.assert_allclose(
+            got["dense"][i][: len(exp)] + 0.7 * got["lexical"][i][: len(exp)],
+            got["score"][i][: len(exp)],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert (got["doc"][i][len(exp) :] == -1).all()
 
 
 def test_approximate_search_finds_what_exact_search_finds():
@@ -242,12 +277,19 @@ def test_approximate_search_finds_what_exact_search_finds():
 
 # --- question pass ----------------------------------------------------------------------------
 
+
 def test_question_rows_stream_from_jsonl_parquet_and_json(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"id": 1, "question": "q1"}\n\nbroken\n')
     pq.write_table(pa.table({"id": ["p1", "p2"], "question": ["q2", None]}), tmp_path / "b.parquet")
     (tmp_path / "c.json").write_text(json.dumps([{"id": "j", "question": "q3"}]))
     rows = list(iter_raw_rows(str(tmp_path)))
-    assert [(src.rsplit("/", 1)[-1], n) for src, n, _ in rows] == [("a.jsonl", 1), ("a.jsonl", 3), ("b.parquet", 1), ("b.parquet", 2), ("c.json", 1)]
+    assert [(src.rsplit("/", 1)[-1], n) for src, n, _ in rows] == [
+        ("a.jsonl", 1),
+        ("a.jsonl", 3),
+        ("b.parquet", 1),
+        ("b.parquet", 2),
+        ("c.json", 1),
+    ]
     assert rows[1][2].reason.startswith("not valid JSON") and rows[3][2] == {"id": "p2", "question": None}
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .json, .jsonl or .parquet files"):
@@ -256,8 +298,14 @@ def test_question_rows_stream_from_jsonl_parquet_and_json(tmp_path):
 
 def test_question_stager_merges_identical_questions_and_rejects_duplicate_ids(tmp_path):
     stager = QuestionStager(str(tmp_path))
-    rows = [{"id": "a", "question": "Where is it?"}, {"id": "b", "question": " where  IS it? "}, {"id": "a", "question": "other"},
-            {"id": "c", "question": 4}, {"id": "d", "question": "Who?"}, {"id": "e", "question": "where is it?"}]
+    rows = [
+        {"id": "a", "question": "Where is it?"},
+        {"id": "b", "question": " where  IS it? "},
+        {"id": "a", "question": "other"},
+        {"id": "c", "question": 4},
+        {"id": "d", "question": "Who?"},
+        {"id": "e", "question": "where is it?"},
+    ]
     for n, raw in enumerate(rows, start=1):
         stager.add("q.jsonl", n, raw)
     stager.finish()
@@ -267,7 +315,10 @@ def test_question_stager_merges_identical_questions_and_rejects_duplicate_ids(tm
     dups = [json.loads(line) for line in (tmp_path / "duplicates/part-00000.jsonl").read_text().splitlines()]
     assert [(d["id"], d["same_as"]) for d in dups] == [("b", "a"), ("e", "a")]
     rejects = [json.loads(line) for line in (tmp_path / "rejects/questions-00000.jsonl").read_text().splitlines()]
-    assert [(r["row"], r["reason"]) for r in rejects] == [(3, "duplicate question id 'a'"), (4, "field 'question' is int, not a string")]
+    assert [(r["row"], r["reason"]) for r in rejects] == [
+        (3, "duplicate question id 'a'"),
+        (4, "field 'question' is int, not a string"),
+    ]
 
 
 def test_part_writer_splits_files_and_writes_parquet(tmp_path):

@@ -59,7 +59,11 @@ def favour(windows, char_start: int, char_end: int, score: float = HIGH) -> int:
 
 
 def windows_holding(rows, char_start, char_end) -> list[int]:
-    return [k for k, r in enumerate(rows) if token_at(r, char_start=char_start) is not None and token_at(r, char_end=char_end) is not None]
+    return [
+        k
+        for k, r in enumerate(rows)
+        if token_at(r, char_start=char_start) is not None and token_at(r, char_end=char_end) is not None
+    ]
 
 
 @pytest.mark.parametrize("where", [0.1, 0.5, 0.93])
@@ -110,9 +114,9 @@ def test_null_score_is_the_smallest_cls_score_over_windows(long_windows):
     t = len(tokens) // 3
     char_start, char_end = tokens[t][0], tokens[t + 2][1]
     windows = flat_logits(rows, cls=10.0)
-    favour(windows, char_start, char_end, score=3.0)           # span score 6
+    favour(windows, char_start, char_end, score=3.0)  # span score 6
     last = windows[-1]
-    last["start_logits"][0] = last["end_logits"][0] = 1.0      # null score 2 < 6 < 20
+    last["start_logits"][0] = last["end_logits"][0] = 1.0  # null score 2 < 6 < 20
     predictions, na_probs = postprocess(windows, {pair["id"]: pair["context"]})
     assert predictions[pair["id"]] == pair["context"][char_start:char_end]
     assert na_probs[pair["id"]] == pytest.approx(1 / (1 + math.exp(-(2.0 - 6.0))))
@@ -127,13 +131,13 @@ def test_max_answer_len_is_respected(long_windows):
     w = flat_logits(rows)[2]
     ctx = [i for i, (s, _) in enumerate(w["offsets"]) if s >= 0]
     i, j, k = ctx[5], ctx[25], ctx[8]
-    w["start_logits"][i], w["end_logits"][j] = 9.0, 9.0    # 18, but 21 tokens long
-    w["end_logits"][k] = 4.0                               # 13, 4 tokens long
+    w["start_logits"][i], w["end_logits"][j] = 9.0, 9.0  # 18, but 21 tokens long
+    w["end_logits"][k] = 4.0  # 13, 4 tokens long
     context = {pair["id"]: pair["context"]}
     short, _ = postprocess([w], context, max_answer_len=10)
-    assert short[pair["id"]] == pair["context"][w["offsets"][i][0]:w["offsets"][k][1]]
+    assert short[pair["id"]] == pair["context"][w["offsets"][i][0] : w["offsets"][k][1]]
     long_, _ = postprocess([w], context, max_answer_len=30)
-    assert long_[pair["id"]] == pair["context"][w["offsets"][i][0]:w["offsets"][j][1]]
+    assert long_[pair["id"]] == pair["context"][w["offsets"][i][0] : w["offsets"][j][1]]
     for score, s, e in best_spans(w["start_logits"], w["end_logits"], w["offsets"], n_best=20, max_answer_len=10):
         n_tokens = sum(1 for ts, te in w["offsets"] if ts >= s and te <= e and ts >= 0)
         assert n_tokens <= 10
@@ -156,7 +160,7 @@ def test_null_threshold(long_windows):
     pair, rows, tokens = long_windows
     t = len(tokens) // 2
     char_start, char_end = tokens[t][0], tokens[t][1]
-    windows = flat_logits(rows)                     # null = -4
+    windows = flat_logits(rows)  # null = -4
     favour(windows, char_start, char_end, score=1.0)  # best span = 2, diff = -6
     context = {pair["id"]: pair["context"]}
     answer = pair["context"][char_start:char_end]
@@ -183,7 +187,9 @@ def test_several_examples_and_n_best_order():
     ]
     predictions, na_probs = postprocess(windows, ctx)
     assert predictions == {"a": "beta gamma", "b": "delta"}
-    spans = best_spans(np.array(windows[0]["start_logits"], float), np.array(windows[0]["end_logits"], float), offs_a, n_best=3)
+    spans = best_spans(
+        np.array(windows[0]["start_logits"], float), np.array(windows[0]["end_logits"], float), offs_a, n_best=3
+    )
     assert [s[0] for s in spans] == sorted((s[0] for s in spans), reverse=True) and len(spans) == 3
     assert spans[0] == (9.0, 6, 16)
 
@@ -194,8 +200,14 @@ def test_na_probs_in_unit_interval_and_monotone_in_score_difference(scores):
     """One example per (null, span) score pair: na_prob in [0, 1], never decreasing in null - span."""
     windows, diffs = [], {}
     for n, (null, span) in enumerate(scores):
-        windows.append({"id": str(n), "offsets": [[-1, -1], [0, 1], [-1, -1]],
-                        "start_logits": [null, span, 0.0], "end_logits": [0.0, 0.0, 0.0]})
+        windows.append(
+            {
+                "id": str(n),
+                "offsets": [[-1, -1], [0, 1], [-1, -1]],
+                "start_logits": [null, span, 0.0],
+                "end_logits": [0.0, 0.0, 0.0],
+            }
+        )
         diffs[str(n)] = null - span
     _, na_probs = postprocess(windows, {str(n): "x" for n in range(len(scores))})
     assert all(0.0 <= p <= 1.0 for p in na_probs.values())
@@ -209,8 +221,12 @@ def reference_best_spans(start, end, offsets, n_best, max_answer_len):
     in_context = [o[0] >= 0 for o in offsets]
     starts = np.argsort(-np.where(in_context, start, -np.inf))[:n_best]
     ends = np.argsort(-np.where(in_context, end, -np.inf))[:n_best]
-    spans = [(float(start[i] + end[j]), offsets[i][0], offsets[j][1])
-             for i in starts for j in ends if in_context[i] and in_context[j] and i <= j < i + max_answer_len]
+    spans = [
+        (float(start[i] + end[j]), offsets[i][0], offsets[j][1])
+        for i in starts
+        for j in ends
+        if in_context[i] and in_context[j] and i <= j < i + max_answer_len
+    ]
     spans.sort(key=lambda s: -s[0])
     return spans[:n_best]
 
@@ -225,6 +241,8 @@ def test_best_spans_matches_the_double_loop_and_brute_force(data, n, n_best, max
     offsets = [[2 * k, 2 * k + 1] if c else [-1, -1] for k, c in enumerate(is_ctx)]
     got = best_spans(start, end, offsets, n_best, max_answer_len)
     assert got == reference_best_spans(start, end, offsets, n_best, max_answer_len)
-    every = [start[i] + end[j] for i in range(n) for j in range(i, min(n, i + max_answer_len)) if is_ctx[i] and is_ctx[j]]
+    every = [
+        start[i] + end[j] for i in range(n) for j in range(i, min(n, i + max_answer_len)) if is_ctx[i] and is_ctx[j]
+    ]
     if n_best >= n:  # every candidate considered: the best is the best of all valid pairs
         assert (got[0][0] if got else None) == (max(every) if every else None)

@@ -19,11 +19,14 @@ from qadist.squad.io import validate_pair
 ROW = {"id": "a", "question": "q?", "context": "c"}
 CASES = {
     "bare-cr-between-fields": (b'{"id": "a",\r "question": "q?", "context": "c"}\n', [ROW]),
-    "crlf-endings": (b'{"id": "a", "question": "q?", "context": "c"}\r\n'
-                     b'{"id": "b", "question": "r?", "context": "d"}\r\n',
-                     [ROW, {"id": "b", "question": "r?", "context": "d"}]),
-    "line-separators-in-a-string": ('{"id": "a", "question": "q\u2028\u0085?", "context": "c"}\n'.encode(),
-                                    [{**ROW, "question": "q\u2028\u0085?"}]),
+    "crlf-endings": (
+        b'{"id": "a", "question": "q?", "context": "c"}\r\n{"id": "b", "question": "r?", "context": "d"}\r\n',
+        [ROW, {"id": "b", "question": "r?", "context": "d"}],
+    ),
+    "line-separators-in-a-string": (
+        '{"id": "a", "question": "q\u2028\u0085?", "context": "c"}\n'.encode(),
+        [{**ROW, "question": "q\u2028\u0085?"}],
+    ),
 }
 
 

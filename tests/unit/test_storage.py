@@ -14,8 +14,17 @@ from qadist.errors import UserError
 
 
 def local_tree(root) -> str:
-    for rel in ["a.jsonl", "b.parquet", "sub/c.jsonl", "sub/deep/d.json", "notes.txt",
-                "_manifest.json", ".tmp-x-a.jsonl", "_staging/e.jsonl", ".hidden/f.jsonl"]:
+    for rel in [
+        "a.jsonl",
+        "b.parquet",
+        "sub/c.jsonl",
+        "sub/deep/d.json",
+        "notes.txt",
+        "_manifest.json",
+        ".tmp-x-a.jsonl",
+        "_staging/e.jsonl",
+        ".hidden/f.jsonl",
+    ]:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rel)
@@ -23,7 +32,15 @@ def local_tree(root) -> str:
 
 
 def s3_tree(bucket: str) -> str:
-    for rel in ["a.jsonl", "b.parquet", "sub/c.jsonl", "sub/deep/d.json", "notes.txt", "_manifest.json", "_staging/e.jsonl"]:
+    for rel in [
+        "a.jsonl",
+        "b.parquet",
+        "sub/c.jsonl",
+        "sub/deep/d.json",
+        "notes.txt",
+        "_manifest.json",
+        "_staging/e.jsonl",
+    ]:
         storage.write_bytes(f"{bucket}/data/{rel}", rel.encode())
     storage.write_bytes(f"{bucket}/database.jsonl", b"outside the prefix")
     return f"{bucket}/data"

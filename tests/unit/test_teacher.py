@@ -9,10 +9,10 @@ import torch
 
 from qadist.errors import UserError
 from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
+from qadist.label.teacher import TeacherEnsemble, combine_logits, padded_tokens
 from qadist.models import load_qa_model, load_tokenizer
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
-from qadist.label.teacher import TeacherEnsemble, combine_logits, padded_tokens
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ def test_ensemble_on_an_arrow_table_gives_contract_columns(windows, tiny_models)
     out = ensemble(table)
     assert isinstance(out, pa.Table) and out.num_rows == table.num_rows
     names = out.column_names
-    assert names[names.index("offsets") + 1:names.index("offsets") + 3] == ["start_logits", "end_logits"]
+    assert names[names.index("offsets") + 1 : names.index("offsets") + 3] == ["start_logits", "end_logits"]
     assert out.schema.field("start_logits").type == LOGITS_TYPE
     assert out.schema.field("teacher_start_logits").type == TEACHER_LOGITS_TYPE
     assert out.column("id").to_pylist() == windows["id"]
