@@ -101,9 +101,14 @@ def test_model_revision_of_a_local_folder(tiny_models):
 
 
 def test_load_errors_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="cannot load a tokenizer"):
+    with pytest.raises(UserError, match="missing-model: no such model folder"):
         load_tokenizer(str(tmp_path / "missing-model"))
-    with pytest.raises(UserError, match="cannot load a question-answering model"):
+    with pytest.raises(UserError, match="missing-model: no such model folder"):
         load_qa_model(str(tmp_path / "missing-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="cannot load a tokenizer"):
+        load_tokenizer(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="cannot load a question-answering model"):
+        load_qa_model(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="unknown tiny model family 'gpt'"):
         tiny_config("gpt", 100)
