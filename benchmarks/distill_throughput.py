@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     t_flops, s_flops = forward_flops(teacher, sample, device), forward_flops(student0.to(device), sample, device)
     student0 = student0.cpu()
     print(
-        f"teacher {family} {t_layers}L h{t_hidden}: {t_flops / 1e9:.2f} GFLOP/forward; student {s_layers}L h{s_hidden}: "
-        f"{s_flops / 1e9:.3f} GFLOP/forward (batch {batch_size} x up to {seq_len} tokens); ratio {t_flops / s_flops:.1f}x"
+        f"teacher {family} {t_layers}L h{t_hidden}: {t_flops / 1e9:.2f} GFLOP/forward; "
+        f"student {s_layers}L h{s_hidden}: {s_flops / 1e9:.3f} GFLOP/forward "
+        f"(batch {batch_size} x up to {seq_len} tokens); ratio {t_flops / s_flops:.1f}x"
     )
     if t_flops < 8 * s_flops:
         sys.exit("the teacher must have at least 8x the student's forward FLOPs; pick another preset")

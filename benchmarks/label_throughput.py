@@ -151,7 +151,8 @@ def main() -> None:
     path, tok = build_model(args, root)
     device = pick_device(args.gpu)
     print(
-        f"{len(pairs):,} pairs, model {'ALBERT-xxlarge (random)' if args.xxlarge else f'BERT {args.layers}x{args.hidden}'}, "
+        f"{len(pairs):,} pairs, "
+        f"model {'ALBERT-xxlarge (random)' if args.xxlarge else f'BERT {args.layers}x{args.hidden}'}, "
         f"{device}, {args.threads} thread(s), batch {args.batch_size}, max_seq_len {args.max_seq_len}",
         flush=True,
     )
@@ -237,7 +238,8 @@ def main() -> None:
     for name, s, padded, load in rows:
         print(f"{name:40s} {s:8.1f} {n / s:10.1f} {padded / real:19.3f}  {' -> '.join(f'{x:.1f}' for x in load)}")
     print(
-        f"(bare runs: {bare_1:.1f}s before qadist, {bare_2:.1f}s after; {os.cpu_count()} cores; all at nice {os.nice(0)} like Ray's workers)"
+        f"(bare runs: {bare_1:.1f}s before qadist, {bare_2:.1f}s after; {os.cpu_count()} cores; "
+        f"all at nice {os.nice(0)} like Ray's workers)"
     )
     print(f"\nqadist / bare   = {bare_s / qadist_s:.2f}  (target >= 0.8)")
     print(f"qadist / padded = {padded_s / qadist_s:.2f}x (target >= 1.5)")
@@ -245,12 +247,14 @@ def main() -> None:
     print(f"qadist padded/real tokens at {args.max_seq_len} = {run['padded_tokens'] / real:.3f} (target <= 1.15)")
     print(
         f"qadist: teacher compute {run['teacher_seconds']:.1f}s of {qadist_s:.1f}s wall "
-        f"({qadist_s - run['teacher_seconds']:.1f}s start-up, windowing before the first block, writes and the manifest)"
+        f"({qadist_s - run['teacher_seconds']:.1f}s start-up, windowing before the first block, "
+        "writes and the manifest)"
     )
     if device.type == "cpu":  # CPU seconds do not depend on how busy the machine is
         print(
             f"model CPU seconds: qadist actor {run['teacher_cpu_seconds']:.1f}, bare {cpu_seconds['bare']:.1f}, "
-            f"padded {cpu_seconds['padded']:.1f} -> bare/qadist actor {cpu_seconds['bare'] / run['teacher_cpu_seconds']:.2f}, "
+            f"padded {cpu_seconds['padded']:.1f} -> "
+            f"bare/qadist actor {cpu_seconds['bare'] / run['teacher_cpu_seconds']:.2f}, "
             f"padded/qadist actor {cpu_seconds['padded'] / run['teacher_cpu_seconds']:.2f}x"
         )
     if args.xxlarge or args.gpu:

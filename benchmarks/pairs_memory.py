@@ -213,7 +213,8 @@ def main() -> None:
         results[n] = json.loads(line[len("RESULT ") :])
         r = results[n]
         print(
-            f"{n:>8,} questions: {r['seconds']:6.0f}s, {r['counts']['pairs_out']:,} pairs, {r['counts']['questions_duplicate']:,} merged; "
+            f"{n:>8,} questions: {r['seconds']:6.0f}s, {r['counts']['pairs_out']:,} pairs, "
+            f"{r['counts']['questions_duplicate']:,} merged; "
             f"driver peak RSS {r['driver_peak_mb']:7.0f} MiB, whole Ray tree peak PSS {r['tree_peak_pss_mb']:7.0f} MiB",
             flush=True,
         )

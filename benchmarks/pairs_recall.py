@@ -143,19 +143,22 @@ def main() -> None:
     ray.shutdown()
 
     print(
-        f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   {'articles 0-3 r@1/r@5':>20}   {'articles 4-8 r@1/r@5':>20} {'time':>6}"
+        f"\n{'method':<44} {'r@1':>6} {'r@5':>6}   "
+        f"{'articles 0-3 r@1/r@5':>20}   {'articles 4-8 r@1/r@5':>20} {'time':>6}"
     )
     for name, ranked, _, secs in rows:
         r1, r5 = recall(ranked, questions)
         h = [recall(ranked, part) for part in halves]
         print(
-            f"{name:<44} {r1:6.3f} {r5:6.3f}   {h[0][0]:12.3f} / {h[0][1]:.3f}   {h[1][0]:12.3f} / {h[1][1]:.3f} {secs:5.0f}s"
+            f"{name:<44} {r1:6.3f} {r5:6.3f}   "
+            f"{h[0][0]:12.3f} / {h[0][1]:.3f}   {h[1][0]:12.3f} / {h[1][1]:.3f} {secs:5.0f}s"
         )
     for name, _, first, _ in rows:
         if first is not None:
             p, c = answer_coverage(first, questions)
             print(
-                f"{name}: own paragraph first -> gold answer inside the passage {p:.3f}, inside the pair's context {c:.3f}"
+                f"{name}: own paragraph first -> gold answer inside the passage {p:.3f}, "
+                f"inside the pair's context {c:.3f}"
             )
 
 

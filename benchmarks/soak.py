@@ -194,7 +194,8 @@ def main() -> int:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data's progress lines would bury the table
     print(
         f"soak: {args.pairs:,} pairs, {args.rows_per_shard} rows/shard, {args.num_actors} teacher actors, "
-        f"a teacher actor (alive >= {args.min_age:g}s) SIGKILLed every {args.kill_every:g}s in the faulty run; {os.cpu_count()} cores",
+        f"a teacher actor (alive >= {args.min_age:g}s) SIGKILLed every {args.kill_every:g}s in the faulty run; "
+        f"{os.cpu_count()} cores",
         flush=True,
     )
     results = {}

@@ -186,7 +186,8 @@ command(
     "evaluate",
     EvaluateConfig,
     _run_evaluate,
-    "Score predictions with the official SQuAD 2.0 metric; with --model, predict first (on a GPU worker with --use-gpu).",
+    "Score predictions with the official SQuAD 2.0 metric; with --model, predict first "
+    "(on a GPU worker with --use-gpu).",
     show=False,
 )  # stdout is the metrics JSON
 command("demo", DemoConfig, _run_demo, "The whole pipeline, embedded and offline on a CPU, with a results table.")

@@ -46,12 +46,13 @@ class RayChatter(logging.Filter):
 
 
 def log_file_for(stage: str, out: str | None) -> str:
-    """`<out>/_qadist-<stage>.log` for a local output folder (the folder of an output file), else
-    a file under the temp dir: a log is for the machine the command runs on, never written to S3."""
+    """Beside a local output: `<out folder>.log`, or `<out file without its extension>.log`. An s3://
+    output (or none) logs under the temp dir: a log is for the machine the command runs on. Beside
+    and not inside, so a command that fails before any work leaves no output folder behind."""
     if out and not storage.is_s3(out):
         path = storage.resolve(out)[1]
-        folder = os.path.dirname(path) if os.path.splitext(path)[1] else path
-        return os.path.join(folder, f"_qadist-{stage}.log")
+        stem, ext = os.path.splitext(path)
+        return f"{stem if ext else path}.log"
     return os.path.join(tempfile.gettempdir(), "qadist-logs", f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}.log")
 
 

@@ -88,7 +88,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name"
+            f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); "
+            "give a model folder or a Hugging Face name"
         ) from e
     if not tok.is_fast:
         raise UserError(f"{name_or_path}: tokenizer is not a fast (Rust) tokenizer; qadist needs character offsets")
@@ -112,12 +113,13 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
         )
     except pickle.UnpicklingError as e:
         raise UserError(
-            f"{name_or_path}: its pickled weights hold more than tensors and were not loaded ({str(e).splitlines()[0][:120]}); "
-            "give the model as safetensors (model.safetensors)"
+            f"{name_or_path}: its pickled weights hold more than tensors and were not loaded "
+            f"({str(e).splitlines()[0][:120]}); give the model as safetensors (model.safetensors)"
         ) from e
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); give a model folder or a Hugging Face name"
+            f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); "
+            "give a model folder or a Hugging Face name"
         ) from e
 
 

@@ -142,7 +142,8 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
     version = header.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
-            f"{source}: soft labels have schema_version={version}, this qadist reads {SCHEMA_VERSION}; re-run `qadist label`"
+            f"{source}: soft labels have schema_version={version}, this qadist reads {SCHEMA_VERSION}; "
+            "re-run `qadist label`"
         )
     have = (header.get("tokenizer") or {}).get("hash")
     if tokenizer_hash is not None and have != tokenizer_hash:

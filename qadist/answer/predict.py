@@ -32,7 +32,8 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     elapsed = time.perf_counter() - started
     answered = sum(1 for a in predictions.values() if a)
     console.summary(
-        f"qadist predict: {len(predictions):,} questions ({answered:,} answered, {len(predictions) - answered:,} no answer) "
+        f"qadist predict: {len(predictions):,} questions ({answered:,} answered, "
+        f"{len(predictions) - answered:,} no answer) "
         f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})"
     )
     return predictions, na_probs

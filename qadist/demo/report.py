@@ -97,15 +97,18 @@ def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
     found = [
         (
             f"distilled student (no labels) reaches >= 90% of the teacher ensemble's F1 "
-            f"({f1['distilled']:.1f} / {f1['ensemble']:.1f} = {100 * f1['distilled'] / max(f1['ensemble'], 1e-9):.0f}%)",
+            f"({f1['distilled']:.1f} / {f1['ensemble']:.1f} "
+            f"= {100 * f1['distilled'] / max(f1['ensemble'], 1e-9):.0f}%)",
             f1["distilled"] >= 0.9 * f1["ensemble"],
         ),
         (
-            f"distilled student (no labels) beats the same student trained on the labels alone ({f1['distilled']:.1f} vs {f1['labels_only']:.1f})",
+            "distilled student (no labels) beats the same student trained on the labels alone "
+            f"({f1['distilled']:.1f} vs {f1['labels_only']:.1f})",
             f1["distilled"] > f1["labels_only"],
         ),
         (
-            f"distilled, then fine-tuned is at least as good as distilled alone ({f1['distilled_ft']:.1f} vs {f1['distilled']:.1f})",
+            "distilled, then fine-tuned is at least as good as distilled alone "
+            f"({f1['distilled_ft']:.1f} vs {f1['distilled']:.1f})",
             f1["distilled_ft"] >= f1["distilled"],
         ),
         (
@@ -116,7 +119,8 @@ def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
     if "self_distilled" in rows:
         found.append(
             (
-                f"self-distillation from the ensemble vs teacher A ({f1['self_distilled']:.1f} vs {f1['teacher_a']:.1f})",
+                "self-distillation from the ensemble vs teacher A "
+                f"({f1['self_distilled']:.1f} vs {f1['teacher_a']:.1f})",
                 f1["self_distilled"] >= f1["teacher_a"],
             )
         )
@@ -237,7 +241,8 @@ def report(
     times = "\n".join(f"  {name:<{width}} {seconds:7.1f} s" for name, seconds in stage_seconds.items())
     checks_text = "\n".join(f"  [{'yes' if ok else 'NO '}] {text}" for text, ok in found)
     print(
-        f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\nStage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n",
+        f"\n{console_table(rows)}\n\nChecks:\n{checks_text}\n\n"
+        f"Stage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n",
         flush=True,
     )
     curve_md = "\n".join(
@@ -250,9 +255,10 @@ def report(
             "",
             markdown_table(rows),
             "",
-            "Labelled examples used: the gold answers a model was trained on itself; in brackets, those that reached it through its teachers.",
-            f"Speed: answers per second on this machine over the whole test set (one process, {extra.get('precision', 'fp32')}), "
-            "and the ratio to a single teacher.",
+            "Labelled examples used: the gold answers a model was trained on itself; "
+            "in brackets, those that reached it through its teachers.",
+            "Speed: answers per second on this machine over the whole test set "
+            f"(one process, {extra.get('precision', 'fp32')}), and the ratio to a single teacher.",
             "",
             "## Checks",
             "",

@@ -182,7 +182,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                 storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
             pages = storage.read_text(data["documents"]).count("\n")
             print(
-                f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} product pages, "
+                f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} "
+                f"product pages, "
                 f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test",
                 flush=True,
             )

@@ -75,7 +75,8 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
 
     if cfg.revisions is not None and len(cfg.revisions) != len(cfg.teachers):
         raise UserError(
-            f"revisions has {len(cfg.revisions)} entries for {len(cfg.teachers)} teachers; give one revision per teacher"
+            f"revisions has {len(cfg.revisions)} entries for {len(cfg.teachers)} teachers; "
+            "give one revision per teacher"
         )
     fingerprints = [tokenizer_fingerprint(load_tokenizer(t, cfg.trust_remote_code)) for t in cfg.teachers]
     check_shared_tokenizer(cfg.teachers, fingerprints)
@@ -226,7 +227,7 @@ def run_label(cfg: LabelConfig) -> dict:
     finished = prepare_output(cfg, settings)
     if finished is not None:
         console.summary(
-            f"qadist label: {cfg.out} is complete with these settings ({len(finished['shards'])} shards, "
+            f"qadist label: {cfg.out} is already complete with these settings ({len(finished['shards'])} shards, "
             f"{finished['counts']['windows']:,} windows); nothing to do"
         )
         sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
@@ -267,8 +268,9 @@ def run_label(cfg: LabelConfig) -> dict:
             len(pending),
         )
     console.banner(
-        f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of <= {cfg.rows_per_shard:,} rows "
-        f"to label, {len(teachers)} teacher(s) ({cfg.combine}), {cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
+        f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of "
+        f"<= {cfg.rows_per_shard:,} rows to label, {len(teachers)} teacher(s) ({cfg.combine}), "
+        f"{cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
         f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})"
     )
     results: dict[str, dict] = {}
@@ -375,8 +377,9 @@ def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
         **rss,
     }
     run["summary"] = (
-        f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: {run['pairs_per_s']:.1f} pairs/s, "
-        f"{run['windows_per_s']:.1f} windows/s, {run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
+        f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: "
+        f"{run['pairs_per_s']:.1f} pairs/s, {run['windows_per_s']:.1f} windows/s, "
+        f"{run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
         f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)"
     )
     return run

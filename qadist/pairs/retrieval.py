@@ -54,7 +54,8 @@ def resolve_model(name: str) -> str:
         return minilm_path()
     if name.startswith("packaged:"):
         raise UserError(
-            f"model {name!r}: the only packaged model is {PACKAGED_MINILM!r}; or give a sentence-transformers name or path"
+            f"model {name!r}: the only packaged model is {PACKAGED_MINILM!r}; "
+            "or give a sentence-transformers name or path"
         )
     return name
 

@@ -8,7 +8,8 @@
    `duplicates/`, the count carried on the pair), unique questions are staged in `_work/`. The
    driver keeps only a set of ids and a digest per distinct question.
 3. The staged questions stream through a pool of `StagedMatcher` actors (read a staged file, embed
-   + top-k search against the shared index, a batch at a time); the driver writes pairs and rejects as results arrive, then `_manifest.json`.
+   + top-k search against the shared index, a batch at a time); the driver writes pairs and rejects as
+   results arrive, then `_manifest.json`.
 
 Output under `--out`: `pairs/part-*.jsonl` (or .parquet), rows `id` (the question id when top_k=1,
 else `<question id>::<rank>`), `question`, `context`, `doc_id`, `score`, `title`, `question_id`,
@@ -247,7 +248,8 @@ def load_tokenizer_for(model: str) -> Any:
         )  # explicit: no prompt, no remote code
     except (OSError, ValueError) as e:
         raise UserError(
-            f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); give a sentence-transformers name or folder"
+            f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); "
+            "give a sentence-transformers name or folder"
         ) from e
 
 
@@ -302,14 +304,16 @@ def run_pairs(cfg: PairsConfig) -> dict:
     limit = max_seq_length(cfg.model)
     if limit is not None and cfg.passage_tokens > limit - 2:
         raise UserError(
-            f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); lower --passage-tokens"
+            f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); "
+            "lower --passage-tokens"
         )
     tokenizer = load_tokenizer_for(cfg.model)
     docs, doc_rejects = load_documents(cfg.documents)
     finished = prepare_out(cfg)
     if finished is not None:
         console.summary(
-            f"qadist pairs: {cfg.out} is complete with these settings ({finished['counts']['pairs_out']:,} pairs); nothing to do"
+            f"qadist pairs: {cfg.out} is already complete with these settings "
+            f"({finished['counts']['pairs_out']:,} pairs); nothing to do"
         )
         return finished
     ray = ensure_ray()
@@ -323,7 +327,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
         storage.delete(storage.join(cfg.out, "_work"))
         first = f", first: {stager.first_reason}" if stager.first_reason else ""
         raise UserError(
-            f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, {stager.rejects.rows} rejected{first}); "
+            f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, "
+            f"{stager.rejects.rows} rejected{first}); "
             "give JSONL or Parquet rows with 'id' and 'question'"
         )
     doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name="documents")
@@ -335,7 +340,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
     passages = build_passages(docs, tokenizer, cfg.passage_tokens, cfg.passage_overlap, cfg.context_tokens)
     n_passages = len(passages["doc"])
     console.banner(
-        f"qadist pairs: {stager.rows_in:,} questions ({len(stager.rep_ids):,} unique, {stager.duplicates.rows:,} merged as "
+        f"qadist pairs: {stager.rows_in:,} questions ({len(stager.rep_ids):,} unique, "
+        f"{stager.duplicates.rows:,} merged as "
         f"identical, {stager.rejects.rows:,} rejected) x {len(docs):,} documents ({len(doc_rejects):,} rejected) -> "
         f"{n_passages:,} passages of {cfg.passage_tokens} tokens (overlap {cfg.passage_overlap}); model {cfg.model}, "
         f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}"

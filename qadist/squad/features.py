@@ -18,9 +18,15 @@ def check_lengths(max_seq_len: int, doc_stride: int, max_query_len: int) -> str 
     """A reason the lengths cannot work together, or None."""
     room = max_seq_len - max_query_len - 3  # [CLS] question [SEP] context [SEP]
     if room < 8:
-        return f"max_seq_len={max_seq_len} leaves {room} context tokens after max_query_len={max_query_len}; raise max_seq_len or lower max_query_len"
+        return (
+            f"max_seq_len={max_seq_len} leaves {room} context tokens after max_query_len={max_query_len}; "
+            "raise max_seq_len or lower max_query_len"
+        )
     if not 0 <= doc_stride < room:
-        return f"doc_stride={doc_stride} must be in [0, {room}) for max_seq_len={max_seq_len} and max_query_len={max_query_len}"
+        return (
+            f"doc_stride={doc_stride} must be in [0, {room}) "
+            f"for max_seq_len={max_seq_len} and max_query_len={max_query_len}"
+        )
     return None
 
 

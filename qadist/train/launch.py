@@ -84,8 +84,9 @@ def banner(stage: str, plan: Plan, cfg: TrainSettings, soft: int, gold: int, run
     parts = [f"{soft:,} soft-labelled" if soft else "", f"{gold:,} gold" if gold else ""]
     return (
         f"qadist {stage}: {plan.windows:,} windows ({', '.join(p for p in parts if p)}) | "
-        f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x {plan.grad_accum} accumulation | "
-        f"{plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = {plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
+        f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x "
+        f"{plan.grad_accum} accumulation | {plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = "
+        f"{plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
         f"checkpoints every {cfg.checkpoint_every} steps -> {run_dir}"
     )
 

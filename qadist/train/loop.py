@@ -228,7 +228,8 @@ class WorkerTrainer:
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
                 self.log(
-                    f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, batch {self.state['batches_in_epoch']} of it)"
+                    f"resuming from step {self.state['step']} (epoch {self.state['epoch']}, "
+                    f"batch {self.state['batches_in_epoch']} of it)"
                 )
         self.step, self.epoch, self.position = self.state["step"], self.state["epoch"], self.state["batches_in_epoch"]
         return model

@@ -137,7 +137,8 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
     typed = {"token_type_ids" in names for _, _, names in footers}
     if len(typed) > 1:
         raise UserError(
-            f"{labels}: some shards have token_type_ids and some do not (mixed labelling runs); re-run `qadist label --overwrite`"
+            f"{labels}: some shards have token_type_ids and some do not (mixed labelling runs); "
+            "re-run `qadist label --overwrite`"
         )
     return typed.pop()
 

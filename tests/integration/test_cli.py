@@ -162,7 +162,7 @@ def test_bad_rows(rows, needles, tmp_path, capsys):
 @pytest.mark.parametrize(
     "name,content,needles",
     [
-        ("empty.jsonl", "", ["the file is empty", "give at least one pair"]),
+        ("empty.jsonl", "", ["the file is empty", "give at least one row"]),
         ("empty.json", "\n", ["the file is empty"]),
         ("bad.jsonl", '{"id": "a", "question": "q", "context": "c"}\n{"id": "b",\n', ["row 2", "not valid JSON"]),
         ("bad.parquet", "PAR1 not really", ["not a readable Parquet file"]),
@@ -190,7 +190,7 @@ def test_model_that_does_not_exist(tmp_path, capsys):
     data = write(tmp_path / "pairs.jsonl", json.dumps(GOOD) + "\n")
     missing = str(tmp_path / "no-model")
     code, _, err = run_cli(["predict", "--model", missing, "--data", data, "--out", str(tmp_path / "p.json")], capsys)
-    assert_one_line_error(code, err, missing, "cannot load a tokenizer", "give a model folder")
+    assert_one_line_error(code, err, missing, "no such model folder", "give an existing save_pretrained folder")
 
 
 def test_unknown_config_key(tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_distill_and_finetune_with_relative_paths_from_another_directory(workdir
     )
     assert code == 0, err
     assert (workdir / "finetuned" / "final" / "config.json").exists()
-    assert "qadist finetune: done" in out and (workdir / "finetuned" / "_qadist-finetune.log").exists()
+    assert "qadist finetune: done" in out and (workdir / "finetuned.log").exists()
 
 
 def test_a_missing_model_folder_is_one_line_before_any_work(workdir, capsys):

@@ -406,7 +406,8 @@ def test_student_learns_to_agree_with_the_teacher(ray_local, tiny_models, teache
     seconds = time.perf_counter() - started
     after = agreement(load_qa_model(result["final"]), teacher_model, tokenizer, held)
     print(
-        f"\nstudent vs teacher on {len(held)} held-out pairs: EM {before[0]:.1f} -> {after[0]:.1f}, F1 {before[1]:.1f} -> {after[1]:.1f} "
+        f"\nstudent vs teacher on {len(held)} held-out pairs: "
+        f"EM {before[0]:.1f} -> {after[0]:.1f}, F1 {before[1]:.1f} -> {after[1]:.1f} "
         f"({result['plan']['total_steps']} steps on {result['plan']['windows']} windows in {seconds:.0f}s)"
     )
     assert before[0] < 10
@@ -534,7 +535,8 @@ def check_resumed(run: Path, log: Path, committed: int, before: list[int]) -> No
     steps, folders = committed_steps(run), folder_steps(run)
     print(
         f"\nfault after committed checkpoints at steps {before}; resumed at step(s) {last['resumed_at']}; "
-        f"committed steps {steps}; checkpoint folders by time {folders}; finished at step {final['step']} of {total} planned"
+        f"committed steps {steps}; checkpoint folders by time {folders}; "
+        f"finished at step {final['step']} of {total} planned"
     )
     assert final["step"] == last["step"] == total
     assert len(last["resumed_at"]) == 1

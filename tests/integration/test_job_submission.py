@@ -71,9 +71,9 @@ def ray_head(monkeypatch):
             try:
                 JobSubmissionClient(url).list_jobs()
                 break
-            except Exception:
+            except Exception as err:
                 if head.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the Ray head did not come up (exit {head.poll()})")
+                    raise RuntimeError(f"the Ray head did not come up (exit {head.poll()})") from err
                 time.sleep(2)
         yield url
     finally:

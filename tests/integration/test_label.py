@@ -453,7 +453,8 @@ def test_memory_is_flat_from_10k_to_100k_pairs(tmp_path, squad_pairs, tiny_model
     print(f"\npeak RSS, MiB (private/shared max) {'10k pairs':>22s} {'100k pairs':>22s} {'RSS growth':>10s}")
     for stage in stages:
         cells = [
-            f"{r[f'{stage}_rss_mb']:6.0f} ({r.get(f'{stage}_private_mb', 0):4.0f}/{r.get(f'{stage}_shared_mb', 0):3.0f})"
+            f"{r[f'{stage}_rss_mb']:6.0f} "
+            f"({r.get(f'{stage}_private_mb', 0):4.0f}/{r.get(f'{stage}_shared_mb', 0):3.0f})"
             for r in (runs[10_000], runs[100_000])
         ]
         growth = runs[100_000][f"{stage}_rss_mb"] / runs[10_000][f"{stage}_rss_mb"] - 1

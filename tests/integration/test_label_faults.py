@@ -401,7 +401,8 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
     assert as_stored[0] == as_stored[1] == stored  # both runs answer with the one committed manifest
     outcome = ("a manifest appeared" in caplog.text, "already complete" in caplog.text)
     print(
-        f"\nat once: both exit 0; one manifest; loser {'lost the conditional commit' if outcome[0] else 'found it complete'}"
+        "\nat once: both exit 0; one manifest; "
+        f"loser {'lost the conditional commit' if outcome[0] else 'found it complete'}"
     )
     assert any(outcome)
     exactly_once(cfg.out, pairs)

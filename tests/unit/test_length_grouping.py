@@ -38,9 +38,10 @@ def test_every_row_once_and_the_same_number_of_micro_batches(rows, batch):
 
 def test_same_seed_same_order_other_seed_other_order():
     chunk = chunk_of(list(range(10, 138)))
-    order = lambda seed: [
-        m["start_position"].tolist() for m in length_grouped(chunk, 8, np.random.default_rng([seed, 0]))
-    ]  # noqa: E731
+
+    def order(seed):
+        return [m["start_position"].tolist() for m in length_grouped(chunk, 8, np.random.default_rng([seed, 0]))]
+
     assert order(1) == order(1)
     assert order(1) != order(2)
     lengths_in_order = [

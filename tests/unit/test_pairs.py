@@ -90,7 +90,8 @@ def test_validate_document_reads_context_and_title():
 def test_load_documents_rejects_bad_rows_and_duplicates(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text(
-        '{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\nnot json\n{"id": "b", "text": 3}\n{"id": "c", "text": "three"}\n'
+        '{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\nnot json\n'
+        '{"id": "b", "text": 3}\n{"id": "c", "text": "three"}\n'
     )
     docs, rejects = load_documents(str(path))
     assert [d["id"] for d in docs] == ["a", "c"]
@@ -139,7 +140,7 @@ def test_split_document_spans_are_in_the_text_and_overlap(tokenizer, squad_pairs
     text = max((p["context"] for p in squad_pairs), key=len)
     spans = split_document(text, tokenizer, 64, 16, context_tokens=150)
     assert len(spans) > 3 and spans[0][0] == 0 and spans[-1][1] == len(text.rstrip())
-    for (s0, e0, *_), (s1, e1, *_) in zip(spans, spans[1:]):
+    for (_s0, e0, *_), (s1, e1, *_) in zip(spans, spans[1:]):
         assert s1 < e0 < e1  # consecutive passages overlap
     for s, e, c0, c1 in spans:
         n = len(tokenizer(text[s:e], add_special_tokens=False)["input_ids"])

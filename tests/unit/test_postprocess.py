@@ -138,7 +138,7 @@ def test_max_answer_len_is_respected(long_windows):
     assert short[pair["id"]] == pair["context"][w["offsets"][i][0] : w["offsets"][k][1]]
     long_, _ = postprocess([w], context, max_answer_len=30)
     assert long_[pair["id"]] == pair["context"][w["offsets"][i][0] : w["offsets"][j][1]]
-    for score, s, e in best_spans(w["start_logits"], w["end_logits"], w["offsets"], n_best=20, max_answer_len=10):
+    for _score, s, e in best_spans(w["start_logits"], w["end_logits"], w["offsets"], n_best=20, max_answer_len=10):
         n_tokens = sum(1 for ts, te in w["offsets"] if ts >= s and te <= e and ts >= 0)
         assert n_tokens <= 10
 
