@@ -15,7 +15,6 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable
 from typing import Any, Literal, Optional
 
 import typer
@@ -38,6 +37,7 @@ from qadist.config import (
     load_config,
 )
 from qadist.errors import one_line, user_error_in
+from qadist.pipeline import runner
 from qadist.runtime import release_ray
 
 app = typer.Typer(
@@ -99,7 +99,7 @@ def stage_options(cls: type[StageConfig]) -> dict[str, tuple[Any, Any]]:
     return options
 
 
-def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_text: str, show: bool = True) -> None:
+def command(name: str, cls: type[StageConfig], help_text: str, show: bool = True) -> None:
     """Register `qadist <name>`: its flags from `cls`, then load the config and run the stage."""
     params = {**COMMON, **stage_options(cls)}
 
@@ -110,7 +110,7 @@ def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_t
         cfg = load_config(cls, name, config, {k: v for k, v in kwargs.items() if v is not None and v != []})
         with console.session(name, getattr(cfg, "out", None), verbose, show=show):
             try:
-                run(cfg)
+                runner(name)(cfg)
             finally:
                 release_ray()
 
@@ -125,72 +125,27 @@ def command(name: str, cls: type[StageConfig], run: Callable[[Any], Any], help_t
     app.command(name)(invoke)
 
 
-def _run_pairs(cfg):
-    from qadist.pairs.stage import run_pairs
-
-    return run_pairs(cfg)
-
-
-def _run_label(cfg):
-    from qadist.label.stage import run_label
-
-    return run_label(cfg)
-
-
-def _run_distill(cfg):
-    from qadist.train.stage import run_distill
-
-    return run_distill(cfg)
-
-
-def _run_finetune(cfg):
-    from qadist.train.stage import run_finetune
-
-    return run_finetune(cfg)
-
-
-def _run_predict(cfg):
-    from qadist.answer.predict import run_predict
-
-    return run_predict(cfg)
-
-
-def _run_evaluate(cfg):
-    from qadist.answer.evaluate import run_evaluate
-
-    return run_evaluate(cfg)
-
-
-def _run_demo(cfg):
-    from qadist.demo.run import run_demo
-
-    return run_demo(cfg)
-
-
 command(
     "pairs",
     PairsConfig,
-    _run_pairs,
     "Match logged questions to documents with a bi-encoder -> question-document pairs.",
 )
 command(
     "label",
     LabelConfig,
-    _run_label,
     "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.",
 )
-command("distill", DistillConfig, _run_distill, "Train the student on the soft labels with Ray Train.")
-command("finetune", FinetuneConfig, _run_finetune, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
-command("predict", PredictConfig, _run_predict, "Answer questions with a QA model (batched; CPU or GPU).")
+command("distill", DistillConfig, "Train the student on the soft labels with Ray Train.")
+command("finetune", FinetuneConfig, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
+command("predict", PredictConfig, "Answer questions with a QA model (batched; CPU or GPU).")
 command(
     "evaluate",
     EvaluateConfig,
-    _run_evaluate,
     "Score predictions with the official SQuAD 2.0 metric; with --model, predict first "
     "(on a GPU worker with --use-gpu).",
     show=False,
 )  # stdout is the metrics JSON
-command("demo", DemoConfig, _run_demo, "The whole pipeline, embedded and offline on a CPU, with a results table.")
+command("demo", DemoConfig, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 
 @app.command()

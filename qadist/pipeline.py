@@ -15,6 +15,7 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import STAGE_CONFIGS, StageConfig, load_config, read_yaml
 from qadist.errors import UserError
+from qadist.outputs import manifest_uri
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ ORDER = ("pairs", "label", "distill", "finetune", "predict", "evaluate")
 def completion_marker(stage: str, cfg: StageConfig) -> str:
     """The object whose existence means the stage finished."""
     if stage in ("pairs", "label"):
-        return storage.join(cfg.out, "_manifest.json")
+        return manifest_uri(cfg.out)
     if stage in ("distill", "finetune"):
         return storage.join(cfg.out, "final", "config.json")
     if stage == "predict":
@@ -36,20 +37,24 @@ def completion_marker(stage: str, cfg: StageConfig) -> str:
     raise UserError(f"stage {stage!r} cannot run in a pipeline; use one of {', '.join(ORDER)}")
 
 
+# Each stage's entry function, imported when the stage runs (a command loads only what it uses).
+RUNNERS = {
+    "pairs": "qadist.pairs.stage:run_pairs",
+    "label": "qadist.label.stage:run_label",
+    "distill": "qadist.train.stage:run_distill",
+    "finetune": "qadist.train.stage:run_finetune",
+    "predict": "qadist.answer.predict:run_predict",
+    "evaluate": "qadist.answer.evaluate:run_evaluate",
+    "demo": "qadist.demo.run:run_demo",
+}
+
+
 def runner(stage: str) -> Callable[[StageConfig], object]:
-    if stage == "pairs":
-        from qadist.pairs.stage import run_pairs as run
-    elif stage == "label":
-        from qadist.label.stage import run_label as run
-    elif stage == "distill":
-        from qadist.train.stage import run_distill as run
-    elif stage == "finetune":
-        from qadist.train.stage import run_finetune as run
-    elif stage == "predict":
-        from qadist.answer.predict import run_predict as run
-    else:
-        from qadist.answer.evaluate import run_evaluate as run
-    return run
+    """The entry function of `stage`."""
+    import importlib
+
+    module, name = RUNNERS[stage].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_pipeline(config_path: str) -> dict[str, str]:

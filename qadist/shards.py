@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.errors import UserError
+from qadist.outputs import manifest_uri
 
 SCHEMA_VERSION = 1
 HEADER_KEY = b"qadist"
@@ -155,7 +156,7 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
 
 def read_manifest(uri: str) -> dict[str, Any]:
     """`<uri>/_manifest.json` of a finished `qadist label` run (a UserError when missing)."""
-    path = storage.join(uri, "_manifest.json")
+    path = manifest_uri(uri)
     if not storage.exists(path):
         raise UserError(
             f"{uri}: no _manifest.json; the label run has not finished (re-run `qadist label` to resume it)"
@@ -179,7 +180,7 @@ def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None 
     import ray
 
     manifest = read_manifest(uri)
-    check_header(manifest, storage.join(uri, "_manifest.json"), tokenizer_hash)
+    check_header(manifest, manifest_uri(uri), tokenizer_hash)
     uris = [storage.join(uri, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
     if not uris:
         raise UserError(f"{uri}: the manifest lists no windows; label some pairs first")

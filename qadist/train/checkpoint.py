@@ -19,7 +19,7 @@ from qadist import storage
 
 STATE_FILE = "training_state.pt"
 QADIST_CONFIG_FILE = "qadist_config.json"
-SCHEMA_VERSION = 1  # of qadist_config.json
+QADIST_CONFIG_VERSION = 1  # of qadist_config.json
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

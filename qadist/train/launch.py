@@ -20,7 +20,7 @@ from qadist.config import TrainSettings, to_dict
 from qadist.errors import UserError
 from qadist.outputs import claim
 from qadist.train.batches import Plan, plan_steps
-from qadist.train.checkpoint import SCHEMA_VERSION, export_final
+from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
 from qadist.train.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def launch(
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
     qadist_config = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": QADIST_CONFIG_VERSION,
         "stage": stage,
         "config": to_dict(cfg),
         "windows": windows,

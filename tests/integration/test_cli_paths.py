@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from shard_factory import make_label_shards
@@ -65,13 +66,18 @@ def test_a_missing_model_folder_is_one_line_before_any_work(workdir, capsys):
     assert_one_line_error(code, err, str(workdir / "no-such-model"), "no such model folder")
 
 
-def test_a_user_error_in_a_train_worker_is_one_line(workdir, ray_local, capsys):
-    # A folder with a tokenizer but no weights: the driver loads the tokenizer, the worker the model.
-    broken = workdir / "no-weights"
-    broken.mkdir()
-    for f in (workdir / "student").iterdir():
+def without_weights(model: Path, folder: Path) -> Path:
+    """A copy of a model folder without its weights: its tokenizer loads (on the driver), its model
+    does not (in a Ray worker or actor)."""
+    folder.mkdir()
+    for f in model.iterdir():
         if not f.name.endswith((".safetensors", ".bin")):
-            shutil.copy(f, broken / f.name)
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_a_user_error_in_a_train_worker_is_one_line(workdir, ray_local, capsys):
+    broken = without_weights(workdir / "student", workdir / "no-weights")
     (workdir / "once.yaml").write_text("max_failures: 0\n")
     code, _, err = run_cli(
         [
@@ -97,11 +103,7 @@ def test_a_user_error_in_a_train_worker_is_one_line(workdir, ray_local, capsys):
 
 
 def test_a_user_error_in_a_teacher_actor_is_one_line(workdir, ray_local, capsys):
-    broken = workdir / "no-weights-teacher"
-    broken.mkdir()
-    for f in (workdir / "student").iterdir():
-        if not f.name.endswith((".safetensors", ".bin")):
-            shutil.copy(f, broken / f.name)
+    broken = without_weights(workdir / "student", workdir / "no-weights-teacher")
     code, _, err = run_cli(
         [
             "label",
