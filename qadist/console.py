@@ -85,7 +85,20 @@ def start(stage: str, out: str | None, verbose: bool) -> str:
     if not verbose:
         logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the log file
         quiet_own_handler_loggers()
+        quiet_transformers()
     return path
+
+
+def quiet_transformers() -> None:
+    """No weight-loading bars and load reports (a fresh QA head is "MISSING" by design): set for
+    this process and, through the environment, for the Ray workers it starts."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def redirect_fd2(log_stream) -> None:

@@ -105,17 +105,20 @@ CHUNK = 256  # pairs windowed and run at a time, so memory stays bounded on larg
 
 
 def predict_pairs(
-    pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device
+    pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device, progress: bool = True
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Answers and no-answer probabilities for pairs, by `cfg` (an AnswerSettings): the windows of
-    training and labelling, batched forward passes, the shared post-processing."""
+    training and labelling, batched forward passes, the shared post-processing. `progress`: a bar
+    over chunks of pairs (for files of more than one chunk)."""
     from tqdm import tqdm
 
     from qadist.squad.features import make_windows
     from qadist.squad.postprocess import postprocess
 
     windows: list[dict] = []
-    for i in tqdm(range(0, len(pairs), CHUNK), desc="predict", unit="chunk", disable=len(pairs) <= CHUNK):
+    for i in tqdm(
+        range(0, len(pairs), CHUNK), desc="predict", unit="chunk", disable=not progress or len(pairs) <= CHUNK
+    ):
         chunk = pairs[i : i + CHUNK]
         batch = {k: [p[k] for p in chunk] for k in ("id", "question", "context")}
         w = make_windows(batch, tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)

@@ -72,9 +72,9 @@ def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: AnswerSettings, 
     tokenizer = load_tokenizer(row.paths[0])
     members = [load_qa_model(p).eval() for p in row.paths]
     model = members[0] if len(members) == 1 else MeanLogitsEnsemble(members).eval()
-    predict_pairs(test_pairs[:32], model, tokenizer, cfg, device)  # warm-up (allocator, kernels)
+    predict_pairs(test_pairs[:32], model, tokenizer, cfg, device, progress=False)  # warm-up (allocator, kernels)
     started = time.perf_counter()
-    predictions, na_probs = predict_pairs(test_pairs, model, tokenizer, cfg, device)
+    predictions, na_probs = predict_pairs(test_pairs, model, tokenizer, cfg, device, progress=False)
     elapsed = time.perf_counter() - started
     row.metrics = squad_v2_metrics(gold_answers(test_pairs, test_uri), predictions, na_probs)
     row.params = sum(p.numel() for m in members for p in m.parameters())

@@ -105,12 +105,12 @@ class Stopwatch:
 
     @contextmanager
     def stage(self, name: str):
-        print(f"\n=== demo: {name} ===", flush=True)
+        print(f"=== demo: {name} ===", flush=True)
         t0 = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
         print(
-            f"\n=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===",
+            f"=== demo: {name} done in {time.perf_counter() - t0:.1f} s (total so far {self.total():.1f} s) ===",
             flush=True,
         )
 
