@@ -241,16 +241,16 @@ def draw(state: dict) -> None:
         del _bars[state["uuid"]]
 
 
-def banner(text: str) -> None:
-    """What the stage is about to do: how much, with what, where."""
+def banner(text: str, logger: logging.Logger = log) -> None:
+    """What the stage is about to do: how much, with what, where (printed, and logged by the stage's `logger`)."""
     if _state["show"]:
         print(text, flush=True)
-    log.info(text)
+    logger.info(text)
 
 
-def summary(text: str) -> None:
+def summary(text: str, logger: logging.Logger = log) -> None:
     """What the stage did, and in how long."""
-    banner(text)
+    banner(text, logger)
 
 
 @contextmanager

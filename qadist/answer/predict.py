@@ -26,7 +26,7 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     tokenizer = load_tokenizer(folder, cfg.trust_remote_code)
     device = pick_device(cfg.use_gpu)
     model = load_qa_model(folder, trust_remote_code=cfg.trust_remote_code).to(device).eval()
-    console.banner(f"qadist predict: {len(pairs):,} questions from {data} with {model_uri} on {device}")
+    console.banner(f"qadist predict: {len(pairs):,} questions from {data} with {model_uri} on {device}", log)
     started = time.perf_counter()
     predictions, na_probs = predict_pairs(pairs, model, tokenizer, cfg, device)
     elapsed = time.perf_counter() - started
@@ -34,7 +34,8 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     console.summary(
         f"qadist predict: {len(predictions):,} questions ({answered:,} answered, "
         f"{len(predictions) - answered:,} no answer) "
-        f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})"
+        f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})",
+        log,
     )
     return predictions, na_probs
 

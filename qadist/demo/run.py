@@ -190,7 +190,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         with clock.stage("start Ray (embedded)"):
             # Teacher actors and training workers get `threads` torch threads (Ray would give a 1-CPU
             # worker one), and enough logical CPUs for the label pipeline's tasks beside its actor.
-            ensure_ray(min_cpus=max(4, 2 * threads), threads=threads)
+            ensure_ray(min_cpus=max(4, 2 * threads), threads=threads, dedicated=True)
             inits = save_init_models(
                 models_dir,
                 plan.student_layers,

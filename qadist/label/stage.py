@@ -228,7 +228,8 @@ def run_label(cfg: LabelConfig) -> dict:
     if finished is not None:
         console.summary(
             f"qadist label: {cfg.out} is already complete with these settings ({len(finished['shards'])} shards, "
-            f"{finished['counts']['windows']:,} windows); nothing to do"
+            f"{finished['counts']['windows']:,} windows); nothing to do",
+            log,
         )
         sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
         return finished
@@ -261,17 +262,17 @@ def run_label(cfg: LabelConfig) -> dict:
     done = {b.name for b in blocks if storage.join(cfg.out, "shards", f"{b.name}.parquet") in existing}
     pending = [b for b in blocks if b.name not in done]
     if done:
-        log.info(
-            "resume: %d of %d shards already finished; skipping them, computing %d",
-            len(done),
-            len(blocks),
-            len(pending),
+        console.banner(
+            f"qadist label: resume: {len(done)} of {len(blocks)} shards already finished; skipping them, "
+            f"computing {len(pending)}",
+            log,
         )
     console.banner(
         f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of "
         f"<= {cfg.rows_per_shard:,} rows to label, {len(teachers)} teacher(s) ({cfg.combine}), "
         f"{cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
-        f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})"
+        f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})",
+        log,
     )
     results: dict[str, dict] = {}
     try:
@@ -313,7 +314,7 @@ def run_label(cfg: LabelConfig) -> dict:
         )
         manifest = json.loads(storage.read_text(manifest_uri(cfg.out)))
     else:
-        console.summary("qadist " + manifest["run"]["summary"])
+        console.summary("qadist " + manifest["run"]["summary"], log)
     sweep(cfg.out, manifest, started_at)  # only now: the committed manifest says what to keep
     return manifest
 

@@ -313,7 +313,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
     if finished is not None:
         console.summary(
             f"qadist pairs: {cfg.out} is already complete with these settings "
-            f"({finished['counts']['pairs_out']:,} pairs); nothing to do"
+            f"({finished['counts']['pairs_out']:,} pairs); nothing to do",
+            log,
         )
         return finished
     ray = ensure_ray()
@@ -344,7 +345,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
         f"{stager.duplicates.rows:,} merged as "
         f"identical, {stager.rejects.rows:,} rejected) x {len(docs):,} documents ({len(doc_rejects):,} rejected) -> "
         f"{n_passages:,} passages of {cfg.passage_tokens} tokens (overlap {cfg.passage_overlap}); model {cfg.model}, "
-        f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}"
+        f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}",
+        log,
     )
     emb = embed_passages(list(passage_texts(docs, passages)), cfg)
     index = build_index(emb, passages, passage_texts(docs, passages), cfg.approximate_above)
@@ -433,6 +435,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     console.summary(
         f"qadist pairs: {counts['questions_in']:,} questions in -> {matched:,} matched ({pairs.rows:,} pairs), "
         f"{counts['questions_duplicate']:,} merged as identical, {counts['questions_rejected']:,} rejected "
-        f"({unmatched.rows:,} below min_score) in {manifest['seconds']:.0f}s -> {cfg.out}"
+        f"({unmatched.rows:,} below min_score) in {manifest['seconds']:.0f}s -> {cfg.out}",
+        log,
     )
     return manifest

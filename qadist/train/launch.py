@@ -113,7 +113,7 @@ def launch(
         )
     check_same_run(cfg, stage)
     storage_path, filesystem = run_storage(cfg.out)
-    console.banner(banner(stage, plan, cfg, soft, gold, storage.join(cfg.out, stage)))
+    console.banner(banner(stage, plan, cfg, soft, gold, storage.join(cfg.out, stage)), log)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
     qadist_config = {
@@ -171,6 +171,8 @@ def launch(
     shown = ", ".join(
         f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/step", "train/loss", "eval/exact", "eval/f1")
     )
-    console.summary(f"qadist {stage}: done in {time.perf_counter() - started:.1f}s ({shown}); final model -> {final}")
+    console.summary(
+        f"qadist {stage}: done in {time.perf_counter() - started:.1f}s ({shown}); final model -> {final}", log
+    )
     checkpoint = ("s3://" if storage.is_s3(cfg.out) else "") + result.checkpoint.path
     return {"final": final, "metrics": metrics, "plan": asdict(plan), "checkpoint": checkpoint}

@@ -350,8 +350,8 @@ def test_resume_after_sigkill_is_exactly_once(tmp_path, squad_pairs, tiny_models
 
     log = _run(cmd, env)
     assert log.returncode == 0, log.stderr[-3000:]
-    assert f"resume: {len(first)} of 24 shards already finished" in log.stderr
-    print("\n" + "\n".join(line for line in log.stderr.splitlines() if "resume:" in line or "label: " in line))
+    assert f"resume: {len(first)} of 24 shards already finished" in log.stdout  # the console, not the log file
+    print("\n" + "\n".join(line for line in log.stdout.splitlines() if "resume:" in line or "label: " in line))
     manifest, table = load_output(str(out))
     assert manifest["run"]["shards_skipped"] == len(first) and manifest["run"]["shards_computed"] == 24 - len(first)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet") if p.name in first} == first
