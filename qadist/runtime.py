@@ -37,7 +37,9 @@ def ensure_ray(min_cpus: int = 0, threads: int | None = None, dedicated: bool = 
 
 def _init(ray, address: str | None, min_cpus: int, env: dict[str, str], dedicated: bool) -> None:
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        # A submitted job's runtime env is the job's (`ray job submit --runtime-env`): adding ours would
+        # conflict with it; qadist's workers set what they need themselves (TOKENIZERS_PARALLELISM).
+        ray.init(address=address)
         return
     if dedicated:
         # Embedded, the workers do all of the run's work: at Ray's default niceness (15) they would
