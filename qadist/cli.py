@@ -57,11 +57,17 @@ COMMON = {
 }
 
 
-def flag_type(annotation: Any) -> tuple[Any, bool]:
-    """A config field's type -> (the Optional type typer parses, whether the flag repeats)."""
+def without_none(annotation: Any) -> Any:
+    """`X | None` -> `X`; any other annotation as it is."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation = args[0]
+        return args[0]
+    return annotation
+
+
+def flag_type(annotation: Any) -> tuple[Any, bool]:
+    """A config field's type -> (the Optional type typer parses, whether the flag repeats)."""
+    annotation = without_none(annotation)
     if typing.get_origin(annotation) is Literal:
         return Optional[str], False  # the model names the choices when a value is wrong
     if typing.get_origin(annotation) is list:
@@ -74,10 +80,7 @@ def metavar(field: Any) -> str | None:
     kind = (field.json_schema_extra or {}).get("kind") if isinstance(field.json_schema_extra, dict) else None
     if kind:
         return "URI" if kind == "uri" else "NAME|PATH"
-    annotation = field.annotation
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation = args[0]
+    annotation = without_none(field.annotation)
     if typing.get_origin(annotation) is Literal:
         return "|".join(map(str, typing.get_args(annotation)))
     return {int: "N", float: "X", str: "TEXT"}.get(annotation)
