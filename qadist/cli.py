@@ -28,10 +28,12 @@ from qadist.config import (
     DemoConfig,
     DistillConfig,
     EvaluateConfig,
+    ExportConfig,
     FinetuneConfig,
     LabelConfig,
     PairsConfig,
     PredictConfig,
+    ServeConfig,
     StageConfig,
     flag_for,
     load_config,
@@ -148,6 +150,12 @@ command(
     "(on a GPU worker with --use-gpu).",
     show=False,
 )  # stdout is the metrics JSON
+command(
+    "export",
+    ExportConfig,
+    "A QA model as ONNX (and ONNX Runtime int8 with --int8), scored against PyTorch on --eval-file.",
+)
+command("serve", ServeConfig, "Serve a QA model over HTTP (Ray Serve, FastAPI, dynamic batching).")
 command("demo", DemoConfig, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 

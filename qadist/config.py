@@ -19,7 +19,17 @@ from qadist.errors import UserError
 PRODUCTION_TEACHER = "ahotrod/albert_xxlargev1_squad2_512"
 PRODUCTION_STUDENT = "albert-base-v2"
 PRODUCTION_ENCODER = "sentence-transformers/multi-qa-MiniLM-L6-cos-v1"
-STAGES = ("pairs", "label", "distill", "finetune", "predict", "evaluate", "demo")  # sections of a config file
+STAGES = (
+    "pairs",
+    "label",
+    "distill",
+    "finetune",
+    "predict",
+    "evaluate",
+    "export",
+    "serve",
+    "demo",
+)  # sections of a config file
 
 
 def Uri(default: Any = ..., help: str = "") -> Any:  # noqa: N802 (a Field factory)
@@ -239,6 +249,45 @@ class EvaluateConfig(AnswerSettings):
         return self
 
 
+class ExportConfig(AnswerSettings):
+    model: str = Model(help="QA model folder to export (e.g. a distilled student's <out>/final).")
+    out: str = Uri(help="Folder for the ONNX graph(s), tokenizer, qadist_config.json and export_report.json.")
+    int8: bool = Opt(False, "Also write an ONNX Runtime dynamic-int8 graph and serve it (needs --eval-file).")
+    eval_file: str | None = Uri(None, "Gold SQuAD JSON or pairs with answers: exported and PyTorch models scored.")
+    max_f1_loss: float = Opt(1.0, "An int8 graph losing more F1 than this against PyTorch is refused.", ge=0)
+    speed_questions: int = Opt(256, "Questions of the eval file timed for answers/s (interleaved repeats).", ge=1)
+    opset: int = Opt(17, "ONNX opset of the exported graph.", ge=13)
+    overwrite: bool = Opt(False, "Replace an existing export in --out.")
+
+    @model_validator(mode="after")
+    def _int8_is_checked(self):
+        if self.int8 and not self.eval_file:
+            raise ValueError("--int8 needs --eval-file: an int8 graph is served only after its F1 is checked")
+        return self
+
+
+class ServeConfig(AnswerSettings):
+    model: str = Model(help="QA model folder or exported folder (qadist export) to serve.")
+    documents: str | None = Uri(
+        None, "Documents URI (JSONL/Parquet: id, text): questions without a context are matched to them."
+    )
+    encoder: str = Model(
+        "packaged:all-MiniLM-L6-v2", "Sentence-embedding model that matches questions to passages (with --documents)."
+    )
+    top_k: int = Opt(3, "Passages answered per question (with --documents); the best answer wins.", ge=1)
+    host: str = Opt("127.0.0.1", "Address the HTTP proxy listens on (0.0.0.0: every interface).")
+    port: int = Opt(8000, "HTTP port.", ge=1, le=65535)
+    replicas: int = Opt(1, "Model replicas (each a Ray actor holding the model).", ge=1)
+    num_cpus_per_replica: float = Opt(1.0, "CPUs reserved per replica (torch threads on CPU).", gt=0)
+    num_gpus_per_replica: float = Opt(0.0, "GPUs per replica (fractions allowed).", ge=0)
+    max_batch_size: int = Opt(16, "Questions batched into one forward pass at most.", ge=1)
+    batch_wait_ms: float = Opt(5.0, "How long a batch waits to fill before it runs.", ge=0)
+    max_ongoing_requests: int = Opt(32, "Requests a replica works on at once.", ge=1)
+    max_queued_requests: int = Opt(64, "Requests waiting for a replica; beyond this the service answers 503.", ge=0)
+    max_context_chars: int = Opt(100_000, "Longer contexts get 413.", ge=1)
+    max_batch_questions: int = Opt(256, "Questions in one /answer/batch request at most (413 beyond).", ge=1)
+
+
 class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
     quick: bool = Opt(False, "Every stage at a reduced size (about 5 minutes on 2 cores), as CI runs it.")
@@ -318,5 +367,7 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "finetune": FinetuneConfig,
     "predict": PredictConfig,
     "evaluate": EvaluateConfig,
+    "export": ExportConfig,
+    "serve": ServeConfig,
     "demo": DemoConfig,
 }

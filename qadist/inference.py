@@ -1,7 +1,8 @@
 """Batched QA forward passes over windows: length-grouped batches, padding only to the batch's
 longest window, and the compute precision (`precision`: bf16/fp16 autocast on GPU, fp32 on CPU
 unless bf16 is asked for). Shared by the teacher actors of the label stage, `qadist predict`, the
-training loop's evaluation and the demo; `predict_pairs` is the whole way from pairs to answers.
+training loop's evaluation, the demo and `qadist serve`; `predict_pairs` is the whole way from pairs
+to answers. `OnnxQAModel` runs an exported graph (`qadist export`) behind the same calls.
 """
 
 from __future__ import annotations
@@ -104,16 +105,15 @@ def run_windows(
 CHUNK = 256  # pairs windowed and run at a time, so memory stays bounded on large files
 
 
-def predict_pairs(
+def pair_windows(
     pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device, progress: bool = True
-) -> tuple[dict[str, str], dict[str, float]]:
-    """Answers and no-answer probabilities for pairs, by `cfg` (an AnswerSettings): the windows of
-    training and labelling, batched forward passes, the shared post-processing. `progress`: a bar
+) -> list[dict]:
+    """Every window of `pairs` (`id`, `offsets`, `start_logits`, `end_logits`), by `cfg` (an
+    AnswerSettings): the windows of training and labelling, batched forward passes. `progress`: a bar
     over chunks of pairs (for files of more than one chunk)."""
     from tqdm import tqdm
 
     from qadist.squad.features import make_windows
-    from qadist.squad.postprocess import postprocess
 
     windows: list[dict] = []
     for i in tqdm(
@@ -135,5 +135,69 @@ def predict_pairs(
             {"id": w["id"][j], "offsets": w["offsets"][j], "start_logits": s, "end_logits": e}
             for j, (s, e) in enumerate(logits)
         ]
+    return windows
+
+
+def predict_spans(
+    pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device, progress: bool = True
+) -> dict[str, dict]:
+    """By pair id: `answer`, `start`, `end` (characters of the context; -1 when abstaining), `score`
+    and `no_answer_probability`, with the shared post-processing (what `qadist serve` returns)."""
+    from qadist.squad.postprocess import best_answers
+
+    windows = pair_windows(pairs, model, tokenizer, cfg, device, progress)
     contexts = {p["id"]: p["context"] for p in pairs}
-    return postprocess(windows, contexts, cfg.n_best, cfg.max_answer_len, cfg.null_threshold)
+    return best_answers(windows, contexts, cfg.n_best, cfg.max_answer_len, cfg.null_threshold)
+
+
+def predict_pairs(
+    pairs: list[dict], model: Any, tokenizer: Any, cfg: Any, device: torch.device, progress: bool = True
+) -> tuple[dict[str, str], dict[str, float]]:
+    """(id -> answer, id -> no-answer probability) for pairs: the whole way from pairs to the two
+    files of the SQuAD 2.0 evaluation."""
+    spans = predict_spans(pairs, model, tokenizer, cfg, device, progress)
+    return {k: a["answer"] for k, a in spans.items()}, {k: a["no_answer_probability"] for k, a in spans.items()}
+
+
+class OnnxQAModel:
+    """An exported QA graph run by ONNX Runtime, called like a transformers QA model (`model(**batch)`
+    with `.start_logits` / `.end_logits`), so every caller of `run_windows` serves both backends.
+
+    Threads: as many intra-op threads as torch uses, so the two backends compare on equal terms.
+    """
+
+    def __init__(self, path: str, threads: int | None = None, use_gpu: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if use_gpu:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                from qadist.errors import UserError
+
+                raise UserError(
+                    f"{path}: an exported model on a GPU needs onnxruntime-gpu (pip install onnxruntime-gpu); "
+                    "or run it on the CPU (--cpu)"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path, self.threads = path, options.intra_op_num_threads
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, **batch: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        feed = {k: v.cpu().numpy() for k, v in batch.items() if k in self.inputs}
+        start, end = self.session.run(["start_logits", "end_logits"], feed)
+        return SimpleNamespace(start_logits=torch.from_numpy(start), end_logits=torch.from_numpy(end))
+
+    def to(self, device: torch.device) -> OnnxQAModel:
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        if (device.type == "cuda") != on_gpu:
+            return OnnxQAModel(self.path, self.threads, use_gpu=device.type == "cuda")
+        return self
+
+    def eval(self) -> OnnxQAModel:
+        return self

@@ -96,8 +96,24 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+QADIST_CONFIG_FILE = "qadist_config.json"  # what made a model folder; an exported one's `export` names its graph
+
+
+def exported_graph(folder: str) -> str | None:
+    """The ONNX graph an exported folder (`qadist export`) runs, or None for any other model folder."""
+    path = os.path.join(folder, QADIST_CONFIG_FILE)
+    export = json.loads(Path(path).read_text()).get("export") if os.path.isfile(path) else None
+    if not export:
+        return None
+    graph = os.path.join(folder, export["graph"])
+    if not os.path.isfile(graph):
+        raise UserError(f"{folder}: {QADIST_CONFIG_FILE} names {export['graph']}, which is missing; export again")
+    return graph
+
+
 def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them.
+    """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them,
+    or, for an exported folder, its ONNX graph on ONNX Runtime (`inference.OnnxQAModel`).
 
     Pickled (.bin) weights are only read with torch's weights-only unpickler: a file that needs
     more (code) is refused, not run.
@@ -107,6 +123,11 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
     from transformers import AutoModelForQuestionAnswering
 
     check_folder(name_or_path)
+    graph = exported_graph(name_or_path) if os.path.isdir(name_or_path) else None
+    if graph:
+        from qadist.inference import OnnxQAModel
+
+        return OnnxQAModel(graph)
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None

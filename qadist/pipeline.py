@@ -2,8 +2,9 @@
 
 A stage runs when its section is present in the config. "Complete" is what each stage commits
 last: `_manifest.json` for pairs and label, `<out>/final/config.json` for distill and finetune, the
-metrics file for evaluate. So a second run of the same pipeline does no work, and a run that
-stopped half way picks up at the first incomplete stage (which resumes by itself).
+metrics file for evaluate, `export_report.json` for export. So a second run of the same pipeline
+does no work, and a run that stopped half way picks up at the first incomplete stage (which
+resumes by itself).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from qadist.outputs import manifest_uri
 
 log = logging.getLogger(__name__)
 
-ORDER = ("pairs", "label", "distill", "finetune", "predict", "evaluate")
+ORDER = ("pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
 
 
 def completion_marker(stage: str, cfg: StageConfig) -> str:
@@ -34,6 +35,8 @@ def completion_marker(stage: str, cfg: StageConfig) -> str:
         if not cfg.out:
             raise UserError("evaluate section: set 'out' (a metrics file) so the pipeline can tell when it is done")
         return cfg.out
+    if stage == "export":
+        return storage.join(cfg.out, "export_report.json")
     raise UserError(f"stage {stage!r} cannot run in a pipeline; use one of {', '.join(ORDER)}")
 
 
@@ -45,6 +48,8 @@ RUNNERS = {
     "finetune": "qadist.train.stage:run_finetune",
     "predict": "qadist.answer.predict:run_predict",
     "evaluate": "qadist.answer.evaluate:run_evaluate",
+    "export": "qadist.answer.export:run_export",
+    "serve": "qadist.answer.serve:run_serve",
     "demo": "qadist.demo.run:run_demo",
 }
 

@@ -40,14 +40,16 @@ def best_spans(
     return [(float(scores[k]), int(offsets[pick_i[k], 0]), int(offsets[pick_j[k], 1])) for k in best]
 
 
-def postprocess(
+def best_answers(
     windows: Iterable[dict],
     contexts: dict[str, str],
     n_best: int = 20,
     max_answer_len: int = 30,
     null_threshold: float = 0.0,
-) -> tuple[dict[str, str], dict[str, float]]:
-    """Windows (`id`, `offsets`, `start_logits`, `end_logits`) -> (predictions, na_probs) by id."""
+) -> dict[str, dict]:
+    """Windows (`id`, `offsets`, `start_logits`, `end_logits`) -> by id: `answer`, its character
+    `start` and `end` in the context (-1 when the model abstains), the span `score` (start + end
+    logit) and `no_answer_probability`."""
     null_score: dict[str, float] = {}
     best: dict[str, tuple[float, int, int]] = {}
     for w in windows:
@@ -58,13 +60,31 @@ def postprocess(
         spans = best_spans(start, end, w["offsets"], n_best, max_answer_len)
         if spans and (pair_id not in best or spans[0][0] > best[pair_id][0]):
             best[pair_id] = spans[0]
-    predictions, na_probs = {}, {}
+    answers = {}
     for pair_id, null in null_score.items():
         if pair_id not in best:
-            predictions[pair_id], na_probs[pair_id] = "", 1.0
+            answers[pair_id] = {"answer": "", "start": -1, "end": -1, "score": null, "no_answer_probability": 1.0}
             continue
         score, s, e = best[pair_id]
         diff = null - score
-        predictions[pair_id] = "" if diff > null_threshold else contexts[pair_id][s:e]
-        na_probs[pair_id] = 1.0 / (1.0 + math.exp(-max(min(diff, 700.0), -700.0)))
-    return predictions, na_probs
+        abstain = diff > null_threshold
+        answers[pair_id] = {
+            "answer": "" if abstain else contexts[pair_id][s:e],
+            "start": -1 if abstain else s,
+            "end": -1 if abstain else e,
+            "score": score,
+            "no_answer_probability": 1.0 / (1.0 + math.exp(-max(min(diff, 700.0), -700.0))),
+        }
+    return answers
+
+
+def postprocess(
+    windows: Iterable[dict],
+    contexts: dict[str, str],
+    n_best: int = 20,
+    max_answer_len: int = 30,
+    null_threshold: float = 0.0,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Windows -> (predictions, na_probs) by id, the two files of the official SQuAD 2.0 evaluation."""
+    answers = best_answers(windows, contexts, n_best, max_answer_len, null_threshold)
+    return {k: a["answer"] for k, a in answers.items()}, {k: a["no_answer_probability"] for k, a in answers.items()}

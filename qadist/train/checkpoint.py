@@ -16,9 +16,9 @@ import pyarrow.fs as pafs
 import torch
 
 from qadist import storage
+from qadist.models import QADIST_CONFIG_FILE
 
 STATE_FILE = "training_state.pt"
-QADIST_CONFIG_FILE = "qadist_config.json"
 QADIST_CONFIG_VERSION = 1  # of qadist_config.json
 
 
