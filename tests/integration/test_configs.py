@@ -33,6 +33,10 @@ def test_there_are_job_configs():
     assert (REPO / "jobs" / "configs" / "local.yaml") in JOB_CONFIGS
 
 
+def serve_deploy_files() -> list[Path]:
+    return [p for p in JOB_CONFIGS if "applications" in (yaml.safe_load(p.read_text()) or {})]
+
+
 def stages_of(path: Path) -> list[str]:
     data = yaml.safe_load(path.read_text()) or {}
     sections = [s for s in STAGE_CONFIGS if isinstance(data.get(s), dict)]
@@ -43,7 +47,23 @@ def stages_of(path: Path) -> list[str]:
     return [stage]
 
 
-@pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "path", [p for p in JOB_CONFIGS if p not in serve_deploy_files()], ids=lambda p: str(p.relative_to(REPO))
+)
 def test_job_config_validates(path):
     for stage in stages_of(path):
         load_config(STAGE_CONFIGS[stage], stage, str(path))
+
+
+def test_the_serve_deploy_file_passes_serves_schema_and_its_args_validate():
+    """`serve deploy` reads it: Ray Serve's own schema, and each app's args as `qadist serve` keys."""
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from qadist.answer.serve import app_builder
+
+    (path,) = serve_deploy_files()
+    schema = ServeDeploySchema(**yaml.safe_load(path.read_text()))
+    for app in schema.applications:
+        assert app.import_path == "qadist.answer.serve:app_builder"
+        assert isinstance(app_builder(app.args), Application)  # builds (binds) without starting anything

@@ -1,0 +1,219 @@
+"""`qadist serve`: a QA model behind HTTP, as a Ray Serve application with a FastAPI ingress.
+
+    POST /answer        {"question": str, "context": str}  -> {"answer", "start", "end", "score",
+                        "no_answer_probability"} (+ "doc_id" when the service has documents and the
+                        body has no context)
+    POST /answer/batch  [{...}, ...] -> [{...}, ...]
+    GET  /healthz       200 with what is served, once the replica has loaded its model
+    GET  /docs          the OpenAPI page
+
+Requests are batched by `serve.batch` (up to --max-batch-size questions, waiting at most
+--batch-wait-ms), windowed, length-sorted and answered as `qadist predict` answers them. Bad bodies
+get 4xx with a `detail` naming the field (400 malformed JSON, 422 missing / wrong / empty / not
+Unicode, 413 over the context or batch limit); a full queue gets 503 from Serve itself
+(`max_ongoing_requests` per replica, `max_queued_requests` in front). Serve replaces a replica
+that dies. On a cluster, deploy `jobs/configs/serve-deploy.yaml` with `serve deploy` (`app_builder`).
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray import serve
+
+from qadist.config import ServeConfig
+from qadist.rows import lone_surrogate
+
+log = logging.getLogger(__name__)
+
+
+class Question(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="The question.")
+    context: str | None = Field(
+        None, min_length=1, description="The text to answer from; omit it when the service has --documents."
+    )
+
+    @field_validator("question", "context")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("must not be blank")
+            at = lone_surrogate(value)
+            if at is not None:
+                raise ValueError(f"is not valid Unicode (a lone surrogate at character {at}); send UTF-8 text")
+        return value
+
+
+class Answer(BaseModel):
+    answer: str = Field(description='The answer span ("" when the model abstains).')
+    start: int = Field(description="Character offset of the answer in the context (-1 when abstaining).")
+    end: int = Field(description="Character offset just past the answer (-1 when abstaining).")
+    score: float = Field(description="The span's start + end logit (higher: surer; comparable within one model).")
+    no_answer_probability: float = Field(description="sigmoid(null score - best span score).")
+    doc_id: str | None = Field(None, description="The document answered from (only when looked up in --documents).")
+
+
+app = FastAPI(
+    title="qadist",
+    description="Extractive question answering by a distilled student (qadist serve).",
+    version="1",
+)
+
+
+@app.exception_handler(RequestValidationError)
+async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One readable `detail` line naming the field; the errors under `errors` without the inputs
+    (a body's lone surrogate cannot be written back as UTF-8)."""
+    errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        return JSONResponse(status_code=400, content={"detail": f"body: malformed JSON ({message})", "errors": errors})
+    return JSONResponse(status_code=422, content={"detail": f"{where}: {message}", "errors": errors})
+
+
+def check_limits(questions: list[Question], cfg: ServeConfig, has_documents: bool, prefix: str) -> None:
+    """413 for a context over --max-context-chars, 422 for a missing context without documents."""
+    for i, q in enumerate(questions):
+        where = f"{prefix}{i}." if prefix else "body."
+        if q.context is None and not has_documents:
+            raise HTTPException(422, f"{where}context: required (this service has no --documents to look it up in)")
+        if q.context is not None and len(q.context) > cfg.max_context_chars:
+            raise HTTPException(
+                413, f"{where}context: {len(q.context):,} characters, over the limit of {cfg.max_context_chars:,}"
+            )
+
+
+@serve.deployment(name="QAService")
+@serve.ingress(app)
+class QAService:
+    def __init__(self, settings: dict[str, Any]):
+        import torch
+
+        from qadist.answer.service import Answerer, describe
+
+        self.cfg = ServeConfig(**settings)
+        torch.set_num_threads(max(1, round(self.cfg.num_cpus_per_replica)))  # ONNX Runtime follows torch's count
+        started = time.perf_counter()
+        self.answerer = Answerer(self.cfg)
+        self.about = {**describe(self.cfg), "load_s": round(time.perf_counter() - started, 2)}
+        self.batched.set_max_batch_size(self.cfg.max_batch_size)
+        self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def batched(self, items: list[tuple[str, str | None]]) -> list[dict]:
+        # In a thread: the event loop keeps taking requests (and forming the next batch) meanwhile.
+        return await asyncio.to_thread(self.answerer.answer, items)
+
+    @app.post("/answer", response_model=Answer, response_model_exclude_none=True)
+    async def answer(self, body: Question = Body()) -> dict:
+        check_limits([body], self.cfg, self.answerer.index is not None, "")
+        return await self.batched((body.question, body.context))
+
+    @app.post("/answer/batch", response_model=list[Answer], response_model_exclude_none=True)
+    async def answer_batch(self, body: list[Question] = Body()) -> list[dict]:
+        if len(body) > self.cfg.max_batch_questions:
+            raise HTTPException(413, f"body: {len(body)} questions, over the limit of {self.cfg.max_batch_questions}")
+        check_limits(body, self.cfg, self.answerer.index is not None, "body.")
+        return list(await asyncio.gather(*(self.batched((q.question, q.context)) for q in body)))
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", **self.about}
+
+
+def build_app(cfg: ServeConfig) -> Any:
+    """The Serve application for `cfg`: replicas, their resources and the bounded queues."""
+    resources: dict[str, float] = {"num_cpus": cfg.num_cpus_per_replica}
+    if cfg.num_gpus_per_replica:
+        resources["num_gpus"] = cfg.num_gpus_per_replica
+    return QAService.options(
+        num_replicas=cfg.replicas,
+        ray_actor_options=resources,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        health_check_period_s=2,
+    ).bind(cfg.model_dump(mode="json"))
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """`serve deploy` / `serve run` entry (jobs/configs/serve-deploy.yaml): `args` are ServeConfig keys."""
+    from qadist.config import load_config
+
+    return build_app(load_config(ServeConfig, "serve", None, args))
+
+
+def wait_ready(url: str, timeout_s: float = 600.0) -> dict:
+    """Poll /healthz until the service answers 200 (replicas loaded)."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def start_ray(cfg: ServeConfig) -> None:
+    from qadist.runtime import ensure_ray
+
+    ensure_ray(min_cpus=int(cfg.replicas * cfg.num_cpus_per_replica) + 1, threads=max(1, int(cfg.num_cpus_per_replica)))
+
+
+def start(cfg: ServeConfig) -> str:
+    """Start Serve on the (embedded or joined) Ray and deploy the app; returns the base URL when it is ready."""
+    start_ray(cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name="qadist", route_prefix="/")
+    url = f"http://{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{cfg.port}"
+    wait_ready(url)
+    return url
+
+
+def stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM), then shut Serve down."""
+    import signal
+
+    from qadist import console
+
+    console.banner(
+        f"qadist serve: {cfg.model} ({cfg.replicas} replica{'s' if cfg.replicas > 1 else ''}, batches of up to "
+        f"{cfg.max_batch_size}{f', documents {cfg.documents}' if cfg.documents else ''}) on {cfg.host}:{cfg.port}",
+        log,
+    )
+    start_ray(cfg)
+    # After Ray starts (its own SIGTERM handler aborts the process); SIGINT too: a shell starts
+    # background jobs ignoring it.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    try:
+        url = start(cfg)
+        console.summary(
+            f"qadist serve: ready at {url} (POST /answer, POST /answer/batch, GET /healthz, docs at {url}/docs); "
+            "Ctrl-C stops it",
+            log,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("qadist serve: stopping")
+    finally:
+        serve.shutdown()
