@@ -290,7 +290,7 @@ class ServeConfig(AnswerSettings):
 
 class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
-    quick: bool = Opt(False, "Every stage at a reduced size (about 5 minutes on 2 cores), as CI runs it.")
+    quick: bool = Opt(False, "Every stage at a reduced size (about 3 minutes on 2 cores), as CI runs it.")
     seed: int = Opt(0, "Seed of the generated domain and of every model.")
 
 

@@ -84,7 +84,7 @@ FULL = Plan(
     curve=(50, 200, 500),
 )
 QUICK = Plan(  # every stage, small: the teachers learn when a page has no answer, not yet where answers are
-    sizes=DomainSizes(teacher=480, logged=500, student=200, test=100),
+    sizes=DomainSizes(teacher=320, logged=320, student=200, test=80),
     student_layers=2,
     teacher=Train(1.0, 2e-4, batch_size=8),
     distill=Train(3.0, 4e-4, batch_size=16),
