@@ -2,15 +2,14 @@
 
 Scoring goes through the code of `qadist predict` / `qadist evaluate` (`predict_pairs`, the SQuAD
 2.0 metric); the teacher ensemble answers with the mean of its members' logits, as the label
-stage combines them. Speed is answers per second on this machine for the whole test set, after a
-short warm-up, one model at a time.
+stage combines them. Speed is measured per architecture (`demo/speed.py`): every row of one
+architecture shows the same figures.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +53,14 @@ class Row:
     labelled: int  # labelled examples this model was trained on directly
     labelled_note: str  # how labels reached it otherwise (through a teacher)
     paths: list[str]
+    architecture: str = ""  # rows of one architecture share its speed figures
     metrics: dict[str, float] = field(default_factory=dict)
     params: int = 0
     megabytes: float = 0.0
-    answers_per_s: float = 0.0
-    speed_vs_teacher: float = 0.0
+    latency_ms: float = 0.0  # batch 1
+    answers_per_s: float = 0.0  # serving batch
+    speed_vs_teacher: float = 0.0  # answers/s against a single teacher's
+    flops_vs_teacher: float = 0.0  # a single teacher's forward FLOPs per window / this model's
 
 
 def weights_megabytes(path: str) -> float:
@@ -66,29 +68,48 @@ def weights_megabytes(path: str) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
+def load_row_model(paths: list[str]) -> tuple[Any, Any, list[torch.nn.Module]]:
+    """(model, tokenizer, members): one model, or the mean-logits ensemble of several."""
+    tokenizer = load_tokenizer(paths[0])
+    members = [load_qa_model(p).eval() for p in paths]
+    return (members[0] if len(members) == 1 else MeanLogitsEnsemble(members).eval()), tokenizer, members
+
+
 def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: AnswerSettings, out: str) -> Row:
-    """Predict the test set with the row's model(s), time it, and compute the SQuAD 2.0 metrics."""
-    device = torch.device("cpu")
-    tokenizer = load_tokenizer(row.paths[0])
-    members = [load_qa_model(p).eval() for p in row.paths]
-    model = members[0] if len(members) == 1 else MeanLogitsEnsemble(members).eval()
-    predict_pairs(test_pairs[:32], model, tokenizer, cfg, device, progress=False)  # warm-up (allocator, kernels)
-    started = time.perf_counter()
-    predictions, na_probs = predict_pairs(test_pairs, model, tokenizer, cfg, device, progress=False)
-    elapsed = time.perf_counter() - started
+    """Predict the test set with the row's model(s) and compute the SQuAD 2.0 metrics."""
+    model, tokenizer, members = load_row_model(row.paths)
+    predictions, na_probs = predict_pairs(test_pairs, model, tokenizer, cfg, torch.device("cpu"), progress=False)
     row.metrics = squad_v2_metrics(gold_answers(test_pairs, test_uri), predictions, na_probs)
     row.params = sum(p.numel() for m in members for p in m.parameters())
     row.megabytes = sum(weights_megabytes(p) for p in row.paths)
-    row.answers_per_s = len(test_pairs) / max(elapsed, 1e-9)
     storage.write_bytes(
         storage.join(out, f"{row.key}.predictions.json"), json.dumps(predictions, indent=1).encode("utf-8")
     )
     storage.write_bytes(storage.join(out, f"{row.key}.na_probs.json"), json.dumps(na_probs).encode("utf-8"))
     storage.write_bytes(storage.join(out, f"{row.key}.metrics.json"), json.dumps(row.metrics, indent=2).encode("utf-8"))
-    log.info(
-        "%s: F1 %.1f, EM %.1f, %.1f answers/s", row.model, row.metrics["f1"], row.metrics["exact"], row.answers_per_s
-    )
+    log.info("%s: F1 %.1f, EM %.1f", row.model, row.metrics["f1"], row.metrics["exact"])
     return row
+
+
+def add_speed(rows: list[Row], test_pairs: list[dict], cfg: AnswerSettings) -> dict[str, Any]:
+    """Measure each architecture of the table once (with its first row's model) and give every row
+    its architecture's figures; returns them by architecture, for results.json."""
+    from dataclasses import asdict
+
+    from qadist.demo.speed import measure
+
+    first = {}
+    for r in rows:
+        first.setdefault(r.architecture, r)
+    models = {arch: load_row_model(r.paths)[:2] for arch, r in first.items()}
+    speeds = measure(models, test_pairs, cfg)
+    teacher = speeds[rows[0].architecture]
+    for r in rows:
+        s = speeds[r.architecture]
+        r.latency_ms, r.answers_per_s = s.latency_ms, s.answers_per_s
+        r.speed_vs_teacher = s.answers_per_s / max(teacher.answers_per_s, 1e-9)
+        r.flops_vs_teacher = teacher.flops_per_window / max(s.flops_per_window, 1e-9)
+    return {arch: asdict(s) for arch, s in speeds.items()}
 
 
 def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
@@ -115,6 +136,11 @@ def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
             f"the student answers faster than the teacher ({rows['distilled'].speed_vs_teacher:.1f}x a single teacher)",
             rows["distilled"].speed_vs_teacher > 1.0,
         ),
+        (
+            f"the student's speed-up matches its FLOPs ratio within 2x ({rows['distilled'].speed_vs_teacher:.1f}x "
+            f"faster, {rows['distilled'].flops_vs_teacher:.1f}x fewer FLOPs)",
+            0.5 <= rows["distilled"].speed_vs_teacher / max(rows["distilled"].flops_vs_teacher, 1e-9) <= 2.0,
+        ),
     ]
     if "self_distilled" in rows:
         found.append(
@@ -137,8 +163,10 @@ COLUMNS = (
     "NoAns F1",
     "params (M)",
     "size (MB)",
-    "answers/s",
+    "ms/question (batch 1)",
+    "answers/s (batch 64)",
     "speed vs teacher",
+    "FLOPs vs teacher",
 )
 
 
@@ -158,8 +186,10 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
                 f"{m.get('NoAns_f1', 0.0):.1f}",
                 f"{r.params / 1e6:.1f}",
                 f"{r.megabytes:.0f}",
+                f"{r.latency_ms:.1f}",
                 f"{r.answers_per_s:.0f}",
                 f"{r.speed_vs_teacher:.1f}x",
+                f"{1 / max(r.flops_vs_teacher, 1e-9):.2f}x",
             ]
         )
     return out
@@ -257,8 +287,10 @@ def report(
             "",
             "Labelled examples used: the gold answers a model was trained on itself; "
             "in brackets, those that reached it through its teachers.",
-            "Speed: answers per second on this machine over the whole test set "
-            f"(one process, {extra.get('precision', 'fp32')}), and the ratio to a single teacher.",
+            "Speed, per architecture (rows of one architecture share it; interleaved rounds, median): "
+            "milliseconds per question one at a time, answers per second over the test set in forward passes "
+            f"of 64 windows, {extra.get('cpu_threads', '?')} threads, {extra.get('precision', 'fp32')}; "
+            "and the ratios to a single teacher of answers/s and of forward FLOPs per window.",
             "",
             "## Checks",
             "",
@@ -296,8 +328,11 @@ def report(
                 "NoAns_f1": r.metrics.get("NoAns_f1"),
                 "params": r.params,
                 "megabytes": round(r.megabytes, 1),
+                "architecture": r.architecture,
+                "latency_ms": round(r.latency_ms, 2),
                 "answers_per_s": round(r.answers_per_s, 1),
                 "speed_vs_teacher": round(r.speed_vs_teacher, 2),
+                "flops_vs_teacher": round(r.flops_vs_teacher, 2),
                 "paths": r.paths,
             }
             for r in rows

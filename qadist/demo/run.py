@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from qadist import storage
 from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, to_dict
 from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
-from qadist.demo.report import Row, report, score
+from qadist.demo.report import Row, add_speed, report, score
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
 from qadist.outputs import claim, manifest_uri, read_json
@@ -311,6 +311,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                 name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
                 for name, paths in curve_paths.items()
             }
+        with clock.stage("speed: each architecture, batch 1 and batch 64, interleaved"):
+            speeds = add_speed(rows, read_pairs(data["test"])[0], AnswerSettings(batch_size=64, **shared))
         extra = {
             "config": to_dict(cfg),
             "plan": json.loads(json.dumps(asdict(plan))),
@@ -319,6 +321,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             "label_counts": label_manifest.get("counts"),
             "cpu_threads": threads,
             "precision": shared["precision"],
+            "speed_by_architecture": speeds,
         }
         return report(rows, curve, clock.seconds, clock.total(), extra, out)
     finally:
@@ -390,9 +393,9 @@ def score_all(
     n_teacher, few = plan.sizes.teacher, plan.few
     via = f"+{n_teacher:,} via teachers"
     rows = [
-        Row("teacher A: MiniLM-L6 + QA head", "teacher_a", 6, n_teacher, "", [teacher_a]),
-        Row("teacher B: same, another seed", "teacher_b", 6, n_teacher, "", [teacher_b]),
-        Row("teacher ensemble (A+B, mean logits)", "ensemble", 6, n_teacher, "", [teacher_a, teacher_b]),
+        Row("teacher A: MiniLM-L6 + QA head", "teacher_a", 6, n_teacher, "", [teacher_a], "MiniLM-L6"),
+        Row("teacher B: same, another seed", "teacher_b", 6, n_teacher, "", [teacher_b], "MiniLM-L6"),
+        Row("teacher ensemble (A+B, mean logits)", "ensemble", 6, n_teacher, "", [teacher_a, teacher_b], "2xMiniLM-L6"),
     ]
     if self_distilled:
         rows.append(
@@ -403,9 +406,11 @@ def score_all(
                 0,
                 f"+{n_teacher:,} via teacher A and the ensemble",
                 [self_distilled],
+                "MiniLM-L6",
             )
         )
     layers = plan.student_layers
+    student = f"MiniLM-L{layers}"
     rows += [
         Row(
             f"student ({layers} layers) trained on {few} labels only",
@@ -414,8 +419,9 @@ def score_all(
             few,
             "",
             [curve_paths["labels only"][few]],
+            student,
         ),
-        Row(f"student ({layers} layers) distilled, no labels", "distilled", layers, 0, via, [distilled]),
+        Row(f"student ({layers} layers) distilled, no labels", "distilled", layers, 0, via, [distilled], student),
         Row(
             f"student ({layers} layers) distilled, then fine-tuned on {few} labels",
             "distilled_ft",
@@ -423,13 +429,11 @@ def score_all(
             few,
             via,
             [curve_paths["distilled, then fine-tuned"][few]],
+            student,
         ),
     ]
     for row in rows:
         score(row, test_pairs, data["test"], pcfg, out)
-    single_teacher = rows[0].answers_per_s
-    for row in rows:
-        row.speed_vs_teacher = row.answers_per_s / max(single_teacher, 1e-9)
     return rows
 
 

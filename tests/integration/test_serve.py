@@ -168,12 +168,32 @@ def test_bad_requests_get_a_4xx_naming_the_field(served, path, body, status, fie
     assert isinstance(reply["detail"], str) and field in reply["detail"], reply
 
 
-def test_questions_without_context_get_the_document_qadist_pairs_picks(served, documents, tmp_path, capsys):
+def documents_replies(served, questions) -> list[dict]:
+    status, replies = post(f"{served['base']}/withdocs/answer/batch", [{"question": q["question"]} for q in questions])
+    assert status == 200 and len(replies) == len(questions)
+    return replies
+
+
+def test_questions_without_context_are_answered_from_their_document(served, documents):
+    _, questions = documents
+    replies = documents_replies(served, questions)
+    right = sum(r["doc_id"] == q["doc_id"] for r, q in zip(replies, questions))
+    print(f"\n[serve --documents] the SQuAD paragraph of {right}/{len(questions)} questions (54 paragraphs, top_k=1)")
+    assert right >= 0.7 * len(questions)  # 6 paragraphs of one article per topic: a hard retrieval
+    status, one = post(f"{served['base']}/withdocs/answer", {"question": questions[0]["question"]})
+    assert status == 200 and one["doc_id"] == replies[0]["doc_id"]
+    texts = {d["id"]: d["text"] for d in map(json.loads, open(documents[0]))}
+    assert all(r["answer"] in texts[r["doc_id"]] for r in replies)  # each answer is a span of its document
+    status, given = post(f"{served['base']}/withdocs/answer", OK)  # a context given is answered as is
+    assert status == 200 and "doc_id" not in given
+
+
+@pytest.mark.slow
+def test_the_document_is_the_one_qadist_pairs_picks(served, documents, tmp_path, capsys):
     """The service matches a question to documents with the pairing stage's encoder and index: the
     doc_id it answers from is the one `qadist pairs --top-k 1` pairs the question with."""
     docs, questions = documents
-    status, replies = post(f"{served['base']}/withdocs/answer/batch", [{"question": q["question"]} for q in questions])
-    assert status == 200 and len(replies) == len(questions)
+    replies = documents_replies(served, questions)
     asked = tmp_path / "questions.jsonl"
     asked.write_text(
         "".join(json.dumps({"id": f"q{i}", "question": q["question"]}) + "\n" for i, q in enumerate(questions))
@@ -186,13 +206,6 @@ def test_questions_without_context_get_the_document_qadist_pairs_picks(served, d
     for part in sorted((tmp_path / "p" / "pairs").glob("*.jsonl")):
         paired.update({row["id"]: row["doc_id"] for row in map(json.loads, part.read_text().splitlines())})
     assert [r["doc_id"] for r in replies] == [paired[f"q{i}"] for i in range(len(questions))]
-    right = sum(r["doc_id"] == q["doc_id"] for r, q in zip(replies, questions))
-    print(f"\n[serve --documents] the SQuAD paragraph of {right}/{len(questions)} questions (54 paragraphs, top_k=1)")
-    assert right >= 0.7 * len(questions)  # 6 paragraphs of one article per topic: a hard retrieval
-    status, one = post(f"{served['base']}/withdocs/answer", {"question": questions[0]["question"]})
-    assert status == 200 and one["doc_id"] == replies[0]["doc_id"]
-    status, given = post(f"{served['base']}/withdocs/answer", OK)  # a context given is answered as is
-    assert status == 200 and "doc_id" not in given
 
 
 def test_overload_gets_503_not_a_wait_or_a_crash(served, squad_pairs):

@@ -26,6 +26,7 @@ def make_rows(distilled_f1: float = 70.0) -> list[Row]:
             speed,
             speed / 10.0,
         )
+        row.flops_vs_teacher = 6 / layers if key != "ensemble" else 0.5
         rows.append(row)
     return rows
 
@@ -45,6 +46,30 @@ def test_checks_follow_the_numbers(distilled_f1, holds):
     assert claim("distilled student (no labels) beats") is True
     assert claim("distilled, then fine-tuned is at least as good") is True
     assert claim("the student answers faster") is True
+    assert claim("the student's speed-up matches its FLOPs ratio") is True  # 3.0x faster, 3.0x fewer FLOPs
+
+
+def test_a_speed_up_far_from_the_flops_ratio_is_called_out():
+    rows = {r.key: r for r in make_rows()}
+    rows["distilled"].speed_vs_teacher = 1.2  # 3x fewer FLOPs, 1.2x faster: not within 2x
+    found = dict((text.split(" (")[0], ok) for text, ok in checks(rows))
+    assert found["the student's speed-up matches its FLOPs ratio within 2x"] is False
+
+
+def test_speed_is_measured_per_architecture(tiny_models, squad_pairs):
+    from qadist.config import AnswerSettings
+    from qadist.demo.speed import measure
+    from qadist.models import load_qa_model, load_tokenizer
+
+    models = {
+        k: (load_qa_model(tiny_models[k]).eval(), load_tokenizer(tiny_models[k])) for k in ("teacher_a", "student")
+    }
+    cfg = AnswerSettings(max_seq_len=128, doc_stride=32)
+    speeds = measure(models, squad_pairs[:40], cfg, latency_questions=4, repeats=1)
+    for s in speeds.values():
+        assert s.latency_ms > 0 and s.answers_per_s > 0 and s.threads >= 1 and s.batch_size == 64
+    # teacher: 2 layers of hidden 64; student: 1 layer of hidden 32 -> several times fewer FLOPs per window
+    assert speeds["teacher_a"].flops_per_window > 2 * speeds["student"].flops_per_window
 
 
 def test_report_writes_markdown_json_and_png(tmp_path, capsys):
