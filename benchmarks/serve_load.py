@@ -46,21 +46,13 @@ def export_int8(student: str, test: str, out: Path) -> str:
     return str(out)
 
 
-def forward_flops(folder: str, pairs: list[dict]) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from qadist.inference import collate
+def forward_flops(folder: str, pairs: list[dict]) -> float:
+    """Forward FLOPs per window of `pairs` (the demo's measurement, `qadist.demo.speed`)."""
+    from qadist.config import AnswerSettings
+    from qadist.demo.speed import forward_flops as per_window
     from qadist.models import load_qa_model, load_tokenizer
-    from qadist.squad.features import make_windows
 
-    tokenizer = load_tokenizer(folder)
-    batch = {k: [p[k] for p in pairs] for k in ("id", "question", "context")}
-    w = make_windows(batch, tokenizer, **WINDOWS)
-    inputs = collate(w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        load_qa_model(folder).eval()(**inputs)
-    return counter.get_total_flops()
+    return per_window(load_qa_model(folder).eval(), load_tokenizer(folder), pairs, AnswerSettings(**WINDOWS))
 
 
 def closed_loop(base: str, bodies: list[bytes], clients: int, requests: int, limit_s: float) -> dict:

@@ -91,7 +91,9 @@ def score(row: Row, test_pairs: list[dict], test_uri: str, cfg: AnswerSettings, 
     return row
 
 
-def add_speed(rows: list[Row], test_pairs: list[dict], cfg: AnswerSettings) -> dict[str, Any]:
+def add_speed(
+    rows: list[Row], test_pairs: list[dict], cfg: AnswerSettings, rounds: int = 3, latency_questions: int = 24
+) -> dict[str, Any]:
     """Measure each architecture of the table once (with its first row's model) and give every row
     its architecture's figures; returns them by architecture, for results.json."""
     from dataclasses import asdict
@@ -102,7 +104,7 @@ def add_speed(rows: list[Row], test_pairs: list[dict], cfg: AnswerSettings) -> d
     for r in rows:
         first.setdefault(r.architecture, r)
     models = {arch: load_row_model(r.paths)[:2] for arch, r in first.items()}
-    speeds = measure(models, test_pairs, cfg)
+    speeds = measure(models, test_pairs, cfg, latency_questions, rounds)
     teacher = speeds[rows[0].architecture]
     for r in rows:
         s = speeds[r.architecture]

@@ -70,6 +70,8 @@ class Plan:
     few: int = 200
     curve: tuple[int, ...] = (50, 100, 200, 500)
     windows: dict = field(default_factory=lambda: {"max_seq_len": 160, "doc_stride": 64, "max_query_len": 32})
+    speed_rounds: int = 3  # interleaved rounds of the speed measurement (demo/speed.py)
+    latency_questions: int = 24  # questions timed one at a time per architecture and round
 
 
 FULL = Plan(
@@ -93,6 +95,8 @@ QUICK = Plan(  # every stage, small: the teachers learn when a page has no answe
     labels_only=Train(2.0, 1e-4, min_steps=30),
     self_distill=None,
     curve=(200,),
+    speed_rounds=2,
+    latency_questions=8,
 )
 
 
@@ -312,7 +316,13 @@ def run_demo(cfg: DemoConfig) -> dict:
                 for name, paths in curve_paths.items()
             }
         with clock.stage("speed: each architecture, batch 1 and batch 64, interleaved"):
-            speeds = add_speed(rows, read_pairs(data["test"])[0], AnswerSettings(batch_size=64, **shared))
+            speeds = add_speed(
+                rows,
+                read_pairs(data["test"])[0],
+                AnswerSettings(batch_size=64, **shared),
+                plan.speed_rounds,
+                plan.latency_questions,
+            )
         extra = {
             "config": to_dict(cfg),
             "plan": json.loads(json.dumps(asdict(plan))),

@@ -72,7 +72,7 @@ def measure(
         name: Speed(
             latency_ms=1000 * statistics.median(latencies[name]),
             answers_per_s=len(pairs) / statistics.median(seconds[name]),
-            flops_per_window=forward_flops(model, tokenizer, pairs[:64], cfg),
+            flops_per_window=forward_flops(model, tokenizer, pairs[:16], cfg),
             threads=torch.get_num_threads(),
             batch_size=cfg.batch_size,
         )

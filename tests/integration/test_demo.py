@@ -29,8 +29,10 @@ COLUMNS = [
     "NoAns F1",
     "params (M)",
     "size (MB)",
-    "answers/s",
+    "ms/question (batch 1)",
+    "answers/s (batch 64)",
     "speed vs teacher",
+    "FLOPs vs teacher",
 ]
 
 
@@ -57,7 +59,15 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
     for row in result["rows"]:
         for key in ("exact", "f1", "HasAns_f1", "NoAns_f1"):
             assert 0.0 <= row[key] <= 100.0, (row["key"], key)
-        assert row["params"] > 0 and row["megabytes"] > 0 and row["answers_per_s"] > 0
+        assert row["params"] > 0 and row["megabytes"] > 0 and row["answers_per_s"] > 0 and row["latency_ms"] > 0
+    by_arch: dict[str, set] = {}
+    for row in result["rows"]:  # speed is per architecture: one figure for every row of one
+        by_arch.setdefault(row["architecture"], set()).add((row["answers_per_s"], row["latency_ms"]))
+    assert set(by_arch) == {"MiniLM-L6", "2xMiniLM-L6", "MiniLM-L2"} and all(len(v) == 1 for v in by_arch.values())
+    assert (
+        result["speed_by_architecture"]["MiniLM-L2"]["flops_per_window"]
+        < result["speed_by_architecture"]["MiniLM-L6"]["flops_per_window"]
+    )
     md = (out / "results.md").read_text()
     header = md.splitlines()[2]
     assert [c.strip() for c in header.strip("|").split("|")] == COLUMNS
