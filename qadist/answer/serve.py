@@ -105,7 +105,7 @@ class QAService:
         torch.set_num_threads(max(1, round(self.cfg.num_cpus_per_replica)))  # ONNX Runtime follows torch's count
         started = time.perf_counter()
         self.answerer = Answerer(self.cfg)
-        self.about = {**describe(self.cfg), "load_s": round(time.perf_counter() - started, 2)}
+        self.about = {**describe(self.answerer), "load_s": round(time.perf_counter() - started, 2)}
         self.batched.set_max_batch_size(self.cfg.max_batch_size)
         self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
 

@@ -107,9 +107,9 @@ def best_of(candidates: list[dict]) -> dict:
     return {"answer": "", "start": -1, "end": -1, "score": 0.0, "no_answer_probability": 1.0, "doc_id": None}
 
 
-def describe(cfg: ServeConfig) -> dict[str, Any]:
-    """What the service runs, for /healthz and the banner."""
-    from qadist.models import exported_graph
+def describe(answerer: Answerer) -> dict[str, Any]:
+    """What the service runs, for /healthz."""
+    from qadist.inference import OnnxQAModel
 
-    graph = exported_graph(cfg.model) if not cfg.model.startswith("s3://") else None
-    return {"model": cfg.model, "backend": "onnxruntime" if graph else "pytorch", "documents": cfg.documents}
+    backend = "onnxruntime" if isinstance(answerer.model, OnnxQAModel) else "pytorch"
+    return {"model": answerer.cfg.model, "backend": backend, "documents": answerer.cfg.documents}
