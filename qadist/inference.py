@@ -155,8 +155,9 @@ def predict_pairs(
 ) -> tuple[dict[str, str], dict[str, float]]:
     """(id -> answer, id -> no-answer probability) for pairs: the whole way from pairs to the two
     files of the SQuAD 2.0 evaluation."""
-    spans = predict_spans(pairs, model, tokenizer, cfg, device, progress)
-    return {k: a["answer"] for k, a in spans.items()}, {k: a["no_answer_probability"] for k, a in spans.items()}
+    from qadist.squad.postprocess import squad_files
+
+    return squad_files(predict_spans(pairs, model, tokenizer, cfg, device, progress))
 
 
 class OnnxQAModel:

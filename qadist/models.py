@@ -123,7 +123,7 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
     from transformers import AutoModelForQuestionAnswering
 
     check_folder(name_or_path)
-    graph = exported_graph(name_or_path) if os.path.isdir(name_or_path) else None
+    graph = exported_graph(name_or_path)
     if graph:
         from qadist.inference import OnnxQAModel
 

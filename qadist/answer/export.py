@@ -191,7 +191,7 @@ def build(cfg: ExportConfig, folder: str) -> dict:
     from qadist.squad.io import gold_answers, read_pairs
 
     source = local_model(cfg.model)
-    if os.path.isdir(source) and exported_graph(source):
+    if exported_graph(source):
         raise UserError(f"--model {cfg.model}: already an exported folder; give the PyTorch model it came from")
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
     model = load_qa_model(source, trust_remote_code=cfg.trust_remote_code).eval()

@@ -175,8 +175,8 @@ def start_ray(cfg: ServeConfig) -> None:
 
 
 def start(cfg: ServeConfig) -> str:
-    """Start Serve on the (embedded or joined) Ray and deploy the app; returns the base URL when it is ready."""
-    start_ray(cfg)
+    """Start Serve on the Ray that `start_ray` started or joined and deploy the app; returns the base
+    URL when it is ready."""
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="qadist", route_prefix="/")
     url = f"http://{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{cfg.port}"

@@ -306,23 +306,19 @@ def run_demo(cfg: DemoConfig) -> dict:
                 shared,
             )
 
+        test_pairs = read_pairs(data["test"])[0]
+        pcfg = AnswerSettings(batch_size=64, **shared)  # scoring and speed answer alike
         with clock.stage("evaluate every model on the test set"):
             rows = score_all(
-                plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, shared, p("eval")
+                plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, test_pairs, pcfg, p("eval")
             )
-            scored = score_curve(curve_paths, rows, data, shared, p("eval"))
+            scored = score_curve(curve_paths, rows, data, test_pairs, pcfg, p("eval"))
             curve = {
                 name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
                 for name, paths in curve_paths.items()
             }
         with clock.stage("speed: each architecture, batch 1 and batch 64, interleaved"):
-            speeds = add_speed(
-                rows,
-                read_pairs(data["test"])[0],
-                AnswerSettings(batch_size=64, **shared),
-                plan.speed_rounds,
-                plan.latency_questions,
-            )
+            speeds = add_speed(rows, test_pairs, pcfg, plan.speed_rounds, plan.latency_questions)
         extra = {
             "config": to_dict(cfg),
             "plan": json.loads(json.dumps(asdict(plan))),
@@ -395,11 +391,10 @@ def score_all(
     self_distilled: str | None,
     distilled: str,
     curve_paths: dict[str, dict[int, str]],
-    shared: dict,
+    test_pairs: list[dict],
+    pcfg: AnswerSettings,
     out: str,
 ) -> list[Row]:
-    test_pairs = read_pairs(data["test"])[0]
-    pcfg = AnswerSettings(batch_size=64, **shared)
     n_teacher, few = plan.sizes.teacher, plan.few
     via = f"+{n_teacher:,} via teachers"
     rows = [
@@ -448,12 +443,15 @@ def score_all(
 
 
 def score_curve(
-    curve_paths: dict[str, dict[int, str]], rows: list[Row], data: dict[str, str], shared: dict, out: str
+    curve_paths: dict[str, dict[int, str]],
+    rows: list[Row],
+    data: dict[str, str],
+    test_pairs: list[dict],
+    pcfg: AnswerSettings,
+    out: str,
 ) -> dict[str, Row]:
     """Model path -> its scored row, for every model of the curve; those in the table are not scored twice."""
     scored = {r.paths[0]: r for r in rows if len(r.paths) == 1}
-    test_pairs = read_pairs(data["test"])[0]
-    pcfg = AnswerSettings(batch_size=64, **shared)
     for name, paths in curve_paths.items():
         for n, path in paths.items():
             if path not in scored:

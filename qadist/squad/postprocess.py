@@ -86,5 +86,9 @@ def postprocess(
     null_threshold: float = 0.0,
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Windows -> (predictions, na_probs) by id, the two files of the official SQuAD 2.0 evaluation."""
-    answers = best_answers(windows, contexts, n_best, max_answer_len, null_threshold)
+    return squad_files(best_answers(windows, contexts, n_best, max_answer_len, null_threshold))
+
+
+def squad_files(answers: dict[str, dict]) -> tuple[dict[str, str], dict[str, float]]:
+    """`best_answers`' output -> (predictions, na_probs) by id."""
     return {k: a["answer"] for k, a in answers.items()}, {k: a["no_answer_probability"] for k, a in answers.items()}
