@@ -233,6 +233,7 @@ class DomainSizes:
     logged: int = 6000
     student: int = 500
     test: int = 500
+    dev: int = 200  # disjoint from test: where the demo's training settings are chosen (benchmarks/demo_tuning.py)
     per_page: int = 4
     unanswerable: float = 0.3
 
@@ -398,7 +399,7 @@ def make_split(
 
 
 def generate_domain(seed: int = 0, sizes: DomainSizes = DomainSizes()) -> dict[str, list[dict]]:
-    """Splits `teacher`, `logged`, `student`, `test` (pairs) and `documents` (the logged split's pages)."""
+    """Splits `teacher`, `logged`, `student`, `test`, `dev` (pairs) and `documents` (the logged split's pages)."""
     rng = random.Random(seed)
     used: set[str] = set()
     teacher, _ = make_split(rng, "teacher", sizes.teacher, sizes, used)
@@ -407,7 +408,16 @@ def generate_domain(seed: int = 0, sizes: DomainSizes = DomainSizes()) -> dict[s
     test, _ = make_split(rng, "test", sizes.test, sizes, used)
     # The student pool is shuffled so that its first n rows (the n-label subsets) span many pages.
     rng.shuffle(student)
-    return {"teacher": teacher, "logged": logged, "documents": documents, "student": student, "test": test}
+    # Dev last, so that adding it left every other split as it was; its pages are its own, as test's are.
+    dev, _ = make_split(rng, "dev", sizes.dev, sizes, used)
+    return {
+        "teacher": teacher,
+        "logged": logged,
+        "documents": documents,
+        "student": student,
+        "test": test,
+        "dev": dev,
+    }
 
 
 def _jsonl(rows: list[dict]) -> bytes:
@@ -417,7 +427,7 @@ def _jsonl(rows: list[dict]) -> bytes:
 def write_domain(domain: dict[str, list[dict]], out: str) -> dict[str, str]:
     """Write every split under `out` (a folder or s3:// prefix); returns name -> URI.
 
-    teacher.jsonl, student.jsonl, test.jsonl: pairs with answers; questions.jsonl: the logged
+    teacher.jsonl, student.jsonl, test.jsonl, dev.jsonl: pairs with answers; questions.jsonl: the logged
     questions (`id`, `question`) only; documents.jsonl: product pages (`id`, `title`, `text`);
     logged-gold.jsonl: the logged questions' true pages and answers (never used for training).
     """
@@ -425,6 +435,7 @@ def write_domain(domain: dict[str, list[dict]], out: str) -> dict[str, str]:
         "teacher": domain["teacher"],
         "student": domain["student"],
         "test": domain["test"],
+        "dev": domain["dev"],
         "questions": [{"id": p["id"], "question": p["question"]} for p in domain["logged"]],
         "documents": domain["documents"],
         "logged-gold": domain["logged"],

@@ -54,6 +54,7 @@ class Row:
     labelled_note: str  # how labels reached it otherwise (through a teacher)
     paths: list[str]
     architecture: str = ""  # rows of one architecture share its speed figures
+    settings: str = ""  # how it was trained (learning rate, epochs), printed beside it
     metrics: dict[str, float] = field(default_factory=dict)
     params: int = 0
     megabytes: float = 0.0
@@ -157,6 +158,7 @@ def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
 
 COLUMNS = (
     "model",
+    "trained with",
     "layers",
     "labelled examples used",
     "EM",
@@ -180,6 +182,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
         out.append(
             [
                 r.model,
+                r.settings,
                 str(r.layers),
                 labelled,
                 f"{m['exact']:.1f}",
@@ -206,7 +209,7 @@ def markdown_table(rows: list[Row]) -> str:
 def console_table(rows: list[Row]) -> str:
     cells = [list(COLUMNS)] + table_rows(rows)
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    fmt = lambda c: "  ".join(x.ljust(w) if i in (0, 2) else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths)))  # noqa: E731
+    fmt = lambda c: "  ".join(x.ljust(w) if i in (0, 1, 3) else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths)))  # noqa: E731
     return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells[1:]])
 
 
@@ -324,6 +327,7 @@ def report(
                 "layers": r.layers,
                 "labelled": r.labelled,
                 "labelled_note": r.labelled_note,
+                "settings": r.settings,
                 "exact": r.metrics["exact"],
                 "f1": r.metrics["f1"],
                 "HasAns_f1": r.metrics.get("HasAns_f1"),

@@ -57,47 +57,57 @@ class Train:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes and training settings of one demo size (see docs/demo-calibration.md for how they were found)."""
+    """Sizes and training settings of one demo size. The student rows' settings of the full size are
+    those `benchmarks/demo_tuning.py` chose on the dev split (docs/demo.md, "Tuning")."""
 
     sizes: DomainSizes
     student_layers: int
     teacher: Train
     distill: Train
     temperature: float
-    finetune: Train  # the distilled student on the few labels
-    labels_only: Train  # the student trained on the few labels alone
+    labels_only: dict[int, Train]  # number of labels -> the student trained on them alone
+    finetune: dict[int, Train]  # number of labels -> the distilled student fine-tuned on them
+    all_labels: Train | None  # the student on every label there is (the teachers' and the few)
     self_distill: Train | None
     few: int = 200
-    curve: tuple[int, ...] = (50, 100, 200, 500)
     windows: dict = field(default_factory=lambda: {"max_seq_len": 160, "doc_stride": 64, "max_query_len": 32})
     speed_rounds: int = 3  # interleaved rounds of the speed measurement (demo/speed.py)
     latency_questions: int = 24  # questions timed one at a time per architecture and round
 
+    @property
+    def curve(self) -> tuple[int, ...]:
+        return tuple(sorted(self.labels_only))
+
 
 FULL = Plan(
-    sizes=DomainSizes(teacher=1200, logged=2500, student=500, test=400),
+    sizes=DomainSizes(teacher=1200, logged=2500, student=500, test=400, dev=200),
     student_layers=2,
     teacher=Train(1.0, 2e-4, batch_size=16),
     distill=Train(2.0, 4e-4, batch_size=16),
     temperature=2.0,
-    finetune=Train(2.0, 3e-5, min_steps=20),
-    labels_only=Train(2.0, 1e-4, min_steps=30),
+    labels_only={50: Train(64.0, 3e-4), 200: Train(16.0, 3e-4)},
+    finetune={50: Train(32.0, 3e-5), 200: Train(8.0, 3e-5)},
+    all_labels=Train(2.0, 3e-4),
     self_distill=Train(0.2, 3e-5),
-    curve=(50, 200, 500),
 )
 QUICK = Plan(  # every stage, small: the teachers learn when a page has no answer, not yet where answers are
-    sizes=DomainSizes(teacher=320, logged=320, student=200, test=80),
+    sizes=DomainSizes(teacher=320, logged=320, student=200, test=80, dev=40),
     student_layers=2,
     teacher=Train(1.0, 2e-4, batch_size=8),
     distill=Train(3.0, 4e-4, batch_size=16),
     temperature=2.0,
-    finetune=Train(2.0, 3e-5, min_steps=20),
-    labels_only=Train(2.0, 1e-4, min_steps=30),
+    labels_only={200: Train(2.0, 1e-4, min_steps=30)},
+    finetune={200: Train(2.0, 3e-5, min_steps=20)},
+    all_labels=None,  # one more training run (~25 s) would not fit the default test run's budget
     self_distill=None,
-    curve=(200,),
     speed_rounds=2,
     latency_questions=8,
 )
+
+
+def describe(train: Train, examples: int) -> str:
+    """The settings printed beside a row: learning rate and epochs over its training examples."""
+    return f"lr {train.learning_rate:g}, {epochs_for(train, examples):.3g} ep"
 
 
 class Stopwatch:
@@ -163,133 +173,203 @@ def check_out(cfg: DemoConfig, plan: Plan) -> None:
         print(f"demo: {cfg.out} holds an earlier run with these settings; finished stages are reused", flush=True)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    plan = demo_plan(cfg)
+@dataclass
+class Prepared:
+    """What every student row starts from: the domain's files, the starting points, the teachers,
+    the soft labels, and the settings every stage shares."""
+
+    out: str
+    data: dict[str, str]
+    subsets: dict[int, str]  # n -> the first n student labels (and "all": the teachers' and the few)
+    inits: dict[str, str]
+    teacher_a: str
+    teacher_b: str
+    labels: str
+    shared: dict
+    threads: int
+    pairs_accuracy: float
+    pairs_counts: dict | None
+    label_counts: dict | None
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.out, *parts)
+
+
+def train_model(
+    clock: Stopwatch,
+    prep: Prepared,
+    stage: str,
+    name: str,
+    init: str,
+    train_file: str,
+    train: Train,
+    examples: int,
+    seed: int,
+) -> str:
+    """`run_finetune` into <out>/models/<name> (reused when it finished); the final model's local path."""
+    run_out = prep.path("models", name)
+    with clock.stage(stage):
+        if finished_model(run_out) is None:
+            from qadist.train.stage import run_finetune
+
+            run_finetune(
+                FinetuneConfig(
+                    train_file=train_file,
+                    model=init,
+                    out=run_out,
+                    epochs=epochs_for(train, examples),
+                    learning_rate=train.learning_rate,
+                    batch_size=train.batch_size,
+                    seed=seed,
+                    **prep.shared,
+                )
+            )
+        return local_model(finished_model(run_out))
+
+
+def all_labels_file(data: dict[str, str], few: str, out: str) -> str:
+    """The teachers' labelled set and the few student labels in one file: every label the team has."""
+    text = storage.read_text(data["teacher"]).rstrip("\n") + "\n" + storage.read_text(few)
+    storage.write_bytes(out, text.encode("utf-8"))
+    return out
+
+
+def prepare(cfg: DemoConfig, plan: Plan, clock: Stopwatch, models_dir: str | None = None) -> Prepared:
+    """The domain, Ray, the starting points, both teachers, the pairs and the ensemble's soft labels."""
     out = cfg.out
-    check_out(cfg, plan)
-    clock = Stopwatch()
     threads = max(1, os.cpu_count() or 1)
-    cache = tempfile.mkdtemp(prefix="qadist-demo-models-") if storage.is_s3(out) else None
-    models_dir = cache or os.path.join(out, "models")
     # Settings every stage shares: the window sizes, and bf16 where this CPU computes it natively
     # (inference ~2x, training ~1.2-1.3x faster than fp32; the same models and code, rounded differently).
     shared = {**plan.windows, "precision": "bf16" if cpu_has_bf16() else "fp32"}
     p = lambda *parts: storage.join(out, *parts)  # noqa: E731
-    print(f"qadist demo ({'quick' if cfg.quick else 'full'}, seed {cfg.seed}) -> {out}", flush=True)
+    with clock.stage("generate the camera-store domain"):
+        data = write_domain(generate_domain(cfg.seed, plan.sizes), p("data"))
+        student_pool = read_pairs(data["student"])[0]
+        subsets = {}
+        for n in sorted(set(plan.curve) | {plan.few}):
+            subsets[n] = p("data", f"student-{n}.jsonl")
+            storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
+        subsets["all"] = all_labels_file(data, subsets[plan.few], p("data", f"all-labels-{plan.few}.jsonl"))
+        pages = storage.read_text(data["documents"]).count("\n")
+        few_sets = sorted(k for k in subsets if k != "all")
+        print(
+            f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} "
+            f"product pages, {plan.sizes.student} student-labelled (subsets {few_sets}), "
+            f"{plan.sizes.test} test, {plan.sizes.dev} dev",
+            flush=True,
+        )
+    with clock.stage("start Ray (embedded)"):
+        # Teacher actors and training workers get `threads` torch threads (Ray would give a 1-CPU
+        # worker one), and enough logical CPUs for the label pipeline's tasks beside its actor.
+        ensure_ray(min_cpus=max(4, 2 * threads), threads=threads, dedicated=True)
+        inits = save_init_models(
+            models_dir or p("models"),
+            plan.student_layers,
+            {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2},
+        )
+    prep = Prepared(out, data, subsets, inits, "", "", p("labels"), shared, threads, 0.0, None, None)
+    prep.teacher_a = train_model(
+        clock,
+        prep,
+        "teacher A: fine-tune MiniLM-L6 + QA head",
+        "teacher-a",
+        inits["teacher-a-init"],
+        data["teacher"],
+        plan.teacher,
+        plan.sizes.teacher,
+        cfg.seed,
+    )
+    prep.teacher_b = train_model(
+        clock,
+        prep,
+        "teacher B: same, another seed",
+        "teacher-b",
+        inits["teacher-b-init"],
+        data["teacher"],
+        plan.teacher,
+        plan.sizes.teacher,
+        cfg.seed + 1,
+    )
+    with clock.stage("pairs: match logged questions to product pages"):
+        pairs_manifest = run_stage_pairs(data, p("pairs"))
+        prep.pairs_accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
+        prep.pairs_counts = pairs_manifest.get("counts")
+        print(
+            f"pairs: {prep.pairs_accuracy:.1%} of the logged questions were matched to the page they were asked about",
+            flush=True,
+        )
+    with clock.stage("label: soft labels from the two-teacher ensemble"):
+        from qadist.label.stage import run_label
+
+        label_manifest = run_label(
+            LabelConfig(
+                pairs=p("pairs", "pairs"),
+                out=prep.labels,
+                teachers=[prep.teacher_a, prep.teacher_b],
+                num_cpus_per_actor=threads,
+                batch_size=64,
+                **shared,
+            )
+        )
+        prep.label_counts = label_manifest.get("counts")
+    return prep
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    plan = demo_plan(cfg)
+    check_out(cfg, plan)
+    clock = Stopwatch()
+    cache = tempfile.mkdtemp(prefix="qadist-demo-models-") if storage.is_s3(cfg.out) else None
+    print(f"qadist demo ({'quick' if cfg.quick else 'full'}, seed {cfg.seed}) -> {cfg.out}", flush=True)
     try:
-        with clock.stage("generate the camera-store domain"):
-            data = write_domain(generate_domain(cfg.seed, plan.sizes), p("data"))
-            student_pool = read_pairs(data["student"])[0]
-            subsets = {}
-            for n in sorted(set(plan.curve) | {plan.few}):
-                subsets[n] = p("data", f"student-{n}.jsonl")
-                storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
-            pages = storage.read_text(data["documents"]).count("\n")
-            print(
-                f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} "
-                f"product pages, "
-                f"{plan.sizes.student} student-labelled (subsets {sorted(subsets)}), {plan.sizes.test} test",
-                flush=True,
-            )
-        with clock.stage("start Ray (embedded)"):
-            # Teacher actors and training workers get `threads` torch threads (Ray would give a 1-CPU
-            # worker one), and enough logical CPUs for the label pipeline's tasks beside its actor.
-            ensure_ray(min_cpus=max(4, 2 * threads), threads=threads, dedicated=True)
-            inits = save_init_models(
-                models_dir,
-                plan.student_layers,
-                {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2},
-            )
-
-        def train_model(
-            stage: str, name: str, init: str, train_file: str, train: Train, examples: int, seed: int
-        ) -> str:
-            run_out = p("models", name)
-            with clock.stage(stage):
-                if finished_model(run_out) is None:
-                    from qadist.train.stage import run_finetune
-
-                    run_finetune(
-                        FinetuneConfig(
-                            train_file=train_file,
-                            model=init,
-                            out=run_out,
-                            epochs=epochs_for(train, examples),
-                            learning_rate=train.learning_rate,
-                            batch_size=train.batch_size,
-                            seed=seed,
-                            **shared,
-                        )
-                    )
-                return local_model(finished_model(run_out))
-
-        teacher_a = train_model(
-            "teacher A: fine-tune MiniLM-L6 + QA head",
-            "teacher-a",
-            inits["teacher-a-init"],
-            data["teacher"],
-            plan.teacher,
-            plan.sizes.teacher,
-            cfg.seed,
-        )
-        teacher_b = train_model(
-            "teacher B: same, another seed",
-            "teacher-b",
-            inits["teacher-b-init"],
-            data["teacher"],
-            plan.teacher,
-            plan.sizes.teacher,
-            cfg.seed + 1,
-        )
-        with clock.stage("pairs: match logged questions to product pages"):
-            pairs_manifest = run_stage_pairs(data, p("pairs"))
-            accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
-            print(
-                f"pairs: {accuracy:.1%} of the logged questions were matched to the page they were asked about",
-                flush=True,
-            )
-        with clock.stage("label: soft labels from the two-teacher ensemble"):
-            from qadist.label.stage import run_label
-
-            label_manifest = run_label(
-                LabelConfig(
-                    pairs=p("pairs", "pairs"),
-                    out=p("labels"),
-                    teachers=[teacher_a, teacher_b],
-                    num_cpus_per_actor=threads,
-                    batch_size=64,
-                    **shared,
-                )
-            )
+        prep = prepare(cfg, plan, clock, models_dir=cache)
+        init = prep.inits["student-init"]
         distilled = distill_model(
             clock,
             "distill: student from the soft labels, no labels",
-            p("labels"),
-            inits["student-init"],
-            p("models", "student-distilled"),
+            prep.labels,
+            init,
+            prep.path("models", "student-distilled"),
             plan.distill,
             plan.temperature,
             cfg.seed,
-            shared,
+            prep.shared,
         )
         curve_paths: dict[str, dict[int, str]] = {"labels only": {}, "distilled, then fine-tuned": {}}
-        for n in sorted(set(plan.curve) | {plan.few}):
+        for n in plan.curve:
             curve_paths["labels only"][n] = train_model(
+                clock,
+                prep,
                 f"baseline: student on {n} labels only",
                 f"student-labels-{n}",
-                inits["student-init"],
-                subsets[n],
-                plan.labels_only,
+                init,
+                prep.subsets[n],
+                plan.labels_only[n],
                 n,
                 cfg.seed,
             )
             curve_paths["distilled, then fine-tuned"][n] = train_model(
+                clock,
+                prep,
                 f"finetune: distilled student on {n} labels",
                 f"student-distilled-ft-{n}",
                 distilled,
-                subsets[n],
-                plan.finetune,
+                prep.subsets[n],
+                plan.finetune[n],
                 n,
+                cfg.seed,
+            )
+        n_all = plan.sizes.teacher + plan.few
+        if plan.all_labels is not None:
+            curve_paths["labels only"][n_all] = train_model(
+                clock,
+                prep,
+                f"baseline: student on all {n_all:,} labels",
+                "student-all-labels",
+                init,
+                prep.subsets["all"],
+                plan.all_labels,
+                n_all,
                 cfg.seed,
             )
         self_distilled = None
@@ -297,24 +377,22 @@ def run_demo(cfg: DemoConfig) -> dict:
             self_distilled = distill_model(
                 clock,
                 "baseline: self-distillation (teacher architecture, from the ensemble)",
-                p("labels"),
-                teacher_a,
-                p("models", "self-distilled"),
+                prep.labels,
+                prep.teacher_a,
+                prep.path("models", "self-distilled"),
                 plan.self_distill,
                 plan.temperature,
                 cfg.seed,
-                shared,
+                prep.shared,
             )
 
-        test_pairs = read_pairs(data["test"])[0]
-        pcfg = AnswerSettings(batch_size=64, **shared)  # scoring and speed answer alike
+        test_pairs = read_pairs(prep.data["test"])[0]
+        pcfg = AnswerSettings(batch_size=64, **prep.shared)  # scoring and speed answer alike
         with clock.stage("evaluate every model on the test set"):
-            rows = score_all(
-                plan, data, teacher_a, teacher_b, self_distilled, distilled, curve_paths, test_pairs, pcfg, p("eval")
-            )
-            scored = score_curve(curve_paths, rows, data, test_pairs, pcfg, p("eval"))
+            rows = score_all(plan, prep, self_distilled, distilled, curve_paths, test_pairs, pcfg)
+            scored = score_curve(curve_paths, rows, prep.data, test_pairs, pcfg, prep.path("eval"))
             curve = {
-                name: {n: scored[path].metrics["f1"] for n, path in paths.items() if n in plan.curve}
+                name: {n: scored[path].metrics["f1"] for n, path in paths.items()}
                 for name, paths in curve_paths.items()
             }
         with clock.stage("speed: each architecture, batch 1 and batch 64, interleaved"):
@@ -322,14 +400,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         extra = {
             "config": to_dict(cfg),
             "plan": json.loads(json.dumps(asdict(plan))),
-            "pairs_accuracy": round(accuracy, 4),
-            "pairs_counts": pairs_manifest.get("counts"),
-            "label_counts": label_manifest.get("counts"),
-            "cpu_threads": threads,
-            "precision": shared["precision"],
+            "pairs_accuracy": round(prep.pairs_accuracy, 4),
+            "pairs_counts": prep.pairs_counts,
+            "label_counts": prep.label_counts,
+            "cpu_threads": prep.threads,
+            "precision": prep.shared["precision"],
             "speed_by_architecture": speeds,
         }
-        return report(rows, curve, clock.seconds, clock.total(), extra, out)
+        return report(rows, curve, clock.seconds, clock.total(), extra, cfg.out)
     finally:
         if cache:
             shutil.rmtree(cache, ignore_errors=True)
@@ -385,22 +463,29 @@ def distill_model(
 
 def score_all(
     plan: Plan,
-    data: dict[str, str],
-    teacher_a: str,
-    teacher_b: str,
+    prep: Prepared,
     self_distilled: str | None,
     distilled: str,
     curve_paths: dict[str, dict[int, str]],
     test_pairs: list[dict],
     pcfg: AnswerSettings,
-    out: str,
 ) -> list[Row]:
     n_teacher, few = plan.sizes.teacher, plan.few
     via = f"+{n_teacher:,} via teachers"
+    teacher_set, a, b = describe(plan.teacher, n_teacher), prep.teacher_a, prep.teacher_b
     rows = [
-        Row("teacher A: MiniLM-L6 + QA head", "teacher_a", 6, n_teacher, "", [teacher_a], "MiniLM-L6"),
-        Row("teacher B: same, another seed", "teacher_b", 6, n_teacher, "", [teacher_b], "MiniLM-L6"),
-        Row("teacher ensemble (A+B, mean logits)", "ensemble", 6, n_teacher, "", [teacher_a, teacher_b], "2xMiniLM-L6"),
+        Row("teacher A: MiniLM-L6 + QA head", "teacher_a", 6, n_teacher, "", [a], "MiniLM-L6", teacher_set),
+        Row("teacher B: same, another seed", "teacher_b", 6, n_teacher, "", [b], "MiniLM-L6", teacher_set),
+        Row(
+            "teacher ensemble (A+B, mean logits)",
+            "ensemble",
+            6,
+            n_teacher,
+            "",
+            [prep.teacher_a, prep.teacher_b],
+            "2xMiniLM-L6",
+            teacher_set,
+        ),
     ]
     if self_distilled:
         rows.append(
@@ -412,11 +497,13 @@ def score_all(
                 f"+{n_teacher:,} via teacher A and the ensemble",
                 [self_distilled],
                 "MiniLM-L6",
+                describe(plan.self_distill, plan.sizes.logged) + ", untuned",
             )
         )
     layers = plan.student_layers
     student = f"MiniLM-L{layers}"
-    rows += [
+    n_all = n_teacher + few
+    rows.append(
         Row(
             f"student ({layers} layers) trained on {few} labels only",
             "labels_only",
@@ -425,8 +512,33 @@ def score_all(
             "",
             [curve_paths["labels only"][few]],
             student,
+            describe(plan.labels_only[few], few),
+        )
+    )
+    if plan.all_labels is not None:
+        rows.append(
+            Row(
+                f"student ({layers} layers) trained on all {n_all:,} labels",
+                "all_labels",
+                layers,
+                n_all,
+                "",
+                [curve_paths["labels only"][n_all]],
+                student,
+                describe(plan.all_labels, n_all),
+            )
+        )
+    rows += [
+        Row(
+            f"student ({layers} layers) distilled, no labels",
+            "distilled",
+            layers,
+            0,
+            via,
+            [distilled],
+            student,
+            describe(plan.distill, plan.sizes.logged),
         ),
-        Row(f"student ({layers} layers) distilled, no labels", "distilled", layers, 0, via, [distilled], student),
         Row(
             f"student ({layers} layers) distilled, then fine-tuned on {few} labels",
             "distilled_ft",
@@ -435,10 +547,11 @@ def score_all(
             via,
             [curve_paths["distilled, then fine-tuned"][few]],
             student,
+            describe(plan.finetune[few], few),
         ),
     ]
     for row in rows:
-        score(row, test_pairs, data["test"], pcfg, out)
+        score(row, test_pairs, prep.data["test"], pcfg, prep.path("eval"))
     return rows
 
 

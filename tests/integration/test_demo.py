@@ -21,6 +21,7 @@ import pytest
 ROW_KEYS = ["teacher_a", "teacher_b", "ensemble", "labels_only", "distilled", "distilled_ft"]
 COLUMNS = [
     "model",
+    "trained with",
     "layers",
     "labelled examples used",
     "EM",

@@ -5,8 +5,8 @@ import pytest
 from qadist.demo.camera_domain import QUESTIONS, STATEMENTS, DomainSizes, generate_domain, write_domain
 from qadist.squad.io import read_pairs, validate_pair
 
-SIZES = DomainSizes(teacher=300, logged=600, student=120, test=200)
-PAIR_SPLITS = ("teacher", "logged", "student", "test")
+SIZES = DomainSizes(teacher=300, logged=600, student=120, test=200, dev=200)
+PAIR_SPLITS = ("teacher", "logged", "student", "test", "dev")
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def test_same_seed_same_domain_other_seed_differs(domain):
 
 
 def test_split_sizes(domain):
-    assert [len(domain[s]) for s in PAIR_SPLITS] == [300, 600, 120, 200]
+    assert [len(domain[s]) for s in PAIR_SPLITS] == [300, 600, 120, 200, 200]
     assert len(domain["documents"]) == len({p["doc_id"] for p in domain["logged"]})
 
 
@@ -86,10 +86,19 @@ def test_questions_name_their_product_so_pairs_can_match(domain):
 
 def test_write_domain_files(domain, tmp_path):
     uris = write_domain(domain, str(tmp_path))
-    assert set(uris) == {"teacher", "student", "test", "questions", "documents", "logged-gold"}
+    assert set(uris) == {"teacher", "student", "test", "dev", "questions", "documents", "logged-gold"}
     questions = [json.loads(line) for line in open(uris["questions"])]
     assert len(questions) == 600 and all(set(q) == {"id", "question"} for q in questions)
     documents = [json.loads(line) for line in open(uris["documents"])]
     assert all(set(d) == {"id", "title", "text"} for d in documents)
     test_pairs, rejects = read_pairs(uris["test"])
     assert len(test_pairs) == 200 and not rejects
+
+
+def test_the_dev_split_leaves_every_other_split_as_it_was(domain):
+    """Dev is generated last: a domain without it (dev=0) has the same teacher, logged, student and test."""
+    from dataclasses import replace
+
+    without = generate_domain(seed=7, sizes=replace(SIZES, dev=0))
+    assert without["dev"] == []
+    assert all(without[s] == domain[s] for s in ("teacher", "logged", "student", "test", "documents"))
