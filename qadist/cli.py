@@ -33,6 +33,7 @@ from qadist.config import (
     LabelConfig,
     PairsConfig,
     PredictConfig,
+    SelectConfig,
     ServeConfig,
     StageConfig,
     flag_for,
@@ -156,6 +157,12 @@ command(
     "A QA model as ONNX (and ONNX Runtime int8 with --int8), scored against PyTorch on --eval-file.",
 )
 command("serve", ServeConfig, "Serve a QA model over HTTP (Ray Serve, FastAPI, dynamic batching).")
+command(
+    "select",
+    SelectConfig,
+    "Rank labelled pairs by what a human label would teach (teacher disagreement, uncertainty) -> "
+    "a ranked JSONL and Label Studio tasks with the ensemble's answer pre-filled.",
+)
 command("demo", DemoConfig, "The whole pipeline, embedded and offline on a CPU, with a results table.")
 
 

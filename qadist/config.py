@@ -288,6 +288,27 @@ class ServeConfig(AnswerSettings):
     max_batch_questions: int = Opt(256, "Questions in one /answer/batch request at most (413 beyond).", ge=1)
 
 
+class SelectConfig(StageConfig):
+    labels: str = Uri(help="A finished `qadist label` output (its _manifest.json lists the shards).")
+    budget: int = Opt(help="Pairs to pick for labelling.", ge=1)
+    out: str = Uri(help="Folder for selected.jsonl, the Label Studio tasks and labelling config, and the manifest.")
+    strategy: Literal["disagreement", "entropy", "margin", "random"] = Opt(
+        "entropy", "What makes a pair worth a label (disagreement needs labels made with --keep-teacher-logits)."
+    )
+    diversity: bool = Opt(False, "Skip questions that are near-duplicates of one already picked (sentence embeddings).")
+    similarity: float = Opt(
+        0.9, "Cosine similarity of two questions above which --diversity calls them duplicates.", gt=0, le=1
+    )
+    encoder: str = Model(
+        "packaged:all-MiniLM-L6-v2", "Sentence-embedding model of --diversity (the pairing stage's default)."
+    )
+    exclude: str | None = Uri(
+        None, "Pairs already labelled: ids one per line, JSONL/JSON rows with 'id', or a Label Studio export."
+    )
+    seed: int = Opt(0, "Seed of --strategy random.")
+    overwrite: bool = Opt(False, "Replace an earlier selection in --out.")
+
+
 class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
     quick: bool = Opt(False, "Every stage at a reduced size (about 3 minutes on 2 cores), as CI runs it.")
@@ -369,5 +390,6 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "evaluate": EvaluateConfig,
     "export": ExportConfig,
     "serve": ServeConfig,
+    "select": SelectConfig,
     "demo": DemoConfig,
 }

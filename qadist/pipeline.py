@@ -50,6 +50,7 @@ RUNNERS = {
     "evaluate": "qadist.answer.evaluate:run_evaluate",
     "export": "qadist.answer.export:run_export",
     "serve": "qadist.answer.serve:run_serve",
+    "select": "qadist.select.stage:run_select",
     "demo": "qadist.demo.run:run_demo",
 }
 

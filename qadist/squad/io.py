@@ -14,6 +14,7 @@ from typing import Any
 from qadist import storage
 from qadist.errors import UserError
 from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
+from qadist.select.label_studio import is_task, pair_from_task
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,12 @@ def _bad_unicode(pair: dict) -> str | None:
 
 
 def validate_pair(raw: Any, max_context_chars: int = MAX_CONTEXT_CHARS) -> tuple[dict | None, str | None]:
-    """A raw row -> (clean pair, None) or (None, reason it cannot be used)."""
+    """A raw row -> (clean pair, None) or (None, reason it cannot be used). A task of a Label Studio
+    export (`qadist select`'s tasks, annotated) is read as the pair it labels."""
+    if is_task(raw):
+        raw, reason = pair_from_task(raw)
+        if reason:
+            return None, reason
     if not isinstance(raw, dict):
         return None, f"row is {type(raw).__name__}, not a JSON object"
     row_id, reason = check_id(raw)

@@ -25,6 +25,7 @@ from qadist.errors import UserError
 from qadist.models import load_tokenizer, local_model, tokenizer_fingerprint
 from qadist.outputs import manifest_uri
 from qadist.runtime import ensure_ray
+from qadist.select import label_studio
 from qadist.shards import check_header, read, read_footer, read_manifest
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
@@ -78,7 +79,15 @@ def gold_windows(pairs: list[dict], tokenizer: Any, windows: dict[str, int], has
 
 
 def read_gold(uri: str, tokenizer: Any, windows: dict[str, int], has_types: bool, flag: str) -> pa.Table:
-    pairs, _ = read_pairs(uri, strict=True)
+    pairs, rejects = read_gold_pairs(uri)
+    if rejects:  # only Label Studio tasks get here: a partial export is normal
+        log.warning(
+            "%s: %d Label Studio tasks not used (first: row %d, %s)",
+            uri,
+            len(rejects),
+            rejects[0]["row"],
+            rejects[0]["reason"],
+        )
     labelled = sum(1 for p in pairs if "answers" in p)
     if not labelled:
         raise UserError(f"{uri}: no row has 'answers'; {flag} needs SQuAD JSON or pairs with answers")
@@ -90,6 +99,19 @@ def read_gold(uri: str, tokenizer: Any, windows: dict[str, int], has_types: bool
             len(pairs),
         )
     return gold_windows(pairs, tokenizer, windows, has_types)
+
+
+def read_gold_pairs(uri: str) -> tuple[list[dict], list[dict]]:
+    """Gold pairs; a bad row is an error naming it, except a Label Studio task that is not annotated
+    (or annotated inconsistently): a partial export trains on what is labelled, the rest is skipped."""
+    pairs, rejects = read_pairs(uri, strict=False)
+    for r in rejects:
+        if not r["reason"].startswith(label_studio.REASON_PREFIX):
+            raise UserError(f"{r['source']}: row {r['row']}: {r['reason']}; fix or remove the row")
+    if not pairs:
+        first = f" (first: row {rejects[0]['row']}, {rejects[0]['reason']})" if rejects else ""
+        raise UserError(f"{uri}: no usable labelled pairs{first}")
+    return pairs, rejects
 
 
 def window_settings(cfg: TrainSettings, recorded: dict | None) -> dict[str, int]:
