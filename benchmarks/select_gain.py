@@ -1,0 +1,178 @@
+"""What picking the labels buys: the distilled student fine-tuned on N pairs chosen by `qadist select`
+(entropy, margin, teacher disagreement) against N random pairs, 3 seeds, in the demo's domain.
+
+Runs after `benchmarks/demo_tuning.py` into the same --out and takes from it: the demo's domain,
+teachers and pairs, the distilled student of each seed at its chosen setting, and the chosen
+fine-tuning setting for N labels (so every strategy gets the same, tuned, training budget).
+
+1. The logged pairs are labelled again by the two teachers with `--keep-teacher-logits` (the
+   demo's labels keep only the ensemble's logits; disagreement needs each teacher's).
+2. The pool is the logged pairs matched to the page they were asked about (the generated domain
+   knows; the rest, about 11%, are excluded through `--exclude`: their true answer on the wrong
+   page is not defined). An annotator is simulated by the domain's hidden gold answer on the pair's
+   passage (an answer outside the passage is "no answer", as it is for the model).
+3. For N in 50 and 200 and each strategy, `run_select` picks N pairs (random: with the run's seed,
+   so each seed draws its own N); the distilled student of that seed is fine-tuned on them with
+   the tuned setting and scored on the test set (and dev).
+4. `select_gain.md` / `.json` in --out: test F1 mean +- sd per strategy and N, each against random
+   with ties named (a gap under the two standard deviations added is a tie).
+
+    python benchmarks/select_gain.py --out /tmp/qadist-tuning     # about 20 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+from demo_tuning import compare, mean_sd, point_dir, run_point, start_worker
+
+from qadist import storage
+from qadist.config import DemoConfig, LabelConfig, SelectConfig
+from qadist.demo.run import FULL, Stopwatch, prepare
+from qadist.squad.io import read_pairs
+
+STRATEGIES = ("random", "entropy", "margin", "disagreement")
+SIZES = (50, 200)
+
+
+def gold_on_passage(pair: dict, gold: dict) -> dict:
+    """The pair with the domain's gold answer moved onto its passage ("no answer" outside it)."""
+    start0 = pair.get("passage_start", 0)
+    answers = {"text": [], "answer_start": []}
+    for text, start in zip(gold["answers"]["text"], gold["answers"]["answer_start"]):
+        s = start - start0
+        if 0 <= s and pair["context"][s : s + len(text)] == text:
+            answers["text"].append(text)
+            answers["answer_start"].append(s)
+    return {k: pair[k] for k in ("id", "question", "context")} | {"answers": answers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="the folder demo_tuning.py wrote (tuning.json in it)")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    out = os.path.abspath(args.out)
+    tuning = json.loads(storage.read_text(os.path.join(out, "tuning.json")))
+    prep = prepare(DemoConfig(out=out, seed=0), FULL, Stopwatch())  # every stage reused from the tuning run
+    from qadist.label.stage import run_label
+    from qadist.select.stage import run_select
+
+    labels = prep.path("labels-per-teacher")
+    run_label(
+        LabelConfig(
+            pairs=prep.path("pairs", "pairs"),
+            out=labels,
+            teachers=[prep.teacher_a, prep.teacher_b],
+            keep_teacher_logits=True,
+            num_cpus_per_actor=prep.threads,
+            batch_size=64,
+            **prep.shared,
+        )
+    )
+    gold = {p["id"]: p for p in read_pairs(prep.data["logged-gold"])[0]}
+    pairs = read_pairs(prep.path("pairs", "pairs"))[0]
+    wrong = [p["id"] for p in pairs if gold[p["question_id"]]["doc_id"] != p["doc_id"]]
+    exclude = prep.path("select-gain", "mis-paired.txt")
+    storage.write_bytes(exclude, "".join(i + "\n" for i in wrong).encode())
+    by_id = {p["id"]: p for p in pairs}
+    seeds = tuning["rows"]["distilled"]["seeds"]
+    distilled = tuning["rows"]["distilled"]["chosen"]
+    tasks = []
+    for n in SIZES:
+        chosen = tuning["rows"][f"distilled_ft_{n}"]["chosen"]
+        for strategy in STRATEGIES:
+            for seed in seeds:
+                if strategy != "random" and seed != seeds[0]:
+                    sel = prep.path("select-gain", f"{strategy}-{n}-seed{seeds[0]}")  # deterministic: one pick
+                else:
+                    sel = prep.path("select-gain", f"{strategy}-{n}-seed{seed}")
+                    if not storage.exists(storage.join(sel, "_manifest.json")):
+                        run_select(
+                            SelectConfig(
+                                labels=labels, budget=n, out=sel, strategy=strategy, exclude=exclude, seed=seed
+                            )
+                        )
+                picked = [
+                    json.loads(line)["id"]
+                    for line in storage.read_text(storage.join(sel, "selected.jsonl")).splitlines()
+                ]
+                train_file = storage.join(sel, "gold.jsonl")
+                if not storage.exists(train_file):
+                    rows = [gold_on_passage(by_id[i], gold[by_id[i]["question_id"]]) for i in picked]
+                    storage.write_bytes(train_file, "".join(json.dumps(r) + "\n" for r in rows).encode())
+                start = point_dir(out, "distilled", distilled["learning_rate"], distilled["epochs"], seed)
+                tasks.append(
+                    {
+                        "row": f"{strategy}_{n}",
+                        "kind": "finetune",
+                        "lr": chosen["learning_rate"],
+                        "epochs": chosen["epochs"],
+                        "seed": seed,
+                        "start": os.path.join(start, "final"),
+                        "data": train_file,
+                        "out": prep.path("select-gain", "models", f"{strategy}-{n}-seed{seed}"),
+                        "shared": prep.shared,
+                        "loss": {},
+                        "files": {"dev": prep.data["dev"], "test": prep.data["test"]},
+                    }
+                )
+    import ray
+
+    ray.shutdown()
+    cpus = os.cpu_count() or 1
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=get_context("spawn"), initializer=start_worker, initargs=(max(1, cpus // args.jobs),)
+    ) as pool:
+        records = list(pool.map(run_point, tasks))
+    table: dict[str, dict] = {}
+    for r in records:
+        table.setdefault(r["row"], {"test": [], "dev": []})
+        table[r["row"]]["test"].append(r["test"]["f1"])
+        table[r["row"]]["dev"].append(r["dev"]["f1"])
+    summary = {row: {k: mean_sd(v) for k, v in d.items()} for row, d in table.items()}
+    lines = [
+        "# Selection gain (benchmarks/select_gain.py)",
+        "",
+        f"Distilled student (seeds {seeds}) fine-tuned on N selected labels with the tuned setting for N; "
+        f"pool: {len(pairs) - len(wrong):,} correctly paired logged pairs ({len(wrong)} mis-paired excluded); "
+        f"test {FULL.sizes.test} questions.",
+        "",
+        "| N | " + " | ".join(STRATEGIES) + " |",
+        "|---|" + "---|" * len(STRATEGIES),
+    ]
+    comparisons = []
+    for n in SIZES:
+        cells = [
+            f"{summary[f'{s}_{n}']['test']['mean']:.1f} +- {summary[f'{s}_{n}']['test']['sd']:.1f}" for s in STRATEGIES
+        ]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        for s in STRATEGIES[1:]:
+            comparisons.append(
+                compare(
+                    f"N={n}: {s} vs random", summary[f"{s}_{n}"]["test"], summary[f"random_{n}"]["test"], s, "random"
+                )
+            )
+    lines += ["", "Test F1, mean +- sd over the seeds.", "", *[f"- {c}" for c in comparisons], ""]
+    text = "\n".join(lines)
+    result = {
+        "summary": summary,
+        "records": records,
+        "comparisons": comparisons,
+        "seconds": time.perf_counter() - started,
+    }
+    storage.write_bytes(os.path.join(out, "select_gain.json"), json.dumps(result, indent=1).encode())
+    storage.write_bytes(os.path.join(out, "select_gain.md"), text.encode())
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
