@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = os.path.abspath(args.out)
     tuning = json.loads(storage.read_text(os.path.join(out, "tuning.json")))
-    prep = prepare(DemoConfig(out=out, seed=0), FULL, Stopwatch())  # every stage reused from the tuning run
+    prep = prepare(
+        DemoConfig(out=out, seed=0), FULL, Stopwatch(), subset_sizes=SIZES
+    )  # every stage reused from the tuning run
     from qadist.label.stage import run_label
     from qadist.select.stage import run_select
 

@@ -45,6 +45,15 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
+def nested_values(column: pa.ChunkedArray, width: int | None = None) -> list[np.ndarray]:
+    """A list<list<x>> column -> one 2-D numpy array per row: (inner lists, inner length) when the
+    inner lists of a row are of one length (offsets: pairs; per-teacher logits: one row per teacher)."""
+    arr = column.combine_chunks()
+    outer = arr.offsets.to_numpy()
+    inner = list_values(arr.flatten())
+    return [np.stack(inner[s:e]) if e > s else np.zeros((0, width or 0)) for s, e in zip(outer[:-1], outer[1:])]
+
+
 def shard_windows(uri: str, per_teacher: bool) -> list[dict]:
     """A shard's windows as dicts of numpy arrays (the columns scoring reads, nothing else)."""
     columns = ["id", "offsets", "start_logits", "end_logits"]
@@ -52,13 +61,13 @@ def shard_windows(uri: str, per_teacher: bool) -> list[dict]:
     table = read_shard(uri, columns)
     rows = {
         "id": table.column("id").to_pylist(),
-        "offsets": table.column("offsets").to_pylist(),
+        "offsets": nested_values(table.column("offsets"), 2),
         "start_logits": list_values(table.column("start_logits")),
         "end_logits": list_values(table.column("end_logits")),
     }
     if per_teacher:
         for name in ("teacher_start_logits", "teacher_end_logits"):
-            rows[name] = [np.asarray(v, np.float32) for v in table.column(name).to_pylist()]
+            rows[name] = [v.astype(np.float32) for v in nested_values(table.column(name))]
     return [{k: rows[k][i] for k in rows} for i in range(table.num_rows)]
 
 
