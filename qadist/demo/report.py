@@ -280,10 +280,11 @@ def report(
         f"Stage times:\n{times}\n  {'total':<{width}} {total:7.1f} s\n",
         flush=True,
     )
-    curve_md = "\n".join(
-        f"| {name} | " + " | ".join(f"{points[n]:.1f}" for n in sorted(points)) + " |" for name, points in curve.items()
-    )
     sizes = sorted({n for points in curve.values() for n in points})
+    curve_md = "\n".join(
+        f"| {name} | " + " | ".join(f"{points[n]:.1f}" if n in points else "-" for n in sizes) + " |"
+        for name, points in curve.items()
+    )
     md = "\n".join(
         [
             "# qadist demo results",

@@ -1,6 +1,6 @@
 """`qadist demo`: the whole pipeline, embedded and offline on a CPU, on a generated camera-store domain.
 
-    qadist demo                      # full size (about 12 minutes on 2 CPU cores) into ./qadist-demo
+    qadist demo                      # full size (about 14 minutes on 2 CPU cores) into ./qadist-demo
     qadist demo --quick --out /tmp/d # every stage at a reduced size (about 5 minutes), as CI runs it
     qadist demo --out s3://bucket/demo   # artifacts in S3 (AWS_ENDPOINT_URL etc. from the environment)
 
@@ -14,8 +14,9 @@ Every stage runs through the same functions a cluster job calls (`run_finetune`,
 4. `label`: the two-teacher ensemble's soft labels on those pairs;
 5. `distill`: a student made of the teacher encoder's first layers (as DistilBERT was
    initialised), no labels; then `finetune` on the few labels;
-6. baselines: the same student trained on the few labels alone, and self-distillation (a student
-   with the teacher's architecture, started from teacher A, distilled from the ensemble);
+6. baselines: the same student trained on the few labels alone, and on every label (the teachers'
+   set and the few); self-distillation (the teacher's architecture, started from teacher A,
+   distilled from the ensemble) where the plan has it;
 7. every model answers the test set; the table, the checks and a plot of F1 against the number of
    labelled examples are printed and written to DIR (results.md, results.json, f1_vs_labels.png).
 

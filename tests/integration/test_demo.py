@@ -5,7 +5,7 @@ size: its teachers train for 60 steps, enough to learn when a page does not answ
 where answers are (the full size trains each teacher on 1,200 examples, 75 steps of 16; see
 docs/demo-calibration.md). It checks the table's shape, the artifacts, the progress output and
 that the student distilled without labels beats the same student trained on the 200 labels
-alone (which has not learned to abstain). The full-size demo (slow, ~12 minutes) checks every claim.
+alone (which has not learned to abstain). The full-size demo (slow, ~14 minutes) checks every claim.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
 
 @pytest.mark.slow
 def test_full_demo_shows_the_claims(tmp_path):
-    """The full-size demo (about 12-13 minutes on 2 quiet cores): every claim of the table holds."""
+    """The full-size demo (about 14 minutes on 2 quiet cores): every claim of the table holds."""
     out = tmp_path / "full"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
