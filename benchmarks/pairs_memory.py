@@ -140,6 +140,17 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
+def print_growth(results: dict[int, dict], unit: str, limit: float = 0.15) -> None:
+    """The smallest and the largest size's peaks, and how much they grew."""
+    small, large = results[min(results)], results[max(results)]
+    for key, name in (("driver_peak_mb", "driver peak RSS"), ("tree_peak_pss_mb", "process-tree peak PSS")):
+        growth = large[key] / small[key] - 1
+        print(
+            f"{name}: {small[key]:.0f} -> {large[key]:.0f} MiB for {max(results) // min(results)}x the {unit}: "
+            f"growth {growth:+.1%} ({'under' if growth < limit else 'OVER'} the {limit:.0%} limit)"
+        )
+
+
 def write_questions(path: Path, n: int, seed: int = 0) -> None:
     """n questions: SQuAD questions with a serial number (distinct), every 10th a repeat."""
     data = json.loads(SAMPLE.read_text())["data"]
@@ -219,13 +230,7 @@ def main() -> None:
             flush=True,
         )
         print(f"          peak PSS by process (MiB): {r['by_process']}", flush=True)
-    small, large = results[min(results)], results[max(results)]
-    for key, name in (("driver_peak_mb", "driver peak RSS"), ("tree_peak_pss_mb", "process-tree peak PSS")):
-        growth = large[key] / small[key] - 1
-        print(
-            f"{name}: {small[key]:.0f} -> {large[key]:.0f} MiB for {max(results) // min(results)}x the questions: "
-            f"growth {growth:+.1%} ({'under' if growth < 0.15 else 'OVER'} the 15% limit)"
-        )
+    print_growth(results, "questions")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pairs_memory import Sampler
+from pairs_memory import Sampler, print_growth
 
 from qadist.shards import LOGITS_TYPE, SCHEMA_VERSION, TEACHER_LOGITS_TYPE, list_array
 
@@ -143,13 +143,7 @@ def main() -> None:
             f"process tree peak PSS {r['tree_peak_pss_mb']:6.0f} MiB; by process {r['by_process']}",
             flush=True,
         )
-    small, large = results[min(results)], results[max(results)]
-    for key, name in (("driver_peak_mb", "driver peak RSS"), ("tree_peak_pss_mb", "process-tree peak PSS")):
-        growth = large[key] / small[key] - 1
-        print(
-            f"{name}: {small[key]:.0f} -> {large[key]:.0f} MiB for {max(results) // min(results)}x the pairs: "
-            f"growth {growth:+.1%} ({'under' if growth < 0.15 else 'OVER'} the 15% limit)"
-        )
+    print_growth(results, "pairs")
 
 
 if __name__ == "__main__":
