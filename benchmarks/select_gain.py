@@ -35,6 +35,7 @@ from demo_tuning import compare, mean_sd, point_dir, run_point, start_worker
 from qadist import storage
 from qadist.config import DemoConfig, LabelConfig, SelectConfig
 from qadist.demo.run import FULL, Stopwatch, prepare
+from qadist.rows import iter_raw_rows
 from qadist.squad.io import read_pairs
 
 STRATEGIES = ("random", "entropy", "margin", "disagreement")
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     gold = {p["id"]: p for p in read_pairs(prep.data["logged-gold"])[0]}
-    pairs = read_pairs(prep.path("pairs", "pairs"))[0]
+    # Raw rows: the pairs' question_id and passage offsets (read_pairs keeps only the fields a model reads).
+    pairs = [raw for _, _, raw in iter_raw_rows(prep.path("pairs", "pairs"))]
     wrong = [p["id"] for p in pairs if gold[p["question_id"]]["doc_id"] != p["doc_id"]]
     exclude = prep.path("select-gain", "mis-paired.txt")
     storage.write_bytes(exclude, "".join(i + "\n" for i in wrong).encode())
