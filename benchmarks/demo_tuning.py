@@ -332,35 +332,34 @@ def main(argv: list[str] | None = None) -> int:
     teachers = teacher_scores(prep)
     few = FULL.few
     ensemble = {"mean": teachers["ensemble"], "sd": 0.0}
-    comparisons = [
-        compare(
-            "distilled (no labels) vs labels only (200)",
-            rows["distilled"]["test_f1"],
-            rows[f"labels_only_{few}"]["test_f1"],
-            "distilled",
-            "labels only",
-        ),
-        compare(
-            "distilled (no labels) vs all labels (1,400)",
-            rows["distilled"]["test_f1"],
-            rows["all_labels"]["test_f1"],
-            "distilled",
-            "all labels",
-        ),
-        compare(
+    # (what, row a, row b, a's name, b's name): each compared on test F1 with the tie rule.
+    pairs = [
+        ("distilled (no labels) vs labels only (200)", "distilled", f"labels_only_{few}", "distilled", "labels only"),
+        ("distilled (no labels) vs all labels (1,400)", "distilled", "all_labels", "distilled", "all labels"),
+        (
             f"distilled then fine-tuned ({few}) vs distilled",
-            rows[f"distilled_ft_{few}"]["test_f1"],
-            rows["distilled"]["test_f1"],
+            f"distilled_ft_{few}",
+            "distilled",
             "fine-tuned",
             "distilled",
         ),
-        compare(
+        (
             f"distilled then fine-tuned ({few}) vs all labels (1,400)",
-            rows[f"distilled_ft_{few}"]["test_f1"],
-            rows["all_labels"]["test_f1"],
+            f"distilled_ft_{few}",
+            "all_labels",
             "distilled then fine-tuned",
             "all labels",
         ),
+    ]
+    pairs += [
+        (f"{n} labels: distilled then fine-tuned vs labels only", f"distilled_ft_{n}", f"labels_only_{n}",
+         "distilled then fine-tuned", "labels only")
+        for n in LABEL_COUNTS
+    ]  # fmt: skip
+    comparisons = [compare(what, rows[a]["test_f1"], rows[b]["test_f1"], an, bn) for what, a, b, an, bn in pairs]
+    share = 100 * rows["distilled"]["test_f1"]["mean"] / ensemble["mean"]
+    comparisons.insert(
+        4,
         compare(
             "distilled (no labels) vs the teacher ensemble",
             rows["distilled"]["test_f1"],
@@ -368,18 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             "distilled",
             "ensemble",
         )
-        + f"; {100 * rows['distilled']['test_f1']['mean'] / ensemble['mean']:.0f}% of the ensemble's F1",
-    ]
-    for n in LABEL_COUNTS:
-        comparisons.append(
-            compare(
-                f"{n} labels: distilled then fine-tuned vs labels only",
-                rows[f"distilled_ft_{n}"]["test_f1"],
-                rows[f"labels_only_{n}"]["test_f1"],
-                "distilled then fine-tuned",
-                "labels only",
-            )
-        )
+        + f"; {share:.0f}% of the ensemble's F1",
+    )
     seconds = time.perf_counter() - started
     result = {"rows": rows, "teachers_test_f1": teachers, "comparisons": comparisons, "seconds": round(seconds, 1)}
     storage.write_bytes(os.path.join(args.out, "tuning.json"), json.dumps(result, indent=2).encode("utf-8"))
