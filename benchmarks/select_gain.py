@@ -1,9 +1,10 @@
 """What picking the labels buys: the distilled student fine-tuned on N pairs chosen by `qadist select`
 (entropy, margin, teacher disagreement) against N random pairs, 3 seeds, in the demo's domain.
 
-Runs after `benchmarks/demo_tuning.py` into the same --out and takes from it: the demo's domain,
-teachers and pairs, the distilled student of each seed at its chosen setting, and the chosen
-fine-tuning setting for N labels (so every strategy gets the same, tuned, training budget).
+Uses the demo's domain, teachers and pairs, and the settings `benchmarks/demo_tuning.py` chose on
+dev (docs/demo.md, "Tuning"): the distilled student of each seed at its setting, and the fine-tuning
+setting for N labels, so every strategy gets the same, tuned, training budget. Run into the folder
+demo_tuning.py wrote, it reuses every model that run trained; into a new folder, it trains them.
 
 1. The logged pairs are labelled again by the two teachers with `--keep-teacher-logits` (the
    demo's labels keep only the ensemble's logits; disagreement needs each teacher's).
@@ -17,7 +18,7 @@ fine-tuning setting for N labels (so every strategy gets the same, tuned, traini
 4. `select_gain.md` / `.json` in --out: test F1 mean +- sd per strategy and N, each against random
    with ties named (a gap under the two standard deviations added is a tie).
 
-    python benchmarks/select_gain.py --out /tmp/qadist-tuning     # about 20 minutes on 2 cores
+    python benchmarks/select_gain.py --out /tmp/qadist-tuning     # about 60 minutes on 2 cores, 20 after demo_tuning
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from qadist.squad.io import read_pairs
 
 STRATEGIES = ("random", "entropy", "margin", "disagreement")
 SIZES = (50, 200)
+SEEDS = (0, 1, 2)
+# demo_tuning.py's choices on dev (docs/demo.md, "Tuning"): (learning rate, epochs).
+DISTILLED = (FULL.distill.learning_rate, FULL.distill.epochs)
+FINETUNE = {50: (3e-5, 64.0), 200: (FULL.finetune[200].learning_rate, FULL.finetune[200].epochs)}
 
 
 def gold_on_passage(pair: dict, gold: dict) -> dict:
@@ -56,15 +61,14 @@ def gold_on_passage(pair: dict, gold: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="the folder demo_tuning.py wrote (tuning.json in it)")
+    parser.add_argument(
+        "--out", required=True, help="a new folder, or the one demo_tuning.py wrote (its models reused)"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     out = os.path.abspath(args.out)
-    tuning = json.loads(storage.read_text(os.path.join(out, "tuning.json")))
-    prep = prepare(
-        DemoConfig(out=out, seed=0), FULL, Stopwatch(), subset_sizes=SIZES
-    )  # every stage reused from the tuning run
+    prep = prepare(DemoConfig(out=out, seed=0), FULL, Stopwatch(), subset_sizes=SIZES)  # reused where done
     from qadist.label.stage import run_label
     from qadist.select.stage import run_select
 
@@ -87,11 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     exclude = prep.path("select-gain", "mis-paired.txt")
     storage.write_bytes(exclude, "".join(i + "\n" for i in wrong).encode())
     by_id = {p["id"]: p for p in pairs}
-    seeds = tuning["rows"]["distilled"]["seeds"]
-    distilled = tuning["rows"]["distilled"]["chosen"]
+    seeds = list(SEEDS)
+    common = {"shared": prep.shared, "files": {"dev": prep.data["dev"], "test": prep.data["test"]}}
+    distill_tasks = [
+        {
+            "row": "distilled",
+            "kind": "distill",
+            "lr": DISTILLED[0],
+            "epochs": DISTILLED[1],
+            "seed": seed,
+            "start": prep.inits["student-init"],
+            "data": prep.labels,
+            "out": point_dir(out, "distilled", *DISTILLED, seed),  # where demo_tuning.py trained it
+            "loss": {"temperature": FULL.temperature, "alpha_kd": 1.0, "alpha_hard": 0.0},
+            **common,
+        }
+        for seed in seeds
+    ]
     tasks = []
     for n in SIZES:
-        chosen = tuning["rows"][f"distilled_ft_{n}"]["chosen"]
+        lr, epochs = FINETUNE[n]
         for strategy in STRATEGIES:
             for seed in seeds:
                 if strategy != "random" and seed != seeds[0]:
@@ -112,20 +131,18 @@ def main(argv: list[str] | None = None) -> int:
                 if not storage.exists(train_file):
                     rows = [gold_on_passage(by_id[i], gold[by_id[i]["question_id"]]) for i in picked]
                     storage.write_bytes(train_file, "".join(json.dumps(r) + "\n" for r in rows).encode())
-                start = point_dir(out, "distilled", distilled["learning_rate"], distilled["epochs"], seed)
                 tasks.append(
                     {
                         "row": f"{strategy}_{n}",
                         "kind": "finetune",
-                        "lr": chosen["learning_rate"],
-                        "epochs": chosen["epochs"],
+                        "lr": lr,
+                        "epochs": epochs,
                         "seed": seed,
-                        "start": os.path.join(start, "final"),
+                        "start": None,  # the distilled student of the seed, once trained
                         "data": train_file,
                         "out": prep.path("select-gain", "models", f"{strategy}-{n}-seed{seed}"),
-                        "shared": prep.shared,
                         "loss": {},
-                        "files": {"dev": prep.data["dev"], "test": prep.data["test"]},
+                        **common,
                     }
                 )
     import ray
@@ -135,12 +152,27 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(
         args.jobs, mp_context=get_context("spawn"), initializer=start_worker, initargs=(max(1, cpus // args.jobs),)
     ) as pool:
-        records = list(pool.map(run_point, tasks))
+        students = {r["seed"]: r for r in pool.map(run_point, distill_tasks)}
+        for r in students.values():
+            print(f"[select-gain] distilled seed {r['seed']}: test F1 {r['test']['f1']:.1f}", flush=True)
+        for task in tasks:
+            task["start"] = students[task["seed"]]["model"]
+        records = []
+        for r in pool.map(run_point, tasks):
+            print(
+                f"[select-gain] {r['row']} seed {r['seed']}: test F1 {r['test']['f1']:.1f} ({r['seconds']:.0f} s)",
+                flush=True,
+            )
+            records.append(r)
     table: dict[str, dict] = {}
     for r in records:
         table.setdefault(r["row"], {"test": [], "dev": []})
         table[r["row"]]["test"].append(r["test"]["f1"])
         table[r["row"]]["dev"].append(r["dev"]["f1"])
+    table["distilled, no labels"] = {
+        "test": [r["test"]["f1"] for r in students.values()],
+        "dev": [r["dev"]["f1"] for r in students.values()],
+    }
     summary = {row: {k: mean_sd(v) for k, v in d.items()} for row, d in table.items()}
     lines = [
         "# Selection gain (benchmarks/select_gain.py)",
@@ -164,7 +196,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"N={n}: {s} vs random", summary[f"{s}_{n}"]["test"], summary[f"random_{n}"]["test"], s, "random"
                 )
             )
-    lines += ["", "Test F1, mean +- sd over the seeds.", "", *[f"- {c}" for c in comparisons], ""]
+    start = summary["distilled, no labels"]["test"]
+    lines += [
+        "",
+        f"Test F1, mean +- sd over the seeds; the distilled student before fine-tuning: {start['mean']:.1f} +- "
+        f"{start['sd']:.1f}. Entropy, margin and disagreement pick the same N pairs at every seed (they are "
+        "deterministic); random draws N of its own per seed.",
+        "",
+        *[f"- {c}" for c in comparisons],
+        "",
+    ]
     text = "\n".join(lines)
     result = {
         "summary": summary,
