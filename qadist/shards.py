@@ -26,7 +26,10 @@ from qadist import storage
 from qadist.errors import UserError
 from qadist.outputs import manifest_uri
 
-SCHEMA_VERSION = 1
+# 2: every window carries its pair's `question` and `context` (a student with another tokenizer
+# re-cuts its windows from them, `qadist.train.cross_tokenizer`); repeated per window, they cost
+# little after Parquet's dictionary encoding and zstd, and a reader that does not need them skips them.
+SCHEMA_VERSION = 2
 HEADER_KEY = b"qadist"
 SHARD_KEY = b"qadist_shard"
 ANSWERS_TYPE = pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int32()))])
@@ -45,6 +48,8 @@ def window_fields(has_types: bool, has_answers: bool) -> list[pa.Field]:
         pa.field("start_position", pa.int32()),
         pa.field("end_position", pa.int32()),
         *([pa.field("answers", ANSWERS_TYPE)] if has_answers else []),
+        pa.field("question", pa.string()),
+        pa.field("context", pa.string()),
     ]
 
 
@@ -150,7 +155,8 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
     if tokenizer_hash is not None and have != tokenizer_hash:
         raise UserError(
             f"{source}: soft labels were made with tokenizer {header['tokenizer'].get('name')} (vocab hash {have}), "
-            f"not the given one ({tokenizer_hash}); use a student that shares the teachers' tokenizer"
+            f"not the one of the rest of this output ({tokenizer_hash}): shards of two label runs are mixed; "
+            "re-run `qadist label --overwrite` into this output"
         )
 
 
@@ -166,16 +172,19 @@ def read_manifest(uri: str) -> dict[str, Any]:
     return manifest
 
 
-def _read_shard_batch(batch: pa.Table, columns: list[str] | None) -> pa.Table:
-    return pa.concat_tables([read_shard(uri, columns) for uri in batch["uri"].to_pylist()])
+def _read_shard_batch(batch: pa.Table, columns: list[str] | None, transform: Any = None) -> pa.Table:
+    tables = [read_shard(uri, columns) for uri in batch["uri"].to_pylist()]
+    return pa.concat_tables([transform(t) for t in tables] if transform else tables)
 
 
-def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None = None):
+def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None = None, transform: Any = None):
     """The soft-label windows of a finished run as a Ray Dataset (one block per shard).
 
     Only the shards the manifest lists are read (a killed run's leftovers never are). Checks the
-    schema version, and the tokenizer hash when `tokenizer_hash` is given (a student must share the
-    teachers' tokenizer). Shards are opened inside the workers, so S3 filesystems are never pickled.
+    schema version, and the tokenizer hash when `tokenizer_hash` is given. Shards are opened inside
+    the workers, so S3 filesystems are never pickled.
+    `transform` (shard table -> table) runs there too, on one whole shard at a time: every window of
+    a pair is in one shard.
     """
     import ray
 
@@ -186,5 +195,8 @@ def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None 
         raise UserError(f"{uri}: the manifest lists no windows; label some pairs first")
     items = [{"uri": u} for u in uris]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_shard_batch, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow"
+        _read_shard_batch,
+        fn_kwargs={"columns": columns, "transform": transform},
+        batch_size=1,
+        batch_format="pyarrow",
     )

@@ -37,6 +37,8 @@ def shard_schema(has_types: bool, has_answers: bool, metadata: dict) -> pa.Schem
             if has_answers
             else []
         ),
+        ("question", pa.string()),
+        ("context", pa.string()),
     ]
     return pa.schema(fields, metadata={"qadist": json.dumps(metadata)})
 
@@ -48,6 +50,9 @@ def label_windows(
     if any("answers" in p for p in pairs):
         batch["answers"] = [p.get("answers") for p in pairs]
     w = make_windows(batch, tokenizer, max_seq_len, doc_stride, max_query_len)
+    by_id = {p["id"]: p for p in pairs}
+    w["question"] = [by_id[i]["question"] for i in w["id"]]
+    w["context"] = [by_id[i]["context"] for i in w["id"]]
     logits = run_windows(
         model, w["input_ids"], w.get("token_type_ids"), tokenizer.pad_token_id, 32, torch.device("cpu")
     )

@@ -100,7 +100,11 @@ def windows_of(pairs: list[dict], tokenizer: Any, with_answers: bool, lengths: t
     batch = {k: [p[k] for p in pairs] for k in ("id", "question", "context")}
     if with_answers:
         batch["answers"] = [p.get("answers") for p in pairs]
-    return make_windows(batch, tokenizer, *lengths)
+    windows = make_windows(batch, tokenizer, *lengths)
+    by_id = {p["id"]: p for p in pairs}  # the text travels with each window (schema 2)
+    windows["question"] = [by_id[i]["question"] for i in windows["id"]]
+    windows["context"] = [by_id[i]["context"] for i in windows["id"]]
+    return windows
 
 
 def window_block(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from qadist import storage
+from qadist import console, storage
 from qadist.config import DistillConfig, FinetuneConfig, TrainSettings
 from qadist.errors import UserError
 from qadist.models import load_tokenizer, local_model, tokenizer_fingerprint
@@ -122,18 +122,9 @@ def window_settings(cfg: TrainSettings, recorded: dict | None) -> dict[str, int]
     }
 
 
-def check_tokenizer(manifest: dict, tokenizer: Any, student: str, labels: str) -> None:
-    recorded = manifest.get("tokenizer") or {}
-    mine = tokenizer_fingerprint(tokenizer)
-    if recorded.get("hash") != mine:
-        raise UserError(
-            f"{student}: its tokenizer (hash {mine}) is not the one the soft labels in {labels} were made with "
-            f"({recorded.get('name')}, hash {recorded.get('hash')}); use a student that shares the teachers' tokenizer"
-        )
-
-
-def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
-    """Every manifest-listed shard's footer: the schema version and tokenizer this student reads.
+def check_shards(labels: str, listed: list[dict], tokenizer_hash: str, need_text: bool = False) -> bool:
+    """Every manifest-listed shard's footer: the schema version, the manifest's tokenizer, and (for a
+    student with another tokenizer, `need_text`) the pair text its windows are re-cut from.
 
     The manifest speaks for the run, but a shard copied in from another run (or left by an older
     qadist) would otherwise only fail (or silently mistrain) inside the workers. Footers only, in
@@ -154,8 +145,13 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str) -> bool:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(footer, listed))
-    for uri, header, _ in footers:
+    for uri, header, names in footers:
         check_header(header, uri, tokenizer_hash)
+        if need_text and not {"question", "context"} <= set(names):
+            raise UserError(
+                f"{uri}: has no question/context columns, so a student with another tokenizer cannot re-cut its "
+                "windows; re-run `qadist label --overwrite`, or distil a student with the labels' tokenizer"
+            )
     typed = {"token_type_ids" in names for _, _, names in footers}
     if len(typed) > 1:
         raise UserError(
@@ -171,23 +167,61 @@ def check_eval_file(cfg: TrainSettings) -> None:
         read_pairs(cfg.eval_file, strict=True)
 
 
+def projected_dataset(cfg: DistillConfig, student: str, windows: dict[str, int]) -> tuple[Any, int]:
+    """The soft labels re-cut and projected for a student with another tokenizer, computed once
+    (materialised: the projection is CPU work in Ray Data tasks, not repeated at every epoch),
+    and the number of student windows. Pairs the student cannot window are counted and logged."""
+    from functools import partial
+
+    from qadist.train import cross_tokenizer
+
+    transform = partial(
+        cross_tokenizer.project_shard,
+        tokenizer_name=student,
+        lengths=windows,
+        temperature=cfg.temperature,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    dataset = quiet(read(cfg.labels, columns=cross_tokenizer.SHARD_COLUMNS, transform=transform)).materialize()
+    count = dataset.count()
+    skipped = int(dataset.sum("skipped") or 0) if count else 0
+    if skipped:
+        console.banner(f"qadist distill: {skipped:,} pairs skipped: {cfg.student}'s tokenizer cannot window them", log)
+    if not count:
+        raise UserError(f"{cfg.labels}: no pair could be re-windowed with {cfg.student}'s tokenizer")
+    return dataset.drop_columns(["skipped"]), count
+
+
 def run_distill(cfg: DistillConfig) -> dict:
     if cfg.alpha_kd == 0 and cfg.alpha_hard == 0:
         raise UserError("alpha_kd and alpha_hard are both 0: nothing to learn; set --alpha-kd (and/or --alpha-hard)")
     manifest = read_manifest(cfg.labels)
-    tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
-    check_tokenizer(manifest, tokenizer, cfg.student, cfg.labels)
+    student = local_model(cfg.student)
+    tokenizer = load_tokenizer(student, cfg.trust_remote_code)
+    recorded = manifest.get("tokenizer") or {}
+    mine = tokenizer_fingerprint(tokenizer)
+    projected = recorded.get("hash") != mine  # another tokenizer: targets carried through characters
     windows = window_settings(
         cfg, {**(manifest.get("config") or {}), **{k: manifest[k] for k in WINDOW_KEYS if k in manifest}}
     )
     listed = [s for s in manifest["shards"] if s["rows"] > 0]
     if not listed:
         raise UserError(f"{cfg.labels}: the manifest lists no windows; label some pairs first")
-    has_types = check_shards(cfg.labels, listed, tokenizer_fingerprint(tokenizer))
+    has_types = check_shards(cfg.labels, listed, recorded.get("hash"), need_text=projected)
     check_eval_file(cfg)
     soft = sum(int(s["rows"]) for s in listed)
     ensure_ray(min_cpus=cfg.num_workers + 1)
-    dataset = read(cfg.labels, tokenizer_hash=tokenizer_fingerprint(tokenizer), columns=train_schema(has_types).names)
+    if projected:
+        has_types = "token_type_ids" in tokenizer.model_input_names
+        dataset, soft = projected_dataset(cfg, student, windows)
+        console.banner(
+            f"qadist distill: projection on: soft labels of tokenizer {recorded.get('name')} (hash "
+            f"{recorded.get('hash')}) carried through characters to {cfg.student}'s tokenizer (hash {mine}), "
+            f"at temperature {cfg.temperature:g}: {soft:,} student windows",
+            log,
+        )
+    else:
+        dataset = read(cfg.labels, tokenizer_hash=mine, columns=train_schema(has_types).names)
     gold = 0
     if cfg.train_file:
         import ray.data
@@ -197,7 +231,12 @@ def run_distill(cfg: DistillConfig) -> dict:
         blocks = [table.slice(i, GOLD_CHUNK) for i in range(0, gold, GOLD_CHUNK)]
         dataset = dataset.union(ray.data.from_arrow(blocks)).randomize_block_order(seed=cfg.seed)
     provenance = {
-        "labels": {"uri": cfg.labels, "teachers": manifest.get("teachers"), "tokenizer": manifest.get("tokenizer")}
+        "labels": {
+            "uri": cfg.labels,
+            "teachers": manifest.get("teachers"),
+            "tokenizer": manifest.get("tokenizer"),
+            "projected": projected,
+        }
     }
     loss = {"temperature": cfg.temperature, "alpha_kd": cfg.alpha_kd, "alpha_hard": cfg.alpha_hard}
     return launch("distill", cfg, cfg.student, dataset, soft, gold, loss, windows, provenance)

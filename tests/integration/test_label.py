@@ -21,7 +21,7 @@ import pytest
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.shards import list_values, read, read_footer, read_manifest, read_shard
+from qadist.shards import SCHEMA_VERSION, list_values, read, read_footer, read_manifest, read_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -126,7 +126,7 @@ def test_label_s3_two_teacher_ensemble(s3_bucket, squad_pairs, tiny_models, ray_
             np.testing.assert_allclose(stored.astype(np.float32), direct.astype(np.float32), rtol=2e-3, atol=2e-3)
 
     header, shard, _ = read_footer(f"{out}/{manifest['shards'][0]['path']}")
-    assert header["schema_version"] == 1 and header["tokenizer"] == manifest["tokenizer"]
+    assert header["schema_version"] == SCHEMA_VERSION and header["tokenizer"] == manifest["tokenizer"]
     assert shard["pairs_in"] == 400
     ds = read(out, tokenizer_hash=manifest["tokenizer"]["hash"], columns=["id", "start_logits"])
     assert ds.count() == counts["windows"]
