@@ -203,6 +203,29 @@ def train_albert_tokenizer(texts: Iterable[str] | None = None, vocab_size: int =
     )
 
 
+def train_byte_level_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, trim_offsets: bool = True) -> Any:
+    """A RoBERTa-style byte-level BPE tokenizer trained offline: <s> A </s></s> B </s>, no token_type_ids."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=trim_offsets)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe.train_from_iterator(
+        list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False
+    )
+    tok = bpe._tokenizer
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=trim_offsets
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        **dict(zip(["bos_token", "pad_token", "eos_token", "unk_token", "mask_token"], specials)),
+        cls_token="<s>",
+        sep_token="</s>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
 def tiny_config(family: str, vocab_size: int, num_layers: int = 2, hidden: int = 64, max_positions: int = 512) -> Any:
     from transformers import AlbertConfig, BertConfig
 

@@ -19,16 +19,25 @@ WINDOWS = {"max_seq_len": 128, "doc_stride": 32, "max_query_len": 32}
 T = 2.0
 
 
+PAIRS = 300
+
+
 @pytest.fixture(scope="module")
-def shard(tiny_models, squad_pairs, tmp_path_factory):
+def full_shard(tiny_models, squad_pairs, tmp_path_factory):
+    """One shard of the first PAIRS sample pairs, every column (gold positions included)."""
     out = make_label_shards(
         tmp_path_factory.mktemp("labels") / "l",
         tiny_models["teacher_a"],
-        squad_pairs[:40],
-        pairs_per_shard=40,
+        squad_pairs[:PAIRS],
+        pairs_per_shard=PAIRS,
         **WINDOWS,
     )
-    return pq.read_table(f"{out}/shards/part-00000.parquet", columns=SHARD_COLUMNS)
+    return pq.read_table(f"{out}/shards/part-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def shard(full_shard):
+    return full_shard.select(SHARD_COLUMNS)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -70,8 +79,20 @@ def test_another_tokenizer_gets_its_own_windows_and_distributions(shard, tiny_mo
     assert set(out["start_position"].to_pylist()) == {-1} and sum(out["skipped"].to_pylist()) == 0
 
 
-def test_an_oracle_teachers_answer_is_the_students_best_answer(tiny_models, squad_pairs, tmp_path):
-    """Labels that put all the mass on the gold answer's tokens, projected to SentencePiece: the student's
+@pytest.fixture(scope="module")
+def students(tiny_models, squad_pairs, tmp_path_factory) -> dict[str, str]:
+    """Student tokenizer folders: ALBERT's SentencePiece-style Unigram, and a RoBERTa-style byte-level BPE."""
+    from qadist.models import train_byte_level_bpe_tokenizer
+
+    bpe = tmp_path_factory.mktemp("bpe")
+    corpus = sorted({p["context"] for p in squad_pairs}) + [p["question"] for p in squad_pairs[:PAIRS]]
+    train_byte_level_bpe_tokenizer(corpus).save_pretrained(bpe)
+    return {"sentencepiece": tiny_models["albert"], "byte_level_bpe": str(bpe)}
+
+
+@pytest.mark.parametrize("student_kind", ["sentencepiece", "byte_level_bpe"])
+def test_an_oracle_teachers_answer_is_the_students_best_answer(student_kind, students, full_shard, squad_pairs):
+    """Labels that put all the mass on the gold answer's WordPiece tokens, projected to another tokenizer: the student's
     best start (end) token holds the teacher's start (end) character, and is the student's own gold
     position wherever the two tokenizations cut the answer the same way."""
     import pyarrow as pa
@@ -79,9 +100,7 @@ def test_an_oracle_teachers_answer_is_the_students_best_answer(tiny_models, squa
     from qadist.shards import list_array
     from qadist.squad.features import make_windows
 
-    pairs = squad_pairs[:300]
-    out = make_label_shards(tmp_path / "l", tiny_models["teacher_a"], pairs, pairs_per_shard=300, **WINDOWS)
-    full = pq.read_table(f"{out}/shards/part-00000.parquet")
+    pairs, full = squad_pairs[:PAIRS], full_shard
     ids = full["id"].to_pylist()
     single = [r for r, i in enumerate(ids) if ids.count(i) == 1]  # "mean" halves an answer cut by one of two windows
     oracle = {}
@@ -96,8 +115,8 @@ def test_an_oracle_teachers_answer_is_the_students_best_answer(tiny_models, squa
         .set_column(SHARD_COLUMNS.index("end_logits"), "end_logits", list_array(oracle["end"]))
     )
     table = table.take(pa.array(single))
-    projected = project_shard(table, tiny_models["albert"], WINDOWS, T)
-    tok = load_tokenizer(tiny_models["albert"])
+    projected = project_shard(table, students[student_kind], WINDOWS, T)
+    tok = load_tokenizer(students[student_kind])
     kept = [pairs[[p["id"] for p in pairs].index(ids[r])] for r in single]
     student = make_windows({k: [p[k] for p in kept] for k in ("id", "question", "context", "answers")}, tok, **WINDOWS)
     by_id = {i: r for r, i in enumerate(ids)}
@@ -119,5 +138,5 @@ def test_an_oracle_teachers_answer_is_the_students_best_answer(tiny_models, squa
         assert b == max(k for k in context if so[k][0] <= last_char)
         checked += 1
         same += (a, b) == (student["start_position"][w], student["end_position"][w])
-    print(f"\n{checked} answer windows checked, {same} at the student's own gold positions")
+    print(f"\n{student_kind}: {checked} answer windows checked, {same} at the student's own gold positions")
     assert checked >= 20 and same >= 0.95 * checked, (checked, same)

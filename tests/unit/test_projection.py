@@ -312,24 +312,9 @@ def test_synthetic_mean_no_answer_is_the_average_of_window_estimates(seg, seed, 
 
 
 def byte_level_bpe(texts: list[str], trim_offsets: bool):
-    """A RoBERTa-style tokenizer trained offline: <s> A </s></s> B </s>, no token_type_ids."""
-    from tokenizers import ByteLevelBPETokenizer, processors
-    from transformers import PreTrainedTokenizerFast
+    from qadist.models import train_byte_level_bpe_tokenizer
 
-    bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=trim_offsets)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    bpe.train_from_iterator(texts, vocab_size=2000, min_frequency=2, special_tokens=specials, show_progress=False)
-    tok = bpe._tokenizer
-    tok.post_processor = processors.RobertaProcessing(
-        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=trim_offsets
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        **dict(zip(["bos_token", "pad_token", "eos_token", "unk_token", "mask_token"], specials)),
-        cls_token="<s>",
-        sep_token="</s>",
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    return train_byte_level_bpe_tokenizer(texts, trim_offsets=trim_offsets)
 
 
 @pytest.fixture(scope="module")
