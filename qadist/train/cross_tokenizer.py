@@ -33,10 +33,11 @@ SHARD_COLUMNS = ["id", "window", "offsets", "start_logits", "end_logits", "quest
 
 @functools.lru_cache(maxsize=2)
 def student_tokenizer(name: str, trust_remote_code: bool) -> Any:
+    """The student's tokenizer, loaded once per worker; an s3:// student is fetched on this machine."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from qadist.models import load_tokenizer
+    from qadist.models import load_tokenizer, local_model
 
-    return load_tokenizer(name, trust_remote_code)
+    return load_tokenizer(local_model(name), trust_remote_code)
 
 
 def output_schema(has_types: bool) -> pa.Schema:

@@ -167,7 +167,7 @@ def check_eval_file(cfg: TrainSettings) -> None:
         read_pairs(cfg.eval_file, strict=True)
 
 
-def projected_dataset(cfg: DistillConfig, student: str, windows: dict[str, int]) -> tuple[Any, int]:
+def projected_dataset(cfg: DistillConfig, windows: dict[str, int]) -> tuple[Any, int]:
     """The soft labels re-cut and projected for a student with another tokenizer, computed once
     (materialised: the projection is CPU work in Ray Data tasks, not repeated at every epoch),
     and the number of student windows. Pairs the student cannot window are counted and logged."""
@@ -177,7 +177,7 @@ def projected_dataset(cfg: DistillConfig, student: str, windows: dict[str, int])
 
     transform = partial(
         cross_tokenizer.project_shard,
-        tokenizer_name=student,
+        tokenizer_name=cfg.student,  # each worker fetches an s3:// student itself (the driver's copy is local)
         lengths=windows,
         temperature=cfg.temperature,
         trust_remote_code=cfg.trust_remote_code,
@@ -196,8 +196,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     if cfg.alpha_kd == 0 and cfg.alpha_hard == 0:
         raise UserError("alpha_kd and alpha_hard are both 0: nothing to learn; set --alpha-kd (and/or --alpha-hard)")
     manifest = read_manifest(cfg.labels)
-    student = local_model(cfg.student)
-    tokenizer = load_tokenizer(student, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
     recorded = manifest.get("tokenizer") or {}
     mine = tokenizer_fingerprint(tokenizer)
     projected = recorded.get("hash") != mine  # another tokenizer: targets carried through characters
@@ -213,7 +212,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     ensure_ray(min_cpus=cfg.num_workers + 1)
     if projected:
         has_types = "token_type_ids" in tokenizer.model_input_names
-        dataset, soft = projected_dataset(cfg, student, windows)
+        dataset, soft = projected_dataset(cfg, windows)
         console.banner(
             f"qadist distill: projection on: soft labels of tokenizer {recorded.get('name')} (hash "
             f"{recorded.get('hash')}) carried through characters to {cfg.student}'s tokenizer (hash {mine}), "
