@@ -50,6 +50,8 @@ def claim(
     if storage.exists(uri):
         held = read_json(uri)
         changed = sorted(k for k in set(held) | set(mine) if held.get(k) != mine.get(k))
+        # The settings' own hash changes with any of them: name it only when nothing else explains it.
+        changed = [k for k in changed if k != "fingerprint"] or changed
         if changed:
             raise UserError(f"{out}: holds {what} made with other settings (changed: {', '.join(changed)}); {fix}")
         return True
