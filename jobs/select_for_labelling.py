@@ -12,7 +12,7 @@ Laptop:
 Cluster:
     RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- \
         python jobs/select_for_labelling.py --labels s3://qadist-data/labels/logged-2026-12 --budget 1000 \
-        --strategy disagreement --diversity --exclude s3://qadist-data/labelled/ids.txt \
+        --strategy margin --diversity --exclude s3://qadist-data/labelled/ids.txt \
         --out s3://qadist-data/to-label/2026-12
 """
 

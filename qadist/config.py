@@ -293,7 +293,9 @@ class SelectConfig(StageConfig):
     budget: int = Opt(help="Pairs to pick for labelling.", ge=1)
     out: str = Uri(help="Folder for selected.jsonl, the Label Studio tasks and labelling config, and the manifest.")
     strategy: Literal["disagreement", "entropy", "margin", "random"] = Opt(
-        "entropy", "What makes a pair worth a label (disagreement needs labels made with --keep-teacher-logits)."
+        "margin",
+        "What makes a pair worth a label (disagreement needs labels made with --keep-teacher-logits). The default"
+        " ties random in docs/selection.md; entropy and disagreement each lost to it once.",
     )
     diversity: bool = Opt(False, "Skip questions that are near-duplicates of one already picked (sentence embeddings).")
     similarity: float = Opt(
