@@ -13,6 +13,12 @@ and padded/real tokens of both ways at the chosen max_seq_len (target <= 1.15 fo
     python benchmarks/label_throughput.py                      # tiny BERT (4 layers, hidden 256), CPU
     python benchmarks/label_throughput.py --limit 1000         # quicker
     python benchmarks/label_throughput.py --xxlarge --gpu      # random ALBERT-xxlarge on one GPU, with MFU
+    python benchmarks/label_throughput.py --mixed              # the cost of a mixed-tokenizer ensemble
+
+With `--mixed`, instead: `qadist label` with a two-teacher ensemble sharing one tokenizer against
+the same ensemble whose second teacher (same size, same weights' seed) reads a byte-level BPE
+tokenizer trained on the sample (`qadist.label.mixed_tokenizers`), interleaved over `--rounds`
+rounds; prints wall seconds of each, the ratio, and the actors' time spent projecting.
 
 With `--xxlarge`, a randomly initialised ALBERT-xxlarge config (speed does not depend on the weights)
 with a locally trained ALBERT-style tokenizer; model FLOP utilisation is reported against the
@@ -116,6 +122,67 @@ def padded_loop(model, windows: dict, pad_id: int, batch_size: int, max_seq_len:
     return padded
 
 
+def mixed_ensembles(args) -> None:
+    """Label the sample with a shared-tokenizer and a mixed-tokenizer ensemble, interleaved."""
+    import statistics
+
+    import ray
+
+    from qadist.config import LabelConfig
+    from qadist.label.stage import run_label
+    from qadist.models import build_tiny_model, load_tokenizer, train_byte_level_bpe_tokenizer
+    from qadist.squad.io import read_pairs
+
+    root = Path(tempfile.mkdtemp(prefix="qadist-bench-mixed-"))
+    pairs = [{k: v for k, v in p.items() if k != "answers"} for p in read_pairs(str(SAMPLE))[0]][: args.limit]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    size = dict(num_layers=args.layers, hidden=args.hidden)
+    wordpiece = load_tokenizer(_minilm())
+    bpe = train_byte_level_bpe_tokenizer(sorted({p["context"] for p in pairs}), vocab_size=8000)
+    a = build_tiny_model("bert", root / "a", seed=0, tokenizer=wordpiece, **size)
+    b_shared = build_tiny_model("bert", root / "b", seed=1, tokenizer=wordpiece, **size)
+    b_other = build_tiny_model("bert", root / "c", seed=1, tokenizer=bpe, **size)
+    ensembles = {
+        "shared tokenizer (WordPiece + WordPiece)": [a, b_shared],
+        "mixed (WordPiece + byte-level BPE)": [a, b_other],
+    }
+    print(f"{len(pairs):,} pairs, 2 teachers BERT {args.layers}x{args.hidden}, CPU, {args.threads} thread(s)")
+    ray.init(address="local", num_cpus=max(2, args.threads + 1), include_dashboard=False, log_to_driver=False)
+    runs: dict[str, list[dict]] = {name: [] for name in ensembles}
+    for r in range(args.rounds):
+        for name, teachers in ensembles.items():
+            cfg = LabelConfig(
+                pairs=str(root / "pairs.jsonl"),
+                out=str(root / f"labels-{len(runs[name])}-{teachers[1].rsplit('/', 1)[-1]}"),
+                teachers=teachers,
+                batch_size=args.batch_size,
+                max_seq_len=args.max_seq_len,
+                doc_stride=args.doc_stride,
+                rows_per_shard=args.rows_per_shard,
+                num_actors=1,
+                num_cpus_per_actor=args.threads,
+                combine="mean_probs",
+            )
+            run = run_label(cfg)["run"]
+            runs[name].append(run)
+            print(f"round {r}: {name}: {run['seconds']:.1f}s", flush=True)
+    ray.shutdown()
+    print(f"\n{'ensemble':42s} {'wall s':>7s} {'windows/s':>10s} {'actor s':>8s} {'projecting s':>13s}")
+    means = {}
+    for name, rs in runs.items():
+        means[name] = {
+            k: statistics.mean(r[k] for r in rs) for k in ("seconds", "teacher_seconds", "projection_seconds")
+        }
+        m = means[name]
+        print(f"{name:42s} {m['seconds']:7.1f} {rs[0]['windows'] / m['seconds']:10.1f} {m['teacher_seconds']:8.1f} "
+              f"{m['projection_seconds']:13.1f}")  # fmt: skip
+    same, mixed = means.values()
+    print(f"\nmixed / shared wall time          = {mixed['seconds'] / same['seconds']:.2f}")
+    print(f"mixed / shared actor time         = {mixed['teacher_seconds'] / same['teacher_seconds']:.2f}")
+    print(f"projection share of the actor time = {mixed['projection_seconds'] / mixed['teacher_seconds']:.1%}")
+    print(json.dumps({"pairs": len(pairs), "windows": runs[next(iter(runs))][0]["windows"], "means": means}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="Use the first N pairs of the sample.")
@@ -131,9 +198,13 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=384)
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--rows-per-shard", type=int, default=500)
+    parser.add_argument("--mixed", action="store_true", help="Shared-tokenizer against mixed-tokenizer ensemble.")
+    parser.add_argument("--rounds", type=int, default=2, help="--mixed: interleaved rounds of the two ensembles.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.mixed:
+        return mixed_ensembles(args)
 
     import ray
 

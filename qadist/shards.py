@@ -101,6 +101,22 @@ def list_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     return [values[s - base : e - base] for s, e in zip(offsets[:-1], offsets[1:])]
 
 
+def offset_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """The `offsets` column (list<list<int32>>, pairs) -> one int64 array [tokens, 2] per row, without
+    Python lists (the projection reads offsets of every window)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    pairs = arr.flatten()
+    flat = pairs.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = pairs.offsets.to_numpy()
+    if len(flat) != 2 * len(pairs) or not (np.diff(starts) == 2).all():
+        raise ValueError("offsets must hold one [start, end] pair per token")
+    flat = flat.reshape(-1, 2)
+    rows, base = arr.offsets.to_numpy(), arr.offsets.to_numpy()[0]
+    return [flat[a - base : b - base] for a, b in zip(rows[:-1], rows[1:])]
+
+
 def pack(table: pa.Table) -> bytes:
     """A table -> Arrow IPC stream bytes (one Ray Data cell that can never be split)."""
     sink = pa.BufferOutputStream()

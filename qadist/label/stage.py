@@ -41,8 +41,8 @@ from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError, user_error_in
 from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
 from qadist.label.commit import sweep
+from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
-from qadist.label.teacher import check_shared_tokenizer
 from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
@@ -69,8 +69,10 @@ SETTINGS = (
 # ---- the driver ----------------------------------------------------------------------------------
 
 
-def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
-    """Teachers with pinned revisions, and the shared tokenizer; a mismatch fails before any work."""
+def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict, list[dict], list[list[int]]]:
+    """Teachers with pinned revisions; the stored tokenizer (the first teacher's); one entry per further
+    tokenizer of the ensemble (its teachers, projected onto the first's windows); the teacher indices
+    of each tokenizer, the stored one first (`tokenizer_groups`)."""
     from qadist.models import load_tokenizer, model_revision, tokenizer_fingerprint
 
     if cfg.revisions is not None and len(cfg.revisions) != len(cfg.teachers):
@@ -79,12 +81,18 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict]:
             "give one revision per teacher"
         )
     fingerprints = [tokenizer_fingerprint(load_tokenizer(t, cfg.trust_remote_code)) for t in cfg.teachers]
-    check_shared_tokenizer(cfg.teachers, fingerprints)
     revisions = cfg.revisions or [model_revision(t, cfg.trust_remote_code) for t in cfg.teachers]
-    return [{"name": t, "revision": r} for t, r in zip(cfg.teachers, revisions)], {
-        "name": cfg.teachers[0],
-        "hash": fingerprints[0],
-    }
+    groups = tokenizer_groups(fingerprints)
+    projected = [
+        {"name": cfg.teachers[g[0]], "hash": fingerprints[g[0]], "teachers": [cfg.teachers[i] for i in g]}
+        for g in groups[1:]
+    ]
+    return (
+        [{"name": t, "revision": r} for t, r in zip(cfg.teachers, revisions)],
+        {"name": cfg.teachers[0], "hash": fingerprints[0]},
+        projected,
+        groups,
+    )
 
 
 def prepare_output(cfg: LabelConfig, settings: dict) -> dict | None:
@@ -133,8 +141,21 @@ def object_store_budget(cfg: LabelConfig) -> int:
     return max(MIN_OBJECT_STORE_BUDGET, 4 * (cfg.num_actors + 1) * block)
 
 
-def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Block], header: dict):
+def build_pipeline(
+    ray,
+    cfg: LabelConfig,
+    teachers: list[dict],
+    pending: list[Block],
+    header: dict,
+    projected: list[dict],
+    groups: list[list[int]],
+):
     items = [{"block": b.to_json()} for b in pending]
+    mixed = (
+        {"groups": groups, "combine": cfg.combine, "keep_teacher_logits": cfg.keep_teacher_logits}
+        if len(groups) > 1
+        else None
+    )
     lengths = (cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
     actor_args: dict[str, Any] = {"num_gpus": cfg.num_gpus_per_actor} if cfg.num_gpus_per_actor > 0 else {}
     if cfg.spread_actors:
@@ -155,6 +176,7 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
                 lengths=lengths,
                 max_context_chars=cfg.max_context_chars,
                 trust_remote_code=cfg.trust_remote_code,
+                other_tokenizers=[p["name"] for p in projected],
             ),
         )
         .map_batches(
@@ -174,10 +196,15 @@ def build_pipeline(ray, cfg: LabelConfig, teachers: list[dict], pending: list[Bl
                 num_threads=max(1, int(cfg.num_cpus_per_actor)),
                 precision=cfg.precision,
                 trust_remote_code=cfg.trust_remote_code,
+                lengths=lengths,
             ),
         )
         .map_batches(
-            write_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.5, fn_kwargs=dict(out=cfg.out, header=header)
+            write_shards,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0.5,
+            fn_kwargs=dict(out=cfg.out, header=header, mixed=mixed),
         )
     )
     # A dataset carries its own copy of the DataContext: these settings apply to this pipeline only.
@@ -215,7 +242,7 @@ def run_label(cfg: LabelConfig) -> dict:
         cfg.pairs, "--pairs"
     )  # a missing bucket or refused credentials: exit 2 now, not after retries
     storage.check_s3_access(cfg.out, "--out")
-    teachers, tokenizer = resolve_teachers(cfg)
+    teachers, tokenizer, projected, groups = resolve_teachers(cfg)
     blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
     settings = {k: getattr(cfg, k) for k in SETTINGS} | {
         "teachers": teachers,
@@ -241,6 +268,9 @@ def run_label(cfg: LabelConfig) -> dict:
         "doc_stride": cfg.doc_stride,
         "max_query_len": cfg.max_query_len,
         "combine": cfg.combine,
+        # Teachers whose tokenizer is not `tokenizer`: labelled through their own windows, projected
+        # onto these (docs/formats.md); absent when the ensemble shares one tokenizer.
+        **({"projected_tokenizers": projected} if projected else {}),
     }
     ray = ensure_ray()
     check_resources(ray, cfg)
@@ -274,9 +304,17 @@ def run_label(cfg: LabelConfig) -> dict:
         f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})",
         log,
     )
+    for p in projected:
+        console.banner(
+            f"qadist label: projection on: {', '.join(p['teachers'])} read the pairs with tokenizer {p['hash']} "
+            f"and are carried through characters onto {tokenizer['name']}'s windows (tokenizer {tokenizer['hash']})",
+            log,
+        )
     results: dict[str, dict] = {}
     try:
-        for row in build_pipeline(ray, cfg, teachers, pending, header).iter_rows() if pending else ():
+        for row in (
+            build_pipeline(ray, cfg, teachers, pending, header, projected, groups).iter_rows() if pending else ()
+        ):
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
             log.info(
@@ -355,7 +393,15 @@ def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
     """This run's throughput: pairs/s, windows/s, real tokens/s, the padding fraction, peak RSS."""
     tot = {
         k: sum(r.get(k, 0) for r in results)
-        for k in ("pairs_in", "windows", "real_tokens", "padded_tokens", "teacher_seconds", "teacher_cpu_seconds")
+        for k in (
+            "pairs_in",
+            "windows",
+            "real_tokens",
+            "padded_tokens",
+            "teacher_seconds",
+            "teacher_cpu_seconds",
+            "projection_seconds",
+        )
     }
     padding = 1 - tot["real_tokens"] / tot["padded_tokens"] if tot["padded_tokens"] else 0.0
     rss = {
@@ -383,4 +429,9 @@ def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
         f"{run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
         f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)"
     )
+    if tot["projection_seconds"]:
+        run["summary"] += (
+            f"; projecting the other tokenizers' teachers took {tot['projection_seconds']:.1f} CPU s in the write "
+            f"tasks (the actors: {tot['teacher_seconds']:.1f}s)"
+        )
     return run

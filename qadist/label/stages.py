@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ import pyarrow as pa
 
 from qadist import storage
 from qadist.label.blocks import Block, read_block
-from qadist.label.teacher import TeacherEnsemble, padded_tokens
+from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows, teacher_rows_column
+from qadist.label.teacher import TeacherEnsemble, padded_tokens, target_windows, with_labels
 from qadist.rows import Unparsable, make_reject
 from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
 from qadist.squad.io import validate_pair
@@ -108,30 +110,44 @@ def windows_of(pairs: list[dict], tokenizer: Any, with_answers: bool, lengths: t
 
 
 def window_block(
-    block: Block, tokenizer: Any, out: str, lengths: tuple[int, int, int], max_context_chars: int
-) -> tuple[pa.Table, dict]:
-    """One block -> (its windows as an Arrow table, its counts). Bad rows go to the block's rejects file."""
+    block: Block,
+    tokenizer: Any,
+    out: str,
+    lengths: tuple[int, int, int],
+    max_context_chars: int,
+    others: Sequence[tuple[str, Any]] = (),
+) -> tuple[pa.Table, dict, list[pa.Table]]:
+    """One block -> (its windows as an Arrow table, its counts, the windows of each other teacher tokenizer).
+
+    Bad rows go to the block's rejects file; `others` are (teacher name, tokenizer) of the ensemble's
+    other tokenizers (`qadist.label.mixed_tokenizers`): a pair one of them cannot window is rejected too.
+    """
     pairs, rejects, rows_in = block_pairs(block, max_context_chars)
     has_types = "token_type_ids" in tokenizer.model_input_names
+
+    def cut(some: list[dict]) -> tuple[dict[str, list], list[pa.Table]]:
+        mine = windows_of(some, tokenizer, block.with_answers, lengths)
+        return mine, [other_windows(some, tok, lengths) for _, tok in others]
+
     empty = {f.name: [] for f in window_fields(has_types, block.with_answers)}
     try:
-        windows = windows_of(pairs, tokenizer, block.with_answers, lengths) if pairs else empty
-    except Exception:  # isolate the row the tokenizer chokes on instead of failing the block
-        windows, kept = {k: [] for k in empty}, []
+        windows, theirs = cut(pairs) if pairs else (empty, [other_windows([], tok, lengths) for _, tok in others])
+    except Exception:  # isolate the row a tokenizer chokes on instead of failing the block
+        windows, kept, parts = {k: [] for k in empty}, [], []
         for p in pairs:
             try:
-                one = windows_of([p], tokenizer, block.with_answers, lengths)
+                one, their_one = cut([p])
             except Exception as e:
-                rejects.append(
-                    make_reject(
-                        {k: v for k, v in p.items() if k != "_row"}, block.source, p["_row"], f"cannot be windowed: {e}"
-                    )
-                )
+                rejects.append(make_reject({k: v for k, v in p.items() if k != "_row"}, block.source, p["_row"],
+                                           f"cannot be windowed: {e}"))  # fmt: skip
                 continue
             kept.append(p)
+            parts.append(their_one)
             for k in windows:
                 windows[k] += one.get(k, [])
         pairs = kept
+        theirs = [pa.concat_tables([part[g] for part in parts]) if parts else other_windows([], tok, lengths)
+                  for g, (_, tok) in enumerate(others)]  # fmt: skip
     rel = None
     if rejects:
         rel = f"rejects/{block.name}.jsonl"
@@ -150,7 +166,7 @@ def window_block(
         "windows": len(windows["id"]),
         "rejects": rel,
     }
-    return windows_table(windows, block.with_answers), stats
+    return windows_table(windows, block.with_answers), stats, theirs
 
 
 def window_blocks(
@@ -160,25 +176,31 @@ def window_blocks(
     lengths: tuple[int, int, int],
     max_context_chars: int,
     trust_remote_code: bool,
+    other_tokenizers: Sequence[str] = (),
 ) -> pa.Table:
-    """Ray Data stage: block descriptors -> one row per block: name, packed windows, counts."""
+    """Ray Data stage: block descriptors -> one row per block: name, packed windows (and the other
+    teacher tokenizers' windows, packed), counts."""
     tokenizer = _tokenizer(tokenizer_name, trust_remote_code)
+    others = [(name, _tokenizer(name, trust_remote_code)) for name in other_tokenizers]
     rows = []
     for text in batch["block"].to_pylist():
-        table, stats = window_block(Block.from_json(text), tokenizer, out, tuple(lengths), max_context_chars)
+        table, stats, theirs = window_block(
+            Block.from_json(text), tokenizer, out, tuple(lengths), max_context_chars, others
+        )
         packed = pack(table)
         stats.update(memory_mb("window"))
-        rows.append((stats["block"], packed, json.dumps(stats)))
+        rows.append((stats["block"], packed, json.dumps(stats), [pack(t) for t in theirs]))
     return _rows(rows)
 
 
-def _rows(rows: list[tuple[str, bytes, str]]) -> pa.Table:
-    names, data, stats = zip(*rows) if rows else ((), (), ())
+def _rows(rows: list[tuple[str, bytes, str, list[bytes]]]) -> pa.Table:
+    names, data, stats, others = zip(*rows) if rows else ((), (), (), ())
     return pa.table(
         {
             "name": pa.array(names, pa.string()),
             "data": pa.array(data, pa.large_binary()),
             "stats": pa.array(stats, pa.string()),
+            "others": pa.array(others, pa.list_(pa.large_binary())),  # other teacher tokenizers' windows
         }
     )
 
@@ -197,9 +219,16 @@ class BlockTeacher(TeacherEnsemble):
 
     def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         rows = []
-        for name, data, text in zip(batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist()):
+        for name, data, text, others in zip(
+            batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist(), batch["others"]
+        ):
             windows, stats, started, cpu = unpack(data), json.loads(text), time.perf_counter(), time.process_time()
-            labelled = pack(super().__call__(windows))
+            if len(self.groups) == 1:
+                labelled, carried = pack(super().__call__(windows)), []
+            else:  # the raw logits of every tokenizer group; the write tasks project and combine them
+                per_group, theirs = self.group_logits(windows, [unpack(b) for b in others.as_py()])
+                tables = [with_raw_logits(t, g) for t, g in zip([windows, *theirs], per_group)]
+                labelled, carried = pack(tables[0]), [pack(t) for t in tables[1:]]
             lengths = np.diff(windows["input_ids"].combine_chunks().offsets.to_numpy()) if windows.num_rows else []
             stats.update(
                 real_tokens=int(np.sum(lengths)),
@@ -209,19 +238,45 @@ class BlockTeacher(TeacherEnsemble):
                 node_id=self.node_id,
                 **memory_mb("teacher"),
             )
-            rows.append((name, labelled, json.dumps(stats)))
+            rows.append((name, labelled, json.dumps(stats), carried))
         return _rows(rows)
+
+
+RAW = ("raw_start_logits", "raw_end_logits")  # per-teacher logits between the actor and the write task
+
+
+def with_raw_logits(table: pa.Table, per_window: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    columns = [teacher_rows_column([w[k] for w in per_window], pa.float32()) for k in (0, 1)]
+    return table.append_column(RAW[0], columns[0]).append_column(RAW[1], columns[1])
+
+
+def project_and_combine(table: pa.Table, theirs: list[pa.Table], mixed: dict) -> pa.Table:
+    """A mixed-tokenizer block (`with_raw_logits` tables) -> the labelled windows: the other groups'
+    teachers carried onto the stored windows, then combined (`qadist.label.mixed_tokenizers`)."""
+    per_group = [list(zip(*(teacher_rows(t[k]) for k in RAW))) for t in [table, *theirs]]
+    table = table.drop_columns(list(RAW))
+    per_window = carry_over(mixed["groups"], per_group, theirs, *target_windows(table))
+    return with_labels(table, per_window, mixed["combine"], mixed["keep_teacher_logits"])
 
 
 # ---- stage 3: write shards (CPU tasks) -----------------------------------------------------------
 
 
-def write_shards(batch: pa.Table, out: str, header: dict) -> pa.Table:
-    """Ray Data stage: labelled blocks -> shards written whole under their deterministic names."""
+def write_shards(batch: pa.Table, out: str, header: dict, mixed: dict | None = None) -> pa.Table:
+    """Ray Data stage: labelled blocks -> shards written whole under their deterministic names.
+
+    For a mixed-tokenizer ensemble (`mixed`: its tokenizer groups, combine, keep_teacher_logits) the
+    projection and the combine run here, in CPU tasks beside the teacher actors, not on them."""
     done = []
-    for name, data, text in zip(batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist()):
-        stats = json.loads(text)
-        table = with_metadata(unpack(data), header, {k: stats[k] for k in SHARD_STATS})
+    for name, data, text, others in zip(
+        batch["name"].to_pylist(), batch["data"], batch["stats"].to_pylist(), batch["others"]
+    ):
+        stats, table = json.loads(text), unpack(data)
+        if mixed:
+            started = time.process_time()
+            table = project_and_combine(table, [unpack(b) for b in others.as_py()], mixed)
+            stats["projection_seconds"] = time.process_time() - started
+        table = with_metadata(table, header, {k: stats[k] for k in SHARD_STATS})
         data = shard_bytes(table)
         stats.update(memory_mb("writer"))
         storage.write_bytes(storage.join(out, "shards", f"{name}.parquet"), data)

@@ -10,6 +10,9 @@ fp32 on CPU. Logits are combined per window over its real positions only:
   so a student's softmax over it gives back the averaged probabilities).
 
 Stored as float16, cut to the window's real length; per-teacher logits on request.
+
+Teachers may use different tokenizers: the windows are the first teacher's, and the others read
+the pairs through their own windows and are projected onto those (`qadist.label.mixed_tokenizers`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pyarrow as pa
 
 from qadist.errors import UserError
 from qadist.inference import length_sorted_batches, pick_device, run_windows
+from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows_column, tokenizer_groups
+from qadist.shards import list_array, offset_values
 
 log = logging.getLogger(__name__)
 COMBINES = ("mean_logits", "mean_probs")
@@ -49,14 +54,19 @@ def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
     return int(sum(len(idx) * int(lengths[idx].max()) for idx in length_sorted_batches(lengths, batch_size)))
 
 
-def check_shared_tokenizer(names: Sequence[str], fingerprints: Sequence[str]) -> None:
-    """An ensemble must share one tokenizer: a mismatch is an error before any work."""
-    for name, fp in zip(names[1:], fingerprints[1:]):
-        if fp != fingerprints[0]:
-            raise UserError(
-                f"teachers {names[0]} and {name} use different tokenizers (vocabulary hash {fingerprints[0]} vs {fp}); "
-                "every teacher of an ensemble must share one tokenizer: drop one of them from --teacher"
-            )
+def _rows_of(batch: Any, name: str) -> list:
+    """A column as Python values; a mixed-tokenizer ensemble needs the pair's id, offsets and text."""
+    values = _column_values(batch, name)
+    if values is None:
+        raise KeyError(f"teachers of different tokenizers need a {name!r} column (schema 2 windows have it)")
+    return values
+
+
+def _column_values(batch: Any, name: str) -> list | None:
+    if isinstance(batch, pa.Table):
+        return batch[name].to_pylist() if name in batch.column_names else None
+    values = batch.get(name) if hasattr(batch, "get") else None
+    return None if values is None else list(values)
 
 
 def _column(batch: Any, name: str) -> list | None:
@@ -79,6 +89,10 @@ class TeacherEnsemble:
     also `teacher_start_logits`/`teacher_end_logits`, one row per teacher). Every other column
     (`id`, `window`, ...) is passed through untouched: a Table comes back as a Table with the
     contract's Arrow types, a dict as a dict of lists of numpy arrays.
+
+    With teachers of more than one tokenizer the batch also needs `id`, `offsets` and `context`
+    (schema 2 windows have them); `others` gives each further tokenizer group's windows of the
+    batch's pairs (`other_windows`, cut in the CPU stage), else they are cut here.
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class TeacherEnsemble:
         num_threads: int | None = None,
         precision: str = "auto",
         trust_remote_code: bool = False,
+        lengths: Sequence[int] = (384, 128, 64),
     ):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
@@ -105,8 +120,10 @@ class TeacherEnsemble:
         revisions = list(revisions) if revisions else [None] * len(teachers)
         self.names = list(teachers)
         tokenizers = [load_tokenizer(t, trust_remote_code) for t in self.names]
-        check_shared_tokenizer(self.names, [tokenizer_fingerprint(t) for t in tokenizers])
-        self.pad_id = tokenizers[0].pad_token_id if tokenizers[0].pad_token_id is not None else 0
+        self.groups = tokenizer_groups([tokenizer_fingerprint(t) for t in tokenizers])
+        self.tokenizers = [tokenizers[g[0]] for g in self.groups]
+        self.pad_ids = [t.pad_token_id if t.pad_token_id is not None else 0 for t in self.tokenizers]
+        self.lengths = tuple(lengths)
         self.device = pick_device(use_gpu)
         if self.device.type == "cpu" and num_threads:
             torch.set_num_threads(int(num_threads))
@@ -118,47 +135,92 @@ class TeacherEnsemble:
         self.keep_teacher_logits = keep_teacher_logits
         self.batch_size = batch_size
         self.precision = precision
-        log.info("teacher ensemble of %d on %s: %s", len(self.models), self.device, ", ".join(self.names))
+        log.info(
+            "teacher ensemble of %d on %s: %s (%d tokenizer(s))",
+            len(self.models),
+            self.device,
+            ", ".join(self.names),
+            len(self.groups),
+        )
 
     def logits(
-        self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None
+        self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None, group: int = 0
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per window: (start, end) float32 arrays of shape [n_teachers, real length]."""
+        """Per window: (start, end) float32 arrays [n teachers of the tokenizer group, real length]."""
         runs = [
-            run_windows(m, input_ids, token_type_ids, self.pad_id, self.batch_size, self.device, self.precision)
-            for m in self.models
-        ]
+            run_windows(
+                self.models[t], input_ids, token_type_ids, self.pad_ids[group], self.batch_size, self.device,
+                self.precision,
+            )
+            for t in self.groups[group]
+        ]  # fmt: skip
         return [(np.stack([r[i][0] for r in runs]), np.stack([r[i][1] for r in runs])) for i in range(len(input_ids))]
 
-    def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table | dict[str, Any]:
+    def group_logits(
+        self, batch: pa.Table | dict[str, Any], others: Sequence[pa.Table] | None = None
+    ) -> tuple[list[list[tuple[np.ndarray, np.ndarray]]], list[pa.Table]]:
+        """Each tokenizer group's teachers on that group's windows (group 0: the batch's; the others:
+        `others`, cut here from the batch's text when not given): per group, per window (start, end)
+        float32 [teachers of the group, real length]; and the other groups' windows."""
         input_ids = _column(batch, "input_ids")
         if input_ids is None:
             raise KeyError(
                 "TeacherEnsemble needs an 'input_ids' column of windows (see qadist.squad.features.make_windows)"
             )
-        per_window = self.logits(input_ids, _column(batch, "token_type_ids")) if len(input_ids) else []
-        start = [combine_logits(s, self.combine).astype(np.float16) for s, _ in per_window]
-        end = [combine_logits(e, self.combine).astype(np.float16) for _, e in per_window]
-        if isinstance(batch, pa.Table):
-            return self._append(batch, start, end, per_window)
+        first = self.logits(input_ids, _column(batch, "token_type_ids")) if len(input_ids) else []
+        if len(self.groups) == 1:
+            return [first], []
+        if others is None:
+            ids, questions, contexts = (_rows_of(batch, k) for k in ("id", "question", "context"))
+            pairs = [
+                {"id": i, "question": q, "context": c} for i, (q, c) in dict(zip(ids, zip(questions, contexts))).items()
+            ]
+            others = [other_windows(pairs, tok, self.lengths) for tok in self.tokenizers[1:]]
+        per_group = [first] + [
+            self.logits(_column(t, "input_ids"), _column(t, "token_type_ids"), g) if t.num_rows else []
+            for g, t in enumerate(others, start=1)
+        ]
+        return per_group, list(others)
+
+    def ensemble_logits(
+        self, batch: pa.Table | dict[str, Any], others: Sequence[pa.Table] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per window of the batch: (start, end) [n_teachers, real length], rows in teacher order."""
+        per_group, others = self.group_logits(batch, others)
+        if len(per_group) == 1 or not per_group[0]:
+            return per_group[0]
+        return carry_over(self.groups, per_group, others, *target_windows(batch))
+
+    def __call__(
+        self, batch: pa.Table | dict[str, Any], others: Sequence[pa.Table] | None = None
+    ) -> pa.Table | dict[str, Any]:
+        return with_labels(batch, self.ensemble_logits(batch, others), self.combine, self.keep_teacher_logits)
+
+
+def target_windows(batch: pa.Table | dict[str, Any]) -> tuple[list[str], list, dict[str, str]]:
+    """The windows other tokenizers' teachers are carried onto: ids, offsets, and each pair's context."""
+    ids, contexts = _rows_of(batch, "id"), _rows_of(batch, "context")
+    offsets = offset_values(batch["offsets"]) if isinstance(batch, pa.Table) else _rows_of(batch, "offsets")
+    return ids, offsets, dict(zip(ids, contexts))
+
+
+def with_labels(
+    batch: pa.Table | dict[str, Any], per_window: list[tuple[np.ndarray, np.ndarray]], combine: str, keep: bool
+) -> pa.Table | dict[str, Any]:
+    """The batch with `start_logits`/`end_logits` (the combine of each window's teacher rows, float16)
+    and, with `keep`, the rows themselves; a Table gets the contract's Arrow types and column order."""
+    start = [combine_logits(s, combine).astype(np.float16) for s, _ in per_window]
+    end = [combine_logits(e, combine).astype(np.float16) for _, e in per_window]
+    if not isinstance(batch, pa.Table):
         out = dict(batch)
         out["start_logits"], out["end_logits"] = start, end
-        if self.keep_teacher_logits:
+        if keep:
             out["teacher_start_logits"] = [s.astype(np.float16) for s, _ in per_window]
             out["teacher_end_logits"] = [e.astype(np.float16) for _, e in per_window]
         return out
-
-    def _append(self, table: pa.Table, start: list, end: list, per_window: list) -> pa.Table:
-        from qadist.shards import list_array
-
-        at = table.column_names.index("offsets") + 1 if "offsets" in table.column_names else table.num_columns
-        table = table.add_column(at, "start_logits", list_array(start)).add_column(
-            at + 1, "end_logits", list_array(end)
-        )
-        if self.keep_teacher_logits:
-            n = len(self.models)
-            outer = pa.array(np.arange(0, n * len(per_window) + 1, n, dtype=np.int32))
-            for name, k in (("teacher_start_logits", 0), ("teacher_end_logits", 1)):
-                inner = list_array([row for w in per_window for row in w[k]])
-                table = table.append_column(name, pa.ListArray.from_arrays(outer, inner))
-        return table
+    at = batch.column_names.index("offsets") + 1 if "offsets" in batch.column_names else batch.num_columns
+    table = batch.add_column(at, "start_logits", list_array(start)).add_column(at + 1, "end_logits", list_array(end))
+    if keep:
+        table = table.append_column("teacher_start_logits", teacher_rows_column([s for s, _ in per_window]))
+        table = table.append_column("teacher_end_logits", teacher_rows_column([e for _, e in per_window]))
+    return table

@@ -183,6 +183,9 @@ def project_pair(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One pair: teacher windows ({"offsets", "start_logits", "end_logits"}) -> per student window
     ({"offsets"}) its (start_probs [L_s], end_probs [L_s]) float32 targets at `temperature`."""
+    # Offsets often arrive as Python lists (Arrow's to_pylist): convert each window once, not per use.
+    teacher_windows = [{**w, "offsets": _offsets(w["offsets"])} for w in teacher_windows]
+    student_windows = [{"offsets": _offsets(w["offsets"])} for w in student_windows]
     spans = [window_span(w["offsets"]) for w in teacher_windows]
     out: dict[str, list[np.ndarray]] = {}
     for kind in ("start", "end"):

@@ -452,6 +452,35 @@ def test_a_student_with_another_tokenizer_distils_from_projected_labels(
     print(f"\nALBERT student vs BERT teacher, held-out pairs: EM {em:.1f}, F1 {f1:.1f}")
 
 
+@pytest.mark.slow
+def test_a_student_distils_from_a_mixed_tokenizer_ensemble(ray_local, teacher, tiny_models, split_pairs, tmp_path):
+    """`run_label` with a WordPiece and a SentencePiece teacher on the shared sample, then
+    `run_distill` of a WordPiece student from those labels: every window is trained on and the KD
+    loss against the combined (projected) targets falls."""
+    from qadist.config import LabelConfig
+    from qadist.label.stage import run_label
+    from qadist.train.stage import run_distill
+
+    pairs = split_pairs["label"][:60]
+    labels = str(tmp_path / "labels")
+    manifest = run_label(
+        LabelConfig(pairs=write_jsonl(tmp_path / "pairs.jsonl", pairs), out=labels,
+                    teachers=[teacher, tiny_models["albert"]], rows_per_shard=20, **WINDOWS)
+    )  # fmt: skip
+    assert [p["teachers"] for p in manifest["projected_tokenizers"]] == [[tiny_models["albert"]]]
+    rows = table_rows(labels)
+    student = tiny_models["student"]
+    before = mean_kd(no_dropout_model(student), rows, 0)
+    result = run_distill(
+        DistillConfig(labels=labels, student=student, out=str(tmp_path / "run"), epochs=3, batch_size=8,
+                      learning_rate=1e-3)
+    )  # fmt: skip
+    assert result["plan"]["windows"] == manifest["counts"]["windows"]
+    after = mean_kd(no_dropout_model(result["final"]), rows, 0)
+    print(f"\nKD loss against the mixed ensemble's targets: {before:.3f} -> {after:.3f}")
+    assert after < 0.8 * before
+
+
 def tokenizer_hash_of(model: str) -> str:
     from qadist.models import tokenizer_fingerprint
 

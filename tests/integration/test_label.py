@@ -288,21 +288,34 @@ def test_same_settings_do_nothing_other_settings_are_refused(mixed_run, capsys, 
     assert read_manifest(out)["fingerprint"] == mixed_run["manifest"]["fingerprint"]
 
 
-def test_teachers_with_different_tokenizers_fail_before_work(tmp_path, squad_pairs, tiny_models, capsys):
-    put_jsonl(str(tmp_path / "pairs.jsonl"), squad_pairs[:5])
-    code = run_cli(
-        "--pairs",
-        str(tmp_path / "pairs.jsonl"),
-        "--out",
-        str(tmp_path / "labels"),
-        "--teacher",
-        tiny_models["teacher_a"],
-        "--teacher",
-        tiny_models["albert"],
-    )
-    assert code == 2
-    assert "different tokenizers" in capsys.readouterr().err
-    assert not (tmp_path / "labels").exists()
+def test_teachers_with_different_tokenizers_label_through_characters(tmp_path, squad_pairs, tiny_models, capsys):
+    """A WordPiece and a SentencePiece teacher on the shared sample: the shards hold the first
+    teacher's windows, the ALBERT teacher is projected onto them (banner, header), every pair is
+    accounted for, and each window's ALBERT row is a distribution over the stored window."""
+    from qadist.models import load_tokenizer
+    from qadist.squad.features import make_windows
+
+    pairs = squad_pairs[:40]
+    put_jsonl(str(tmp_path / "pairs.jsonl"), pairs)
+    bert, albert = tiny_models["teacher_a"], tiny_models["albert"]
+    out = str(tmp_path / "labels")
+    args = ["--rows-per-shard", "16", "--max-seq-len", "128", "--doc-stride", "32", "--max-query-len", "32"]
+    code = run_cli("--pairs", str(tmp_path / "pairs.jsonl"), "--out", out, "--teacher", bert, "--teacher", albert,
+                   "--keep-teacher-logits", "--combine", "mean_probs", *args)  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "projection on" in printed and albert in printed
+    manifest, table = load_output(out)
+    assert manifest["tokenizer"]["name"] == bert
+    assert [p["teachers"] for p in manifest["projected_tokenizers"]] == [[albert]]
+    assert manifest["counts"]["pairs_in"] == manifest["counts"]["pairs_labeled"] == 40
+    want = make_windows({k: [p[k] for p in pairs] for k in ("id", "question", "context")}, load_tokenizer(bert),
+                        128, 32, 32)  # fmt: skip
+    assert table["id"].to_pylist() == want["id"] and table["input_ids"].to_pylist() == want["input_ids"]
+    for rows in table["teacher_start_logits"].to_pylist():
+        albert_row = np.exp(np.asarray(rows[1], dtype=np.float64))
+        assert albert_row.sum() == pytest.approx(1.0, abs=3e-3)
+        assert not np.allclose(rows[0], rows[1])
 
 
 @pytest.mark.slow

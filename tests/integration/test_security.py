@@ -249,7 +249,7 @@ def label_one_block(rows: list[dict], out: str, tokenizer) -> tuple[dict, list[s
     name = block_name("/in", "/in/pairs.json", 0, len(rows))
     block = Block(name, "/in/pairs.json", "inline", 0, len(rows), rows=rows, with_answers=True)
     find_duplicates([block], [scan_block(block.to_json(), 100_000)])
-    table, stats = window_block(block, tokenizer, out, (128, 32, 32), 100_000)
+    table, stats, _ = window_block(block, tokenizer, out, (128, 32, 32), 100_000)
     lengths = [len(x) for x in table.column("input_ids").to_pylist()]
     zeros = list_array([np.zeros(n, np.float16) for n in lengths], LOGITS_TYPE.value_type)
     at = table.schema.get_field_index("offsets") + 1

@@ -245,7 +245,7 @@ def test_label_block_accounts_for_every_row(bert_tokenizer, rows, with_answers):
     )
     find_duplicates([block], [scan_block(block.to_json(), 2_000)])  # the pipeline's pre-pass: a repeated id is a reject
     with tempfile.TemporaryDirectory() as out:
-        table, stats = window_block(block, bert_tokenizer, out, LENGTHS, 2_000)
+        table, stats, _ = window_block(block, bert_tokenizer, out, LENGTHS, 2_000)
         assert stats["pairs_in"] == len(rows) == stats["pairs_labeled"] + stats["pairs_rejected"]
         assert len(set(table.column("id").to_pylist())) == stats["pairs_labeled"]  # each labelled pair has >= 1 window
         if stats["pairs_rejected"]:

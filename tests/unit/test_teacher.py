@@ -9,10 +9,12 @@ import torch
 
 from qadist.errors import UserError
 from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
+from qadist.label.mixed_tokenizers import other_windows, project_onto
 from qadist.label.teacher import TeacherEnsemble, combine_logits, padded_tokens
 from qadist.models import load_qa_model, load_tokenizer
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
+from qadist.train.projection import project_pair
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -112,11 +114,88 @@ def test_empty_batch(tiny_models):
     assert out["start_logits"] == [] and out["end_logits"] == []
 
 
-def test_tokenizer_mismatch_is_a_user_error(tiny_models):
-    with pytest.raises(UserError, match="different tokenizers"):
-        TeacherEnsemble([tiny_models["teacher_a"], tiny_models["albert"]])
+def test_a_bad_combine_is_a_user_error(tiny_models):
     with pytest.raises(UserError, match="combine"):
         TeacherEnsemble([tiny_models["teacher_a"]], combine="median")
+
+
+def with_text(windows: dict, pairs: list[dict]) -> dict:
+    by_id = {p["id"]: p for p in pairs}
+    return {**windows, **{k: [by_id[i][k] for i in windows["id"]] for k in ("question", "context")}}
+
+
+def expected_projection(teacher: str, pairs: list[dict], target: dict) -> list[np.ndarray]:
+    """`teacher` alone on its own windows, each pair's windows carried onto the target windows (T = 1)."""
+    own = make_windows(
+        {k: [p[k] for p in pairs] for k in ("id", "question", "context")}, load_tokenizer(teacher), 128, 32, 32
+    )
+    logits = TeacherEnsemble([teacher])(dict(own))
+    contexts = {p["id"]: p["context"] for p in pairs}
+    out = []
+    for pair_id in dict.fromkeys(target["id"]):
+        teacher_windows = [
+            {
+                "offsets": own["offsets"][i],
+                "start_logits": logits["start_logits"][i],
+                "end_logits": logits["end_logits"][i],
+            }
+            for i, x in enumerate(own["id"])
+            if x == pair_id
+        ]
+        mine = [{"offsets": target["offsets"][j]} for j, x in enumerate(target["id"]) if x == pair_id]
+        out += [s for s, _ in project_pair(teacher_windows, contexts[pair_id], mine, 1.0)]
+    return out
+
+
+def test_a_mixed_tokenizer_ensemble_carries_the_other_teacher_onto_the_first_ones_windows(squad_pairs, tiny_models):
+    """WordPiece + SentencePiece teachers: the windows are the first's; its row is its own run; the
+    ALBERT row is that teacher alone on its own windows, projected through characters; combined as configured."""
+    pairs = squad_pairs[:12]
+    bert, albert = tiny_models["teacher_a"], tiny_models["albert"]
+    windows = with_text(make_windows({k: [p[k] for p in pairs] for k in ("id", "question", "context")},
+                                     load_tokenizer(bert), 128, 32, 32), pairs)  # fmt: skip
+    ensemble = TeacherEnsemble([bert, albert], combine="mean_probs", keep_teacher_logits=True, lengths=(128, 32, 32))
+    out = ensemble(dict(windows))
+    alone = TeacherEnsemble([bert])(dict(windows))
+    projected = expected_projection(albert, pairs, windows)
+    assert len(out["start_logits"]) == len(windows["id"]) == len(projected)
+    for i in range(len(windows["id"])):
+        rows = out["teacher_start_logits"][i].astype(np.float64)
+        np.testing.assert_array_equal(rows[0], alone["start_logits"][i].astype(np.float64))
+        np.testing.assert_allclose(np.exp(rows[1]), projected[i], atol=2e-3)
+        assert np.exp(rows[1]).sum() == pytest.approx(1.0, abs=2e-3)  # a distribution over the stored window
+        combined = np.exp(out["start_logits"][i].astype(np.float64))
+        want = (np.exp(rows[0] - rows[0].max()) / np.exp(rows[0] - rows[0].max()).sum() + np.exp(rows[1])) / 2
+        np.testing.assert_allclose(combined, want, atol=3e-3)
+    # The other tokenizer's windows cut elsewhere (the CPU stage) give the same labels.
+    others = [other_windows(pairs, load_tokenizer(albert), (128, 32, 32))]
+    again = ensemble(dict(windows), others)
+    for a, b in zip(out["teacher_end_logits"], again["teacher_end_logits"]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(KeyError, match="context"):
+        ensemble({k: v for k, v in windows.items() if k != "context"})
+
+
+def test_projecting_onto_the_same_windows_is_the_softmax_over_cls_and_context(squad_pairs, tiny_models):
+    pairs = squad_pairs[:6]
+    windows = make_windows({k: [p[k] for p in pairs] for k in ("id", "question", "context")},
+                           load_tokenizer(tiny_models["teacher_a"]), 384, 128, 32)  # fmt: skip
+    rng = np.random.default_rng(0)
+    logits = [(rng.normal(size=(2, len(x))), rng.normal(size=(2, len(x)))) for x in windows["input_ids"]]
+    contexts = {p["id"]: p["context"] for p in pairs}
+    ids = windows["id"]
+    single = [i for i, x in enumerate(ids) if ids.count(x) == 1]  # one window: nothing to combine
+    got = project_onto(ids, windows["offsets"], logits, ids, windows["offsets"], contexts)
+    for i in single:
+        answerable = [0] + [k for k, (a, _) in enumerate(windows["offsets"][i]) if k and a >= 0]
+        for kind in (0, 1):
+            z = logits[i][kind][:, answerable]
+            want = np.exp(z - z.max(axis=1, keepdims=True))
+            want /= want.sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(np.exp(got[i][kind][:, answerable]), want, atol=1e-6)
+            others = np.setdiff1d(np.arange(len(windows["offsets"][i])), answerable)
+            assert (np.exp(got[i][kind][:, others]) < 1e-11).all()  # question and special tokens: no mass
+    assert single
 
 
 def test_precision_picks_the_autocast_dtype():
