@@ -187,7 +187,7 @@ def pipeline(
 @app.command("tiny-model")
 def tiny_model(
     out: str = typer.Option(..., help="Folder to write the model and tokenizer to."),
-    family: str = typer.Option("bert", help="bert or albert."),
+    family: str = typer.Option("bert", help="bert (WordPiece), albert (Unigram) or roberta (byte-level BPE)."),
     seed: int = typer.Option(0),
     layers: int = typer.Option(2),
     hidden: int = typer.Option(64),

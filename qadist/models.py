@@ -22,7 +22,7 @@ from qadist.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("bert", "albert")
+FAMILIES = ("bert", "albert", "roberta")
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
     "unk_token": "<unk>",
@@ -227,7 +227,7 @@ def train_byte_level_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000,
 
 
 def tiny_config(family: str, vocab_size: int, num_layers: int = 2, hidden: int = 64, max_positions: int = 512) -> Any:
-    from transformers import AlbertConfig, BertConfig
+    from transformers import AlbertConfig, BertConfig, RobertaConfig
 
     common = dict(
         vocab_size=vocab_size,
@@ -241,6 +241,9 @@ def tiny_config(family: str, vocab_size: int, num_layers: int = 2, hidden: int =
         return AlbertConfig(embedding_size=min(hidden, 128), **common)
     if family == "bert":
         return BertConfig(**common)
+    if family == "roberta":  # positions start after the padding index, as in RoBERTa checkpoints
+        common["max_position_embeddings"] = max_positions + 2
+        return RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common)
     raise UserError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
@@ -261,7 +264,12 @@ def build_tiny_model(
     from transformers import AutoModelForQuestionAnswering
 
     if tokenizer is None:
-        tokenizer = load_tokenizer(minilm_path()) if family == "bert" else train_albert_tokenizer(texts)
+        if family == "bert":
+            tokenizer = load_tokenizer(minilm_path())
+        elif family == "roberta":
+            tokenizer = train_byte_level_bpe_tokenizer(texts if texts is not None else _default_corpus())
+        else:
+            tokenizer = train_albert_tokenizer(texts)
     torch.manual_seed(seed)
     model = AutoModelForQuestionAnswering.from_config(tiny_config(family, len(tokenizer), num_layers, hidden))
     out_dir = Path(out_dir)

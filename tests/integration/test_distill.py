@@ -421,11 +421,14 @@ def cross_agreement(student: str, teacher: str, pairs: list[dict]) -> tuple[floa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["albert", "roberta"])
 def test_a_student_with_another_tokenizer_distils_from_projected_labels(
-    ray_local, teacher, albert_tokenizer, split_pairs, tmp_path, capsys
+    family, ray_local, teacher, albert_tokenizer, squad_pairs, split_pairs, tmp_path, capsys
 ):
-    """A WordPiece teacher's soft labels, an ALBERT (SentencePiece) student, through `run_distill`: the
-    banner says projection is on, the plan counts the student's own windows, the student is saved.
+    """A WordPiece teacher's soft labels, an ALBERT (SentencePiece) or a RoBERTa (byte-level BPE: no
+    token_type_ids, `</s></s>`, positions after the padding index) student, through `run_distill`:
+    the banner says projection is on, the plan counts the student's own windows, the student is
+    saved and answers (`predict_pairs`).
 
     Not a learning claim: a random tiny teacher's answers are a function of its own token ids, which
     a student that sees other tokens cannot learn (agreement stays near 0 here, printed). That the
@@ -436,7 +439,14 @@ def test_a_student_with_another_tokenizer_distils_from_projected_labels(
     from qadist.train.stage import run_distill
 
     labels = make_label_shards(tmp_path / "labels", teacher, split_pairs["label"][:80], pairs_per_shard=30, **WINDOWS)
-    student = build_tiny_model("albert", tmp_path / "albert", seed=5, tokenizer=albert_tokenizer)
+    from qadist.models import train_byte_level_bpe_tokenizer
+
+    tokenizer = (
+        albert_tokenizer
+        if family == "albert"
+        else train_byte_level_bpe_tokenizer(sorted({p["context"] for p in squad_pairs}), vocab_size=4000)
+    )
+    student = build_tiny_model(family, tmp_path / family, seed=5, tokenizer=tokenizer)
     result = run_distill(
         DistillConfig(labels=labels, student=student, out=str(tmp_path / "run"), epochs=1, batch_size=16)
     )
@@ -449,7 +459,7 @@ def test_a_student_with_another_tokenizer_distils_from_projected_labels(
     assert result["plan"]["windows"] == len(windows["id"])
     assert result["metrics"]["train/step"] == result["plan"]["total_steps"]
     em, f1 = cross_agreement(result["final"], teacher, split_pairs["held"])
-    print(f"\nALBERT student vs BERT teacher, held-out pairs: EM {em:.1f}, F1 {f1:.1f}")
+    print(f"\n{family} student vs BERT teacher, held-out pairs: EM {em:.1f}, F1 {f1:.1f}")
 
 
 @pytest.mark.slow
