@@ -29,7 +29,6 @@ finished point in --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from demo_tuning import DISTILL_LRS, HEAD_LRS, Grid, Tuning, compare, few_label_epochs  # noqa: E402
+from demo_tuning import DISTILL_LRS, HEAD_LRS, Grid, Tuning, compare, few_label_epochs, tuning_args  # noqa: E402
 
 from qadist import storage  # noqa: E402
 from qadist.config import DemoConfig  # noqa: E402
@@ -124,11 +123,7 @@ class CrossTuning(Tuning):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="a local folder (reused: finished points are kept)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
-    args = parser.parse_args(argv)
+    args = tuning_args(argv, __doc__.split("\n")[0])
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cpus = os.cpu_count() or 1

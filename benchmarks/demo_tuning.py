@@ -310,12 +310,17 @@ def markdown(rows: dict, teachers: dict[str, float], comparisons: list[str], siz
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def tuning_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """--out, --seeds and --jobs: the flags of every tuning script."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, help="a local folder (reused: finished points are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tuning_args(argv, __doc__.split("\n")[0])
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cpus = os.cpu_count() or 1

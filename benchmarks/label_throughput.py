@@ -122,13 +122,30 @@ def padded_loop(model, windows: dict, pad_id: int, batch_size: int, max_seq_len:
     return padded
 
 
+def label_config(args, root: Path, out: Path, teachers: list[str], **extra):
+    """The `qadist label` settings of every way measured here: one actor, the script's sizes."""
+    from qadist.config import LabelConfig
+
+    return LabelConfig(
+        pairs=str(root / "pairs.jsonl"),
+        out=str(out),
+        teachers=teachers,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        doc_stride=args.doc_stride,
+        rows_per_shard=args.rows_per_shard,
+        num_actors=1,
+        num_cpus_per_actor=args.threads,
+        **extra,
+    )
+
+
 def mixed_ensembles(args) -> None:
     """Label the sample with a shared-tokenizer and a mixed-tokenizer ensemble, interleaved."""
     import statistics
 
     import ray
 
-    from qadist.config import LabelConfig
     from qadist.label.stage import run_label
     from qadist.models import build_tiny_model, load_tokenizer, train_byte_level_bpe_tokenizer
     from qadist.squad.io import read_pairs
@@ -151,18 +168,8 @@ def mixed_ensembles(args) -> None:
     runs: dict[str, list[dict]] = {name: [] for name in ensembles}
     for r in range(args.rounds):
         for name, teachers in ensembles.items():
-            cfg = LabelConfig(
-                pairs=str(root / "pairs.jsonl"),
-                out=str(root / f"labels-{len(runs[name])}-{teachers[1].rsplit('/', 1)[-1]}"),
-                teachers=teachers,
-                batch_size=args.batch_size,
-                max_seq_len=args.max_seq_len,
-                doc_stride=args.doc_stride,
-                rows_per_shard=args.rows_per_shard,
-                num_actors=1,
-                num_cpus_per_actor=args.threads,
-                combine="mean_probs",
-            )
+            out = root / f"labels-{len(runs[name])}-{teachers[1].rsplit('/', 1)[-1]}"
+            cfg = label_config(args, root, out, teachers, combine="mean_probs")
             run = run_label(cfg)["run"]
             runs[name].append(run)
             print(f"round {r}: {name}: {run['seconds']:.1f}s", flush=True)
@@ -208,7 +215,6 @@ def main() -> None:
 
     import ray
 
-    from qadist.config import LabelConfig
     from qadist.inference import pick_device, run_windows
     from qadist.label.stage import run_label
     from qadist.label.teacher import padded_tokens
@@ -235,18 +241,7 @@ def main() -> None:
         include_dashboard=False,
         log_to_driver=False,
     )
-    cfg = LabelConfig(
-        pairs=str(root / "pairs.jsonl"),
-        out=str(root / "labels"),
-        teachers=[path],
-        batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len,
-        doc_stride=args.doc_stride,
-        rows_per_shard=args.rows_per_shard,
-        num_actors=1,
-        num_cpus_per_actor=args.threads,
-        num_gpus_per_actor=1 if args.gpu else 0,
-    )
+    cfg = label_config(args, root, root / "labels", [path], num_gpus_per_actor=1 if args.gpu else 0)
     # Ray runs its workers at a lower CPU priority (worker_niceness, 15 by default): on a machine
     # shared with other work that alone slows the actor down, so the in-process loops get the same.
     worker_nice = ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
