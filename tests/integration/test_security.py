@@ -259,6 +259,7 @@ def label_one_block(rows: list[dict], out: str, tokenizer) -> tuple[dict, list[s
             "name": [name],
             "data": pa.array([pack(table)], pa.large_binary()),
             "stats": [json.dumps(stats | {"node_id": "n"})],
+            "others": pa.array([[]], pa.list_(pa.large_binary())),
         }
     )
     write_shards(batch, out, {"schema_version": 1})
