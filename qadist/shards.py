@@ -101,20 +101,28 @@ def list_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     return [values[s - base : e - base] for s, e in zip(offsets[:-1], offsets[1:])]
 
 
-def offset_values(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
-    """The `offsets` column (list<list<int32>>, pairs) -> one int64 array [tokens, 2] per row, without
-    Python lists (the projection reads offsets of every window)."""
+def nested_values(column: pa.ChunkedArray | pa.Array, width: int | None = None) -> list[np.ndarray]:
+    """A list<list<x>> column whose inner lists are of one length within a row (offsets: pairs;
+    per-teacher logits: one row per teacher) -> one 2-D numpy array per row (views into one buffer);
+    an empty row is (0, width)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if len(arr) == 0:
         return []
-    pairs = arr.flatten()
-    flat = pairs.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = pairs.offsets.to_numpy()
-    if len(flat) != 2 * len(pairs) or not (np.diff(starts) == 2).all():
-        raise ValueError("offsets must hold one [start, end] pair per token")
-    flat = flat.reshape(-1, 2)
-    rows, base = arr.offsets.to_numpy(), arr.offsets.to_numpy()[0]
-    return [flat[a - base : b - base] for a, b in zip(rows[:-1], rows[1:])]
+    outer = arr.offsets.to_numpy() - arr.offsets.to_numpy()[0]
+    inner = arr.flatten()
+    bounds = inner.offsets.to_numpy()
+    flat = inner.flatten().to_numpy(zero_copy_only=False)
+    bounds = bounds - bounds[0]
+    rows = []
+    for s, e in zip(outer[:-1], outer[1:]):
+        if e == s:
+            rows.append(np.zeros((0, width or 0), dtype=flat.dtype))
+            continue
+        n = bounds[s + 1] - bounds[s]
+        if not (np.diff(bounds[s : e + 1]) == n).all():
+            raise ValueError("inner lists of one row differ in length")
+        rows.append(flat[bounds[s] : bounds[e]].reshape(e - s, n))
+    return rows
 
 
 def pack(table: pa.Table) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from qadist.shards import list_array, list_values, offset_values
+from qadist.shards import list_array, nested_values
 from qadist.train.projection import log_targets, project_pair
 
 
@@ -40,9 +40,13 @@ def other_windows(pairs: Sequence[dict], tokenizer: Any, lengths: Sequence[int])
     offsets. Raises what the tokenizer raises; the windowing stage turns that into the pair's reject."""
     from qadist.squad.features import make_windows
 
+    has_types = "token_type_ids" in tokenizer.model_input_names
     batch = {k: [p[k] for p in pairs] for k in ("id", "question", "context")}
-    w = make_windows(batch, tokenizer, *lengths)
-    has_types = "token_type_ids" in w
+    w = (
+        make_windows(batch, tokenizer, *lengths)
+        if pairs
+        else {"id": [], "input_ids": [], "token_type_ids": [], "offsets": []}
+    )
     columns = {
         "id": pa.array(w["id"], pa.string()),
         "input_ids": pa.array(w["input_ids"], pa.list_(pa.int32())),
@@ -105,7 +109,7 @@ def carry_over(
     per_group[0] is on the target windows already (the stored tokenizer's teachers: kept as they
     are); per_group[g] is on `others[g - 1]`'s windows and is projected (`project_onto`)."""
     projected = [per_group[0]] + [
-        project_onto(t["id"].to_pylist(), offset_values(t["offsets"]), own, ids, offsets, contexts)
+        project_onto(t["id"].to_pylist(), nested_values(t["offsets"], 2), own, ids, offsets, contexts)
         for t, own in zip(others, per_group[1:])
     ]
     order = np.argsort([t for g in groups for t in g])  # group-major rows -> teacher order
@@ -120,11 +124,3 @@ def teacher_rows_column(rows: Sequence[np.ndarray], value_type: pa.DataType = pa
     n = rows[0].shape[0] if len(rows) else 0
     outer = pa.array(np.arange(0, n * len(rows) + 1, max(n, 1), dtype=np.int32)[: len(rows) + 1])
     return pa.ListArray.from_arrays(outer, list_array([r for w in rows for r in w], value_type))
-
-
-def teacher_rows(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
-    """`teacher_rows_column`'s inverse: per window an array [n_teachers, L]."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    inner = list_values(arr.flatten())
-    bounds = arr.offsets.to_numpy() - arr.offsets.to_numpy()[0] if len(arr) else []
-    return [np.stack(inner[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

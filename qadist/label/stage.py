@@ -147,7 +147,6 @@ def build_pipeline(
     teachers: list[dict],
     pending: list[Block],
     header: dict,
-    projected: list[dict],
     groups: list[list[int]],
 ):
     items = [{"block": b.to_json()} for b in pending]
@@ -176,7 +175,7 @@ def build_pipeline(
                 lengths=lengths,
                 max_context_chars=cfg.max_context_chars,
                 trust_remote_code=cfg.trust_remote_code,
-                other_tokenizers=[p["name"] for p in projected],
+                other_tokenizers=[cfg.teachers[g[0]] for g in groups[1:]],
             ),
         )
         .map_batches(
@@ -312,9 +311,7 @@ def run_label(cfg: LabelConfig) -> dict:
         )
     results: dict[str, dict] = {}
     try:
-        for row in (
-            build_pipeline(ray, cfg, teachers, pending, header, projected, groups).iter_rows() if pending else ()
-        ):
+        for row in build_pipeline(ray, cfg, teachers, pending, header, groups).iter_rows() if pending else ():
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
             log.info(

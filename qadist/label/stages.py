@@ -26,10 +26,10 @@ import pyarrow as pa
 
 from qadist import storage
 from qadist.label.blocks import Block, read_block
-from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows, teacher_rows_column
+from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows_column
 from qadist.label.teacher import TeacherEnsemble, padded_tokens, target_windows, with_labels
 from qadist.rows import Unparsable, make_reject
-from qadist.shards import pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
+from qadist.shards import nested_values, pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
 from qadist.squad.io import validate_pair
 
 SHARD_STATS = (
@@ -253,7 +253,7 @@ def with_raw_logits(table: pa.Table, per_window: list[tuple[np.ndarray, np.ndarr
 def project_and_combine(table: pa.Table, theirs: list[pa.Table], mixed: dict) -> pa.Table:
     """A mixed-tokenizer block (`with_raw_logits` tables) -> the labelled windows: the other groups'
     teachers carried onto the stored windows, then combined (`qadist.label.mixed_tokenizers`)."""
-    per_group = [list(zip(*(teacher_rows(t[k]) for k in RAW))) for t in [table, *theirs]]
+    per_group = [list(zip(*(nested_values(t[k]) for k in RAW))) for t in [table, *theirs]]
     table = table.drop_columns(list(RAW))
     per_window = carry_over(mixed["groups"], per_group, theirs, *target_windows(table))
     return with_labels(table, per_window, mixed["combine"], mixed["keep_teacher_logits"])

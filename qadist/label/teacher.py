@@ -28,7 +28,7 @@ import pyarrow as pa
 from qadist.errors import UserError
 from qadist.inference import length_sorted_batches, pick_device, run_windows
 from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows_column, tokenizer_groups
-from qadist.shards import list_array, offset_values
+from qadist.shards import list_array, nested_values
 
 log = logging.getLogger(__name__)
 COMBINES = ("mean_logits", "mean_probs")
@@ -200,7 +200,7 @@ class TeacherEnsemble:
 def target_windows(batch: pa.Table | dict[str, Any]) -> tuple[list[str], list, dict[str, str]]:
     """The windows other tokenizers' teachers are carried onto: ids, offsets, and each pair's context."""
     ids, contexts = _rows_of(batch, "id"), _rows_of(batch, "context")
-    offsets = offset_values(batch["offsets"]) if isinstance(batch, pa.Table) else _rows_of(batch, "offsets")
+    offsets = nested_values(batch["offsets"], 2) if isinstance(batch, pa.Table) else _rows_of(batch, "offsets")
     return ids, offsets, dict(zip(ids, contexts))
 
 

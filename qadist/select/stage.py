@@ -27,7 +27,7 @@ from qadist.outputs import claim, manifest_uri
 from qadist.rows import Unparsable, iter_raw_rows
 from qadist.select import label_studio
 from qadist.select.scores import group_windows, score_pair
-from qadist.shards import list_values, read_manifest, read_shard
+from qadist.shards import list_values, nested_values, read_manifest, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ RESULT_SCHEMA = pa.schema(
         ("windows", pa.int32()),
     ]
 )
-
-
-def nested_values(column: pa.ChunkedArray, width: int | None = None) -> list[np.ndarray]:
-    """A list<list<x>> column -> one 2-D numpy array per row: (inner lists, inner length) when the
-    inner lists of a row are of one length (offsets: pairs; per-teacher logits: one row per teacher)."""
-    arr = column.combine_chunks()
-    outer = arr.offsets.to_numpy()
-    inner = list_values(arr.flatten())
-    return [np.stack(inner[s:e]) if e > s else np.zeros((0, width or 0)) for s, e in zip(outer[:-1], outer[1:])]
 
 
 def shard_windows(uri: str, per_teacher: bool) -> list[dict]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from qadist.shards import LOGITS_TYPE, list_array, list_values, offset_values
+from qadist.shards import LOGITS_TYPE, list_array, list_values, nested_values
 from qadist.squad.features import make_windows
 from qadist.train.projection import log_targets, project_pair
 
@@ -58,7 +58,7 @@ def output_schema(has_types: bool) -> pa.Schema:
 def teacher_windows(shard: pa.Table) -> dict[str, dict]:
     """A shard's rows grouped by pair, in shard order: id -> {question, context, windows: [...]}."""
     ids = shard["id"].to_pylist()
-    offsets = offset_values(shard["offsets"])
+    offsets = nested_values(shard["offsets"], 2)
     starts, ends = list_values(shard["start_logits"]), list_values(shard["end_logits"])
     questions, contexts = shard["question"].to_pylist(), shard["context"].to_pylist()
     pairs: dict[str, dict] = {}
