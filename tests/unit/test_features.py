@@ -110,7 +110,7 @@ def test_windows_respect_lengths_and_offsets(name, max_seq_len, doc_stride, squa
             ctx = [(s, e) for s, e in w["offsets"] if s >= 0]
             assert ctx, f"{pair_id}: a window without context tokens"
             assert all(0 <= s <= e <= len(contexts[pair_id]) for s, e in ctx)
-            assert all(o == [-1, -1] for o in w["offsets"] if o[0] < 0)
+            assert all(tuple(o) == (-1, -1) for o in w["offsets"] if o[0] < 0)
             if "token_type_ids" in w:
                 assert len(w["token_type_ids"]) == len(w["input_ids"])
     assert longest == max_seq_len  # the long contexts fill their windows
@@ -282,7 +282,7 @@ def test_questions_truncated_to_max_query_len(name, tokenizers):
     )
     first_sep = w["input_ids"][0].index(tok.sep_token_id)
     assert first_sep - 1 == 12
-    assert w["offsets"][0][: first_sep + 1] == [[-1, -1]] * (first_sep + 1)
+    assert w["offsets"][0][: first_sep + 1] == [(-1, -1)] * (first_sep + 1)
 
 
 def test_truncation_when_one_character_becomes_many_tokens(albert_tokenizer):
@@ -328,7 +328,7 @@ def test_windows_invariants_on_arbitrary_unicode(question, context, name, data, 
     assert w["id"] and w["window"] == list(range(len(w["id"])))
     for k, (ids, offsets) in enumerate(zip(w["input_ids"], w["offsets"])):
         assert len(ids) <= 32 and len(offsets) == len(ids)
-        assert all(o == [-1, -1] or 0 <= o[0] <= o[1] <= len(context) for o in offsets)
+        assert all(o == (-1, -1) or 0 <= o[0] <= o[1] <= len(context) for o in offsets)
         assert ids.index(tok.sep_token_id) - 1 <= 8
         s, e = w["start_position"][k], w["end_position"][k]
         if answers is None:
