@@ -33,6 +33,7 @@ from qadist.config import (
     LabelConfig,
     PairsConfig,
     PredictConfig,
+    PretrainConfig,
     SelectConfig,
     ServeConfig,
     StageConfig,
@@ -131,6 +132,12 @@ def command(name: str, cls: type[StageConfig], help_text: str, show: bool = True
     app.command(name)(invoke)
 
 
+command(
+    "pretrain",
+    PretrainConfig,
+    "Continue an encoder's masked-LM training on the domain's documents (Ray Train) -> an initialisation "
+    "for teachers and students.",
+)
 command(
     "pairs",
     PairsConfig,

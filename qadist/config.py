@@ -20,6 +20,7 @@ PRODUCTION_TEACHER = "ahotrod/albert_xxlargev1_squad2_512"
 PRODUCTION_STUDENT = "albert-base-v2"
 PRODUCTION_ENCODER = "sentence-transformers/multi-qa-MiniLM-L6-cos-v1"
 STAGES = (
+    "pretrain",
     "pairs",
     "label",
     "distill",
@@ -169,8 +170,8 @@ class LabelConfig(WindowSettings):
     trust_remote_code: bool = Opt(False, "Run code shipped in a model folder (off: only safetensors/weights are read).")
 
 
-class TrainSettings(WindowSettings):
-    """Optimiser, schedule and scale settings shared by distill and finetune."""
+class OptimizerSettings(StageConfig):
+    """Optimiser, schedule, scale and checkpoint settings of every training stage (pretrain too)."""
 
     out: str = Uri(help="Output URI for checkpoints and the final model (<out>/final).")
     epochs: float = Opt(2.0, "Passes over the training windows (fractions allowed).", gt=0)
@@ -193,9 +194,35 @@ class TrainSettings(WindowSettings):
         1, "Micro-batches drawn together and re-cut by window length (less padding; 1: stream order).", ge=1
     )
     precision: Precision = Opt("auto", PRECISION_HELP)
-    eval_file: str | None = Uri(None, "SQuAD JSON or pairs with answers, scored after each epoch.")
     seed: int = Opt(0, "Seed of initialisation, shuffling and dropout.")
     trust_remote_code: bool = Opt(False, "Run code shipped in a model folder.")
+
+
+class TrainSettings(WindowSettings, OptimizerSettings):
+    """Settings shared by distill and finetune: windows, optimiser and scale, an evaluation file."""
+
+    eval_file: str | None = Uri(None, "SQuAD JSON or pairs with answers, scored after each epoch.")
+
+
+class PretrainConfig(OptimizerSettings):
+    documents: str = Uri(help="Documents URI (JSONL/Parquet: id, text or context, title), as for `pairs`.")
+    model: str = Model(help="Encoder to continue training (a Hugging Face name or folder; its MLM head if it has one).")
+    epochs: float = Opt(3.0, "Passes over the documents' token sequences.", gt=0)
+    batch_size: int = Opt(16, "Sequences per worker per micro-batch.", ge=1)
+    max_seq_len: int = Opt(256, "Tokens per sequence (special tokens included); longer documents are cut.", ge=16)
+    doc_stride: int = Opt(0, "Tokens shared by consecutive sequences of a long document.", ge=0)
+    mask_prob: float = Opt(0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", gt=0, lt=1)
+    whole_word: bool = Opt(False, "Mask whole words (every token of a chosen word) rather than single tokens.")
+    heldout_share: float = Opt(
+        0.05, "Share of the documents held out (by id) to measure masked-LM loss before and after.", gt=0, lt=1
+    )
+    heldout_sequences: int = Opt(256, "At most this many held-out sequences are scored.", ge=1)
+
+    @model_validator(mode="after")
+    def _stride_fits(self):
+        if self.doc_stride >= self.max_seq_len - 2:
+            raise ValueError(f"doc_stride {self.doc_stride} must be below max_seq_len - 2 ({self.max_seq_len - 2})")
+        return self
 
 
 class DistillConfig(TrainSettings):
@@ -384,6 +411,7 @@ def to_dict(cfg: StageConfig) -> dict[str, Any]:
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "pretrain": PretrainConfig,
     "pairs": PairsConfig,
     "label": LabelConfig,
     "distill": DistillConfig,

@@ -118,8 +118,6 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
     Pickled (.bin) weights are only read with torch's weights-only unpickler: a file that needs
     more (code) is refused, not run.
     """
-    import pickle
-
     from transformers import AutoModelForQuestionAnswering
 
     check_folder(name_or_path)
@@ -128,8 +126,25 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
         from qadist.inference import OnnxQAModel
 
         return OnnxQAModel(graph)
+    return _from_pretrained(
+        AutoModelForQuestionAnswering, "a question-answering", name_or_path, revision, trust_remote_code
+    )
+
+
+def load_masked_lm(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """An `AutoModelForMaskedLM` (`qadist pretrain`): an encoder without an MLM head (a QA model, a
+    sentence-transformers encoder) gets a new head, tied to its word embeddings where the model ties them."""
+    from transformers import AutoModelForMaskedLM
+
+    check_folder(name_or_path)
+    return _from_pretrained(AutoModelForMaskedLM, "a masked-LM", name_or_path, None, trust_remote_code)
+
+
+def _from_pretrained(auto_cls: Any, what: str, name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
+    import pickle
+
     try:
-        return AutoModelForQuestionAnswering.from_pretrained(
+        return auto_cls.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
         )
     except pickle.UnpicklingError as e:
@@ -139,7 +154,7 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
         ) from e
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{name_or_path}: cannot load a question-answering model ({str(e).splitlines()[0]}); "
+            f"{name_or_path}: cannot load {what} model ({str(e).splitlines()[0]}); "
             "give a model folder or a Hugging Face name"
         ) from e
 

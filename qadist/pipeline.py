@@ -1,7 +1,7 @@
 """All stages in order from one sectioned config, each skipped when its output is already complete.
 
 A stage runs when its section is present in the config. "Complete" is what each stage commits
-last: `_manifest.json` for pairs and label, `<out>/final/config.json` for distill and finetune, the
+last: `_manifest.json` for pairs and label, `<out>/final/config.json` for pretrain, distill and finetune, the
 metrics file for evaluate, `export_report.json` for export. So a second run of the same pipeline
 does no work, and a run that stopped half way picks up at the first incomplete stage (which
 resumes by itself).
@@ -20,14 +20,14 @@ from qadist.outputs import manifest_uri
 
 log = logging.getLogger(__name__)
 
-ORDER = ("pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
+ORDER = ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
 
 
 def completion_marker(stage: str, cfg: StageConfig) -> str:
     """The object whose existence means the stage finished."""
     if stage in ("pairs", "label"):
         return manifest_uri(cfg.out)
-    if stage in ("distill", "finetune"):
+    if stage in ("pretrain", "distill", "finetune"):
         return storage.join(cfg.out, "final", "config.json")
     if stage == "predict":
         return cfg.out
@@ -42,6 +42,7 @@ def completion_marker(stage: str, cfg: StageConfig) -> str:
 
 # Each stage's entry function, imported when the stage runs (a command loads only what it uses).
 RUNNERS = {
+    "pretrain": "qadist.train.pretrain:run_pretrain",
     "pairs": "qadist.pairs.stage:run_pairs",
     "label": "qadist.label.stage:run_label",
     "distill": "qadist.train.stage:run_distill",

@@ -23,7 +23,8 @@ class DocumentIndex:
     """Documents cut into passages and indexed as `qadist pairs` does, held in this process."""
 
     def __init__(self, uri: str, encoder: str, top_k: int):
-        from qadist.pairs.passages import build_passages, load_documents, passage_texts
+        from qadist.documents import load_documents
+        from qadist.pairs.passages import build_passages, passage_texts
         from qadist.pairs.retrieval import Encoder, SearchIndex, build_index
         from qadist.pairs.stage import load_tokenizer_for
 

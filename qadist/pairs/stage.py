@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 
 from qadist import console, storage
 from qadist.config import PairsConfig, to_dict
+from qadist.documents import load_documents
 from qadist.errors import UserError
 from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
-from qadist.pairs.passages import build_passages, load_documents, passage_texts
+from qadist.pairs.passages import build_passages, passage_texts
 from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
 from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
 from qadist.runtime import ensure_ray

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from qadist import console, storage
-from qadist.config import TrainSettings, to_dict
+from qadist.config import OptimizerSettings, to_dict
 from qadist.errors import UserError
 from qadist.outputs import claim
 from qadist.train.batches import Plan, plan_steps
@@ -45,6 +46,11 @@ RUN_FINGERPRINT_KEYS = (
     "temperature",
     "alpha_kd",
     "alpha_hard",
+    "documents",
+    "mask_prob",
+    "whole_word",
+    "heldout_share",
+    "heldout_sequences",
     *WINDOW_KEYS,
 )
 
@@ -64,7 +70,7 @@ def run_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
     return storage.resolve(out)[1], None
 
 
-def check_same_run(cfg: TrainSettings, stage: str) -> None:
+def check_same_run(cfg: OptimizerSettings, stage: str) -> None:
     """Re-running a job continues it; a *different* job into the same --out would corrupt it.
     Only a run with a committed checkpoint is continued; before that, new settings replace it."""
     started = storage.exists(storage.join(cfg.out, stage, "checkpoint_manager_snapshot.json"))
@@ -80,10 +86,9 @@ def check_same_run(cfg: TrainSettings, stage: str) -> None:
     )
 
 
-def banner(stage: str, plan: Plan, cfg: TrainSettings, soft: int, gold: int, run_dir: str) -> str:
-    parts = [f"{soft:,} soft-labelled" if soft else "", f"{gold:,} gold" if gold else ""]
+def banner(stage: str, plan: Plan, cfg: OptimizerSettings, what: str, run_dir: str) -> str:
     return (
-        f"qadist {stage}: {plan.windows:,} windows ({', '.join(p for p in parts if p)}) | "
+        f"qadist {stage}: {what} | "
         f"global batch {plan.global_batch} = {plan.batch_size} per worker x {plan.num_workers} workers x "
         f"{plan.grad_accum} accumulation | {plan.steps_per_epoch} steps/epoch x {cfg.epochs:g} epochs = "
         f"{plan.total_steps} steps (warm-up {plan.warmup_steps}) | "
@@ -91,9 +96,14 @@ def banner(stage: str, plan: Plan, cfg: TrainSettings, soft: int, gold: int, run
     )
 
 
+def windows_described(soft: int, gold: int) -> str:
+    parts = [f"{soft:,} soft-labelled" if soft else "", f"{gold:,} gold" if gold else ""]
+    return f"{soft + gold:,} windows ({', '.join(p for p in parts if p)})"
+
+
 def launch(
     stage: str,
-    cfg: TrainSettings,
+    cfg: OptimizerSettings,
     model: str,
     dataset: Any,
     soft: int,
@@ -101,8 +111,14 @@ def launch(
     loss: dict,
     windows: dict[str, int],
     provenance: dict,
+    loop: Callable[[dict], None] = train_loop_per_worker,
+    task: dict | None = None,
+    what: str | None = None,
 ) -> dict:
-    """Run the TorchTrainer and export the final student; returns final path, metrics and plan."""
+    """Run the TorchTrainer and export the final model; returns final path, metrics and plan.
+
+    `loop` is the workers' entry point (the QA loop, or `pretrain`'s masked-LM one) and `task` what it
+    needs beyond the shared settings; `what` describes the training rows in the banner."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -113,7 +129,8 @@ def launch(
         )
     check_same_run(cfg, stage)
     storage_path, filesystem = run_storage(cfg.out)
-    console.banner(banner(stage, plan, cfg, soft, gold, storage.join(cfg.out, stage)), log)
+    what = what or windows_described(soft, gold)
+    console.banner(banner(stage, plan, cfg, what, storage.join(cfg.out, stage)), log)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
     qadist_config = {
@@ -123,8 +140,9 @@ def launch(
         "windows": windows,
         **provenance,
     }
+    eval_file = getattr(cfg, "eval_file", None)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={
             "model": model,
             "plan": asdict(plan),
@@ -143,8 +161,9 @@ def launch(
                     "trust_remote_code",
                 )
             },
-            "eval": {"file": cfg.eval_file, "batch_size": 64, **windows} if cfg.eval_file else None,
+            "eval": {"file": eval_file, "batch_size": 64, **windows} if eval_file else None,
             "qadist_config": qadist_config,
+            "task": task or {},
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy
@@ -169,7 +188,9 @@ def launch(
     log.info("%s: Ray Train fit %.1fs, final export %.1fs", stage, fitted - started, time.perf_counter() - fitted)
     metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k}
     shown = ", ".join(
-        f"{k} {v:.4g}" for k, v in metrics.items() if k in ("train/step", "train/loss", "eval/exact", "eval/f1")
+        f"{k} {v:.4g}"
+        for k, v in metrics.items()
+        if k in ("train/step", "train/loss", "eval/exact", "eval/f1", "eval/mlm_loss")
     )
     console.summary(
         f"qadist {stage}: done in {time.perf_counter() - started:.1f}s ({shown}); final model -> {final}", log

@@ -189,9 +189,7 @@ class WorkerTrainer:
         checkpoint_model = self.restore_state()
         self.model = self.setup_model(checkpoint_model)
         self.optimizer, self.scheduler, self.scaler = self.setup_optimizer()
-        loss = config["loss"]
-        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
-        self.eval_cfg, self.eval_pairs = self.setup_eval()
+        self.setup_task()
         self.window: list[dict[str, float]] = []  # step stats since the last report
         self.timings = {"setup_s": time.perf_counter() - started, "steps_s": 0.0, "checkpoint_s": 0.0}
 
@@ -212,18 +210,62 @@ class WorkerTrainer:
         self.start_model = local_model(config["model"])
         self.tokenizer = load_tokenizer(self.start_model, self.train["trust_remote_code"])
 
+    # --- what the task decides: the model class, batches, the step's loss, evaluation ---------------
+
+    STAT_KEYS = ("loss", "kd_loss", "hard_loss", "grad_norm")  # step stats averaged into each report
+
+    def load_model(self, folder: str) -> torch.nn.Module:
+        from qadist.models import load_qa_model
+
+        return load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"])
+
+    def setup_task(self) -> None:
+        """The distillation loss, and the evaluation pairs on rank 0 (it alone evaluates)."""
+        from qadist.squad.io import read_pairs
+
+        loss = self.config["loss"]
+        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
+        self.eval_cfg = self.config.get("eval")
+        on_rank0 = self.eval_cfg and self.rank == 0
+        self.eval_pairs = read_pairs(self.eval_cfg["file"], strict=True)[0] if on_rank0 else None
+
+    def collate(self, raw: dict[str, Any], index: int) -> dict[str, torch.Tensor]:
+        """Micro-batch `index` of the epoch (numpy rows) -> tensors."""
+        return collate_windows(raw, self.tokenizer.pad_token_id)
+
+    def train_step(self, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        return train_step(
+            self.model,
+            group,
+            self.loss_fn,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.train["max_grad_norm"],
+            self.device,
+            self.amp_dtype,
+        )
+
+    def evaluate(self, epoch_end: bool, done: bool) -> dict[str, float]:
+        """SQuAD EM/F1 on the evaluation file after each epoch and at the end (rank 0)."""
+        if self.eval_pairs is None or not (epoch_end or done):
+            return {}
+        metrics = evaluate_model(self.model, self.tokenizer, self.eval_pairs, self.eval_cfg, self.device)
+        self.log(f"step {self.step}: eval exact {metrics['eval/exact']:.2f} f1 {metrics['eval/f1']:.2f}")
+        return metrics
+
+    # --- the run ---------------------------------------------------------------------------------
+
     def restore_state(self) -> Any:
         """The training state of the last reported checkpoint (step, data position, optimizer, ...), and
         its model; (fresh state, None) without one."""
         import ray.train
 
-        from qadist.models import load_qa_model
-
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_at": []}
         checkpoint, model = ray.train.get_checkpoint(), None
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                model = load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"])
+                model = self.load_model(folder)
                 self.state = load_state(folder)
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
@@ -238,12 +280,10 @@ class WorkerTrainer:
         """The checkpoint's model, or the start model (seeded head); wrapped for DDP and moved to the device."""
         import ray.train.torch
 
-        from qadist.models import load_qa_model
-
         model = checkpoint_model
         if model is None:
             torch.manual_seed(self.train["seed"])
-            model = load_qa_model(self.start_model, trust_remote_code=self.train["trust_remote_code"])
+            model = self.load_model(self.start_model)
         torch.manual_seed(
             self.train["seed"] + 1000 * self.rank + self.step
         )  # dropout differs by rank and after a resume
@@ -261,13 +301,6 @@ class WorkerTrainer:
             if self.use_scaler and self.state.get("scaler"):
                 scaler.load_state_dict(self.state["scaler"])
         return optimizer, scheduler, scaler
-
-    def setup_eval(self) -> tuple[dict | None, list[dict] | None]:
-        """The evaluation file's pairs, on rank 0 (it alone evaluates)."""
-        from qadist.squad.io import read_pairs
-
-        eval_cfg = self.config.get("eval")
-        return eval_cfg, read_pairs(eval_cfg["file"], strict=True)[0] if eval_cfg and self.rank == 0 else None
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -319,7 +352,7 @@ class WorkerTrainer:
             seen += 1
             if i < self.position:  # consumed before the checkpoint we resumed from
                 continue
-            group.append(collate_windows(raw, self.tokenizer.pad_token_id))
+            group.append(self.collate(raw, i))
             if len(group) < plan.grad_accum and i + 1 < plan.micro_batches_per_epoch:
                 continue
             self.optimizer_step(group)
@@ -338,20 +371,14 @@ class WorkerTrainer:
         self.report(epoch_end=True)
 
     def optimizer_step(self, group: list[dict[str, torch.Tensor]]) -> None:
-        stats = train_step(
-            self.model,
-            group,
-            self.loss_fn,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-            self.train["max_grad_norm"],
-            self.device,
-            self.amp_dtype,
-        )
+        stats = self.train_step(group)
         self.step += 1
         self.window.append(stats)
         self.bar.update(self.epoch, self.step, self.plan.total_steps, stats["loss"])
+
+    def task_state(self) -> dict[str, Any]:
+        """What the task keeps in a checkpoint's training state beyond the loop's own."""
+        return {}
 
     def report(self, epoch_end: bool) -> None:
         """Metrics (and at checkpoint steps a checkpoint, written by rank 0); every worker reports."""
@@ -365,16 +392,9 @@ class WorkerTrainer:
             "workers/node_ids": ",".join(self.worker_nodes),
         }
         if self.window:
-            metrics.update(
-                {
-                    f"train/{k}": float(np.mean([w[k] for w in self.window]))
-                    for k in ("loss", "kd_loss", "hard_loss", "grad_norm")
-                }
-            )
+            metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in self.STAT_KEYS})
         self.window.clear()
-        if self.eval_pairs is not None and (epoch_end or done):
-            metrics.update(evaluate_model(self.model, self.tokenizer, self.eval_pairs, self.eval_cfg, self.device))
-            self.log(f"step {self.step}: eval exact {metrics['eval/exact']:.2f} f1 {metrics['eval/f1']:.2f}")
+        metrics.update(self.evaluate(epoch_end, done))
         if self.step % self.train["checkpoint_every"] != 0 and not done:
             ray.train.report(metrics)
             return
@@ -398,6 +418,7 @@ class WorkerTrainer:
                         "scaler": self.scaler.state_dict() if self.use_scaler else None,
                         "metrics": metrics,
                         "resumed_at": self.state["resumed_at"],
+                        **self.task_state(),
                     },
                 )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)

@@ -12,8 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from shard_factory import make_label_shards, sharpen_teacher
+from train_faults import (
+    check_resumed,
+    cmdline,
+    committed_step,
+    committed_steps,
+    descendants,
+    kill_tree,
+    start_cli,
+    wait_for,
+)
 
 from qadist.config import DistillConfig, FinetuneConfig, PredictConfig
 from qadist.errors import UserError
@@ -497,89 +505,6 @@ def tokenizer_hash_of(model: str) -> str:
     return tokenizer_fingerprint(load_tokenizer(model))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (read from /proc): the CLI run, its Ray processes and workers."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def start_cli(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "QADIST_LOG_LEVEL": "WARNING"}
-    env.pop("RAY_ADDRESS", None)  # its own embedded Ray, not the test session's
-    return subprocess.Popen(
-        [sys.executable, "-m", "qadist.cli", "distill", "--config", str(config)],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a CLI run we started and everything below it (its embedded Ray included)."""
-    pids = descendants(proc.pid)
-    for pid in [proc.pid, *pids]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def checkpoints(run: Path) -> list[Path]:
-    return sorted(p for p in (run / "distill").glob("checkpoint_*") if (p / STATE_FILE).exists())
-
-
-def committed_step(run: Path) -> int:
-    """The step of the latest checkpoint Ray Train has committed (its snapshot), 0 if none.
-
-    A checkpoint folder in storage is not a checkpoint until the controller records the report.
-    """
-    try:
-        snapshot = json.loads((run / "distill" / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["train/step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def committed_steps(run: Path) -> list[int]:
-    """The step of every checkpoint Ray Train committed, in report order (its snapshot)."""
-    snapshot = json.loads((run / "distill" / "checkpoint_manager_snapshot.json").read_text())
-    return [int(r["metrics"]["train/step"]) for r in snapshot["checkpoint_results"]]
-
-
-def folder_steps(run: Path) -> list[int]:
-    """The step of every checkpoint folder in storage, oldest first (Ray names them by time)."""
-    return [int(torch.load(p / STATE_FILE, weights_only=True)["step"]) for p in checkpoints(run)]
-
-
 def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) -> tuple[Path, Path]:
     run = tmp_path / "run"
     config = tmp_path / "distill.yaml"
@@ -603,39 +528,6 @@ def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) ->
         )
     )
     return config, run
-
-
-def check_resumed(run: Path, log: Path, committed: int, before: list[int]) -> None:
-    """Resumed once, from the latest committed checkpoint at the fault or later, and steps only went forward.
-
-    `before`: the committed steps when the fault was injected. Committed steps must rise strictly
-    (a restart from step 0 would repeat them); checkpoint folders whose reports the fault cut off
-    (never committed) may be redone once, at the same steps, never an earlier one.
-    """
-    final = json.loads((run / "final" / "qadist_config.json").read_text())
-    last = torch.load(checkpoints(run)[-1] / STATE_FILE, weights_only=True)
-    total = last["plan"]["total_steps"]
-    steps, folders = committed_steps(run), folder_steps(run)
-    print(
-        f"\nfault after committed checkpoints at steps {before}; resumed at step(s) {last['resumed_at']}; "
-        f"committed steps {steps}; checkpoint folders by time {folders}; "
-        f"finished at step {final['step']} of {total} planned"
-    )
-    assert final["step"] == last["step"] == total
-    assert len(last["resumed_at"]) == 1
-    resumed = last["resumed_at"][0]
-    assert committed <= resumed < total and resumed % 5 == 0, log.read_text()[-3000:]
-    assert resumed in steps and steps[: len(before)] == before, (steps, before)
-    assert all(a < b for a, b in zip(steps, steps[1:])), steps
-    # Checkpoint folders by time: the first run's, then (after one restart) the rerun's from the
-    # resumed step on. Folders the fault left uncommitted (one, or several when reports lag behind
-    # the writes on a busy machine) are redone once each, never one at or before the resumed step.
-    restarts = [i for i in range(1, len(folders)) if folders[i] <= folders[i - 1]]
-    assert len(restarts) <= 1, folders
-    first, second = (folders[: restarts[0]], folders[restarts[0] :]) if restarts else (folders, [])
-    for part in (first, second):
-        assert all(a < b for a, b in zip(part, part[1:])), folders
-    assert all(f > resumed for f in second), (folders, resumed)
 
 
 @pytest.mark.slow

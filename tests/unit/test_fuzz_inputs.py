@@ -188,7 +188,7 @@ def test_validate_pair_accepts_or_gives_a_reason(raw):
 @given(raw_row)
 def test_pairs_stage_question_and_document_validation_accept_or_give_a_reason(raw):
     """`qadist pairs` validates its own rows (questions, documents): the same property."""
-    from qadist.pairs.passages import validate_document
+    from qadist.documents import validate_document
     from qadist.pairs.stage import validate_question
 
     for validate in (validate_question, validate_document):

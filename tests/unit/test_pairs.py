@@ -12,15 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qadist.documents import load_documents, validate_document
 from qadist.errors import UserError
-from qadist.pairs.passages import (
-    build_passages,
-    load_documents,
-    split_document,
-    token_windows,
-    validate_document,
-    widen,
-)
+from qadist.pairs.passages import build_passages, split_document, token_windows, widen
 from qadist.pairs.retrieval import (
     LexicalBatch,
     SearchIndex,

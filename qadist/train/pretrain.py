@@ -1,0 +1,242 @@
+"""`qadist pretrain`: domain-adaptive masked-LM training of an encoder on the domain's documents.
+
+The documents are read and validated as `qadist pairs` reads them (`qadist.documents`); a share of
+them, chosen by a hash of the id (the same documents on every run), is held out to measure the
+masked-LM loss before and after training. The rest are cut into token sequences of at most
+`max_seq_len` (consecutive sequences of a long document sharing `doc_stride` tokens) in Ray Data
+CPU tasks, and trained on Ray Train by the loop distill uses (`qadist.train.masked_lm`): checkpoints
+and resume, gradient accumulation, several workers or one GPU. A document with no token the
+model's tokenizer knows is rejected with its reason, like an empty or undecodable one, into
+`<out>/rejects/documents.jsonl`; every input row is trained on, held out, or rejected.
+
+The output `<out>/final` is a `save_pretrained` masked-LM folder: `finetune --model`,
+`distill --student` and a teacher's fine-tuning load it as an initialisation (the QA head new, the
+encoder kept). `<out>/pretrain_report.json` holds the counts and the held-out losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from qadist import console, storage
+from qadist.config import PretrainConfig, to_dict
+from qadist.documents import load_documents
+from qadist.errors import UserError
+from qadist.models import load_tokenizer, local_model
+from qadist.rows import make_reject
+from qadist.runtime import ensure_ray
+from qadist.train.launch import launch, quiet
+from qadist.train.masked_lm import pretrain_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+DOCS_PER_BLOCK = 1000  # documents per tokenising task
+EVAL_BATCH = 32
+NO_TOKENS = "no token of the model's tokenizer in the text (only whitespace or unknown characters?)"
+
+
+def held_out(doc_id: str, share: float) -> bool:
+    """Whether a document is held out: a hash of its id, so the same documents on every run."""
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def split_documents(docs: list[dict], share: float) -> tuple[list[dict], list[dict]]:
+    """(training documents, held-out documents); at least one of each."""
+    if len(docs) < 2:
+        raise UserError(
+            "pretrain needs at least 2 usable documents: one is held out to measure the masked-LM loss; add documents"
+        )
+    heldout = [d for d in docs if held_out(d["id"], share)]
+    if not heldout or len(heldout) == len(docs):  # a tiny collection: hold out the one the hash ranks first
+        first = min(docs, key=lambda d: hashlib.sha256(d["id"].encode("utf-8")).digest())
+        heldout = [first]
+    chosen = {d["id"] for d in heldout}
+    return [d for d in docs if d["id"] not in chosen], heldout
+
+
+def contentless_ids(tokenizer: Any) -> frozenset[int]:
+    """Token ids that carry no text: special tokens, the unknown token, and bare word-boundary
+    markers (SentencePiece's "▁", byte-level BPE's "Ġ") that a text of unknown characters becomes."""
+    blank = {i for token, i in tokenizer.get_vocab().items() if not token.strip("\u2581\u0120 ")}
+    return frozenset({*tokenizer.all_special_ids, *blank})
+
+
+def document_sequences(
+    texts: list[str], tokenizer: Any, max_seq_len: int, doc_stride: int, with_offsets: bool
+) -> dict[str, list]:
+    """Texts -> token sequences (special tokens added; a long text cut into several sharing
+    `doc_stride` tokens): input_ids, special_tokens_mask, `doc` (the text's index), `tokens` (the
+    sequence's tokens that carry text: not `contentless_ids`) and, `with_offsets` (whole-word
+    masking), flat offsets.
+
+    A text without a token that carries text gives one row with `tokens` 0 (to be rejected)."""
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_seq_len,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_special_tokens_mask=True,
+        return_offsets_mapping=with_offsets,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    out: dict[str, list] = {"input_ids": [], "special_tokens_mask": [], "doc": [], "tokens": []}
+    if with_offsets:
+        out["offsets"] = []
+    empty = contentless_ids(tokenizer)
+    seen: set[int] = set()
+    for i, doc in enumerate(enc["overflow_to_sample_mapping"]):
+        special = enc["special_tokens_mask"][i]
+        tokens = sum(1 for t in enc["input_ids"][i] if t not in empty)
+        if tokens == 0 and doc in seen:
+            continue  # an empty tail of a document that has sequences
+        seen.add(doc)
+        out["input_ids"].append(enc["input_ids"][i])
+        out["special_tokens_mask"].append(special)
+        out["doc"].append(doc)
+        out["tokens"].append(tokens)
+        if with_offsets:
+            out["offsets"].append([x for pair in enc["offset_mapping"][i] for x in pair])
+    return out
+
+
+def sequence_schema(with_offsets: bool) -> pa.Schema:
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("input_ids", pa.list_(pa.int32())),
+            ("special_tokens_mask", pa.list_(pa.int8())),
+            *([("offsets", pa.list_(pa.int32()))] if with_offsets else []),
+            ("tokens", pa.int32()),
+        ]
+    )
+
+
+def tokenize_block(
+    block: pa.Table, tokenizer_name: str, max_seq_len: int, doc_stride: int, whole_word: bool, trust_remote_code: bool
+) -> pa.Table:
+    """A block of documents (id, text) -> its sequences (a Ray Data CPU task)."""
+    from qadist.train.cross_tokenizer import student_tokenizer
+
+    tokenizer = student_tokenizer(tokenizer_name, trust_remote_code)
+    seqs = document_sequences(block["text"].to_pylist(), tokenizer, max_seq_len, doc_stride, whole_word)
+    ids = block["id"].to_pylist()
+    columns = {**seqs, "id": [ids[d] for d in seqs["doc"]]}
+    schema = sequence_schema(whole_word)
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def heldout_sequences(docs: list[dict], tokenizer: Any, cfg: PretrainConfig) -> tuple[dict[str, list], list[dict]]:
+    """The held-out documents' sequences (at most `heldout_sequences`), and the documents that have none."""
+    seqs = document_sequences([d["text"] for d in docs], tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.whole_word)
+    empty = sorted({docs[d]["id"] for d, t in zip(seqs["doc"], seqs["tokens"]) if t == 0})
+    keep = [i for i, t in enumerate(seqs["tokens"]) if t > 0][: cfg.heldout_sequences]
+    kept = {k: [v[i] for i in keep] for k, v in seqs.items() if k in ("input_ids", "special_tokens_mask", "offsets")}
+    return kept, [d for d in docs if d["id"] in set(empty)]
+
+
+def write_rejects(out: str, rejects: list[dict]) -> str:
+    uri = storage.join(out, "rejects", "documents.jsonl")
+    storage.write_bytes(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
+    return uri
+
+
+def no_token_reject(doc: dict) -> dict:
+    raw = {k: doc[k] for k in ("id", "text", "title") if doc.get(k) is not None}
+    return make_reject(raw, doc["source"], doc["row"], NO_TOKENS)
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    model = local_model(cfg.model)
+    tokenizer = load_tokenizer(model, cfg.trust_remote_code)
+    if tokenizer.mask_token is None:
+        raise UserError(f"{cfg.model}: its tokenizer has no mask token, so it cannot be trained as a masked LM")
+    docs, rejects = load_documents(cfg.documents)
+    documents_in = len(docs) + len(rejects)
+    train_docs, heldout_docs = split_documents(docs, cfg.heldout_share)
+    heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
+    if not heldout["input_ids"]:
+        raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
+    ensure_ray(min_cpus=cfg.num_workers + 1)
+    import ray.data
+    from ray.data.expressions import col
+
+    table = pa.table({"id": [d["id"] for d in train_docs], "text": [d["text"] for d in train_docs]})
+    blocks = [table.slice(i, DOCS_PER_BLOCK) for i in range(0, table.num_rows, DOCS_PER_BLOCK)]
+    sequences = (
+        quiet(ray.data.from_arrow(blocks))
+        .map_batches(
+            tokenize_block,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={
+                "tokenizer_name": cfg.model,  # each task fetches an s3:// model itself (the driver's copy is local)
+                "max_seq_len": cfg.max_seq_len,
+                "doc_stride": cfg.doc_stride,
+                "whole_word": cfg.whole_word,
+                "trust_remote_code": cfg.trust_remote_code,
+            },
+        )
+        .materialize()
+    )
+    empty_ids = {row["id"] for row in sequences.filter(expr=col("tokens") == 0).take_all()}  # few: rejects
+    by_id = {d["id"]: d for d in train_docs}
+    rejects += [no_token_reject(by_id[i]) for i in sorted(empty_ids)] + [no_token_reject(d) for d in heldout_empty]
+    dataset = sequences.filter(expr=col("tokens") > 0).drop_columns(["id", "tokens"]).materialize()
+    count = dataset.count()
+    if not count:
+        raise UserError(f"{cfg.documents}: no training document has a token of {cfg.model}'s tokenizer")
+    counts = {
+        "documents_in": documents_in,
+        "documents_trained": len(train_docs) - len(empty_ids),
+        "documents_heldout": len(heldout_docs) - len(heldout_empty),
+        "documents_rejected": len(rejects),
+        "sequences": count,
+        "heldout_sequences": len(heldout["input_ids"]),
+    }
+    assert counts["documents_in"] == sum(
+        counts[k] for k in ("documents_trained", "documents_heldout", "documents_rejected")
+    )
+    rejects_uri = write_rejects(cfg.out, rejects)
+    masking = f"{cfg.mask_prob:.0%} of {'words' if cfg.whole_word else 'tokens'}"
+    what = (
+        f"{counts['documents_in']:,} documents ({counts['documents_trained']:,} trained on, "
+        f"{counts['documents_heldout']:,} held out, {counts['documents_rejected']:,} rejected -> {rejects_uri}) -> "
+        f"{count:,} sequences of <= {cfg.max_seq_len} tokens, masking {masking}"
+    )
+    task = {
+        "mask_prob": cfg.mask_prob,
+        "whole_word": cfg.whole_word,
+        "heldout": heldout,
+        "eval_batch_size": EVAL_BATCH,
+    }
+    loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 0.0}  # unused: the masked-LM loop has its own
+    provenance = {"documents": cfg.documents, "counts": counts}
+    result = launch(
+        "pretrain", cfg, cfg.model, dataset, count, 0, loss, {}, provenance, pretrain_loop_per_worker, task, what
+    )
+    before, after = result["metrics"].get("eval/mlm_loss_before"), result["metrics"].get("eval/mlm_loss")
+    if before is not None and after is not None:
+        console.summary(
+            f"qadist pretrain: held-out masked-LM loss {before:.4f} -> {after:.4f} (perplexity "
+            f"{math.exp(before):,.1f} -> {math.exp(after):,.1f}) on {counts['heldout_sequences']:,} sequences of "
+            f"{counts['documents_heldout']:,} held-out documents",
+            log,
+        )
+    report = {
+        "config": to_dict(cfg),
+        "counts": counts,
+        "heldout_mlm_loss": {"before": before, "after": after},
+        "final": result["final"],
+        "rejects": rejects_uri,
+    }
+    storage.write_bytes(storage.join(cfg.out, "pretrain_report.json"), json.dumps(report, indent=2).encode("utf-8"))
+    return {**result, **report}
