@@ -132,3 +132,21 @@ def check_resumed(run: Path, log: Path, committed: int, before: list[int], stage
     for part in (first, second):
         assert all(a < b for a, b in zip(part, part[1:])), folders
     assert all(f > resumed for f in second), (folders, resumed)
+
+
+def kill_a_worker_and_check_resume(config: Path, run: Path, log: Path, stage: str = "distill") -> None:
+    """Start the stage, SIGKILL one of its two Ray Train workers after two committed checkpoints,
+    let the run finish, and check it resumed once from the latest committed checkpoint."""
+    proc = start_cli(config, log, stage)
+    try:
+        wait_for(lambda: committed_step(run, stage) >= 10 or proc.poll() is not None, 300, "two committed checkpoints")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        committed, before = committed_step(run, stage), committed_steps(run, stage)
+        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in cmdline(p)]
+        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
+        os.kill(workers[-1], signal.SIGKILL)
+        assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    check_resumed(run, log, committed, before, stage)

@@ -137,10 +137,10 @@ def tokenize_block(
 def heldout_sequences(docs: list[dict], tokenizer: Any, cfg: PretrainConfig) -> tuple[dict[str, list], list[dict]]:
     """The held-out documents' sequences (at most `heldout_sequences`), and the documents that have none."""
     seqs = document_sequences([d["text"] for d in docs], tokenizer, cfg.max_seq_len, cfg.doc_stride, cfg.whole_word)
-    empty = sorted({docs[d]["id"] for d, t in zip(seqs["doc"], seqs["tokens"]) if t == 0})
+    empty = {docs[d]["id"] for d, t in zip(seqs["doc"], seqs["tokens"]) if t == 0}
     keep = [i for i, t in enumerate(seqs["tokens"]) if t > 0][: cfg.heldout_sequences]
     kept = {k: [v[i] for i in keep] for k, v in seqs.items() if k in ("input_ids", "special_tokens_mask", "offsets")}
-    return kept, [d for d in docs if d["id"] in set(empty)]
+    return kept, [d for d in docs if d["id"] in empty]
 
 
 def write_rejects(out: str, rejects: list[dict]) -> str:

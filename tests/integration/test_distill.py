@@ -9,9 +9,7 @@ slow-marked.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -21,10 +19,9 @@ import torch
 from shard_factory import make_label_shards, sharpen_teacher
 from train_faults import (
     check_resumed,
-    cmdline,
     committed_step,
     committed_steps,
-    descendants,
+    kill_a_worker_and_check_resume,
     kill_tree,
     start_cli,
     wait_for,
@@ -534,19 +531,7 @@ def fault_config(tmp_path: Path, labels: str, student: str, num_workers: int) ->
 def test_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(tiny_models, labels, tmp_path):
     config, run = fault_config(tmp_path, labels, tiny_models["student"], num_workers=2)
     log = tmp_path / "distill.log"
-    proc = start_cli(config, log)
-    try:
-        wait_for(lambda: committed_step(run) >= 10 or proc.poll() is not None, 300, "two committed checkpoints")
-        assert proc.poll() is None, log.read_text()[-3000:]
-        committed, before = committed_step(run), committed_steps(run)
-        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in cmdline(p)]
-        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
-        os.kill(workers[-1], signal.SIGKILL)
-        assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    check_resumed(run, log, committed, before)
+    kill_a_worker_and_check_resume(config, run, log)
 
 
 @pytest.mark.slow

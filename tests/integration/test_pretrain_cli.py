@@ -5,24 +5,13 @@ masked LM and as a QA model, and (slow) a worker killed mid-run."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from test_cli import assert_one_line_error, run_cli
-from train_faults import (
-    check_resumed,
-    cmdline,
-    committed_step,
-    committed_steps,
-    descendants,
-    kill_tree,
-    start_cli,
-    wait_for,
-)
+from train_faults import kill_a_worker_and_check_resume
 
 from qadist import storage
 
@@ -199,19 +188,5 @@ def test_a_killed_pretrain_worker_is_replaced_and_training_resumes_at_the_saved_
     }
     config.write_text(json.dumps({"pretrain": settings}))
     log = tmp_path / "pretrain.log"
-    proc = start_cli(config, log, stage="pretrain")
-    try:
-        wait_for(
-            lambda: committed_step(run, "pretrain") >= 10 or proc.poll() is not None, 300, "two committed checkpoints"
-        )
-        assert proc.poll() is None, log.read_text()[-3000:]
-        committed, before = committed_step(run, "pretrain"), committed_steps(run, "pretrain")
-        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in cmdline(p)]
-        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
-        os.kill(workers[-1], signal.SIGKILL)
-        assert proc.wait(timeout=480) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    check_resumed(run, log, committed, before, stage="pretrain")
+    kill_a_worker_and_check_resume(config, run, log, "pretrain")
     assert "held-out masked-LM loss" in log.read_text()
