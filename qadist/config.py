@@ -213,6 +213,10 @@ class PretrainConfig(OptimizerSettings):
     doc_stride: int = Opt(0, "Tokens shared by consecutive sequences of a long document.", ge=0)
     mask_prob: float = Opt(0.15, "Share of tokens masked (80% [MASK], 10% random, 10% kept).", gt=0, lt=1)
     whole_word: bool = Opt(False, "Mask whole words (every token of a chosen word) rather than single tokens.")
+    masking: Literal["random", "domain"] = Opt(
+        "random",
+        "random: every token alike; domain: tokens by their idf over the documents (the domain's keywords more often).",
+    )
     heldout_share: float = Opt(
         0.05, "Share of the documents held out (by id) to measure masked-LM loss before and after.", gt=0, lt=1
     )
@@ -222,6 +226,8 @@ class PretrainConfig(OptimizerSettings):
     def _stride_fits(self):
         if self.doc_stride >= self.max_seq_len - 2:
             raise ValueError(f"doc_stride {self.doc_stride} must be below max_seq_len - 2 ({self.max_seq_len - 2})")
+        if self.masking == "domain" and self.whole_word:
+            raise ValueError("masking 'domain' chooses single tokens; set whole_word false, or masking 'random'")
         return self
 
 

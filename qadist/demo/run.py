@@ -136,22 +136,23 @@ class Stopwatch:
         return time.perf_counter() - self.started
 
 
-def save_init_models(folder: str, layers: int, seeds: dict[str, int]) -> dict[str, str]:
-    """Starting points, as save_pretrained folders: the pretrained MiniLM encoder with a seeded
-    fresh QA head per name, `layers` of its first layers for the student."""
+def save_init_models(folder: str, layers: int, seeds: dict[str, int], source: str | None = None) -> dict[str, str]:
+    """Starting points, as save_pretrained folders: the encoder (`source`, MiniLM by default) with a
+    seeded fresh QA head per name, `layers` of its first layers for the student."""
     import torch
     from transformers import AutoModelForQuestionAnswering
 
     from qadist.models import load_tokenizer, minilm_path
 
-    tokenizer = load_tokenizer(minilm_path())
+    source = source or minilm_path()
+    tokenizer = load_tokenizer(source)
     paths = {}
     for name, (n_layers, seed) in {**{k: (None, s) for k, s in seeds.items()}, "student-init": (layers, 0)}.items():
         path = os.path.join(folder, name)
         if not os.path.exists(os.path.join(path, "config.json")):
             torch.manual_seed(seed)
             kwargs = {"num_hidden_layers": n_layers} if n_layers else {}
-            AutoModelForQuestionAnswering.from_pretrained(minilm_path(), **kwargs).save_pretrained(path)
+            AutoModelForQuestionAnswering.from_pretrained(source, **kwargs).save_pretrained(path)
             tokenizer.save_pretrained(path)
         paths[name] = path
     return paths

@@ -49,6 +49,7 @@ RUN_FINGERPRINT_KEYS = (
     "documents",
     "mask_prob",
     "whole_word",
+    "masking",
     "heldout_share",
     "heldout_sequences",
     *WINDOW_KEYS,

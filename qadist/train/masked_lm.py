@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qadist.train.domain_masking import choose_tokens
 from qadist.train.loop import WorkerTrainer
 
 EVAL_MASK_SEED = 0  # the held-out masks: the same for every run, so runs compare
@@ -62,15 +63,23 @@ def pad_sequences(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]
 
 
 def masked_batch(
-    batch: dict[str, Any], collator: Any, pad_id: int, generator: torch.Generator
+    batch: dict[str, Any],
+    collator: Any,
+    pad_id: int,
+    generator: torch.Generator,
+    token_probs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sequence rows -> input_ids (masked), attention_mask, labels (-100 where not masked) [B, L]."""
+    """Sequence rows -> input_ids (masked), attention_mask, labels (-100 where not masked) [B, L].
+
+    With `token_probs` (domain masking, a collator built with probability 1), each token is chosen
+    with its own probability first; the collator then masks exactly the chosen ones."""
     padded = pad_sequences(batch, pad_id)
     collator.generator = generator
+    never = padded["special_tokens_mask"]
+    if token_probs is not None:
+        never = (never.bool() | ~choose_tokens(padded["input_ids"], never, token_probs, generator)).long()
     inputs, labels = collator.torch_mask_tokens(
-        padded["input_ids"],
-        special_tokens_mask=padded["special_tokens_mask"],
-        offset_mapping=padded.get("offset_mapping"),
+        padded["input_ids"], special_tokens_mask=never, offset_mapping=padded.get("offset_mapping")
     )
     return {"input_ids": inputs, "attention_mask": padded["attention_mask"], "labels": torch.as_tensor(labels)}
 
@@ -96,12 +105,18 @@ class MaskedLMTrainer(WorkerTrainer):
 
     def setup_task(self) -> None:
         task = self.config["task"]
-        self.collator = mask_collator(self.tokenizer, task["mask_prob"], task["whole_word"])
+        # The held-out masks are random whatever the training masking, so every run's loss compares.
+        random_masks = mask_collator(self.tokenizer, task["mask_prob"], task["whole_word"])
+        self.token_probs = None
+        self.collator = random_masks
+        if task.get("token_mask_prob") is not None:  # domain masking: tokens chosen by their own probability
+            self.token_probs = torch.tensor(task["token_mask_prob"], dtype=torch.float32)
+            self.collator = mask_collator(self.tokenizer, 1.0, whole_word=False)
         self.heldout = None
         if self.rank == 0:  # it alone evaluates
             self.heldout = masked_batch(
                 task["heldout"],
-                self.collator,
+                random_masks,
                 self.tokenizer.pad_token_id,
                 torch.Generator().manual_seed(EVAL_MASK_SEED),
             )
@@ -113,7 +128,7 @@ class MaskedLMTrainer(WorkerTrainer):
     def collate(self, raw: dict[str, Any], index: int) -> dict[str, torch.Tensor]:
         seed = [self.train["seed"], self.rank, self.epoch, index]
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        return masked_batch(raw, self.collator, self.tokenizer.pad_token_id, generator)
+        return masked_batch(raw, self.collator, self.tokenizer.pad_token_id, generator, self.token_probs)
 
     def train_step(self, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches of masked sequences."""

@@ -22,6 +22,7 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from qadist import console, storage
@@ -31,6 +32,7 @@ from qadist.errors import UserError
 from qadist.models import load_tokenizer, local_model
 from qadist.rows import make_reject
 from qadist.runtime import ensure_ray
+from qadist.train.domain_masking import domain_mask_probabilities, token_counts
 from qadist.train.launch import launch, quiet
 from qadist.train.masked_lm import pretrain_loop_per_worker
 
@@ -154,6 +156,32 @@ def no_token_reject(doc: dict) -> dict:
     return make_reject(raw, doc["source"], doc["row"], NO_TOKENS)
 
 
+def token_totals(dataset: Any) -> dict[str, np.ndarray]:
+    """Per token id over the training sequences: occurrences and sequences (Ray Data tasks)."""
+    rows = (
+        dataset.map_batches(token_counts, batch_format="pyarrow", batch_size=None)
+        .groupby("token")
+        .sum(["occurrences", "sequences"])
+        .take_all()
+    )
+    return {
+        "tokens": np.array([r["token"] for r in rows], dtype=np.int64),
+        "occurrences": np.array([r["sum(occurrences)"] for r in rows], dtype=np.int64),
+        "sequences": np.array([r["sum(sequences)"] for r in rows], dtype=np.int64),
+    }
+
+
+def most_and_least_masked(
+    probs: np.ndarray, totals: dict[str, np.ndarray], n_sequences: int, tokenizer: Any, n: int = 20
+) -> dict[str, list[str]]:
+    """For the report: the frequent tokens (in at least 1% of the sequences) masked most and least."""
+    common = totals["tokens"][totals["sequences"] >= max(1, 0.01 * n_sequences)]
+    common = [t for t in common.tolist() if probs[t] > 0]
+    ranked = sorted(common, key=lambda t: -probs[t])
+    name = lambda t: f"{tokenizer.convert_ids_to_tokens(t)} {probs[t]:.2f}"  # noqa: E731
+    return {"most": [name(t) for t in ranked[:n]], "least": [name(t) for t in ranked[::-1][:n]]}
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict:
     model = local_model(cfg.model)
     tokenizer = load_tokenizer(model, cfg.trust_remote_code)
@@ -206,7 +234,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         counts[k] for k in ("documents_trained", "documents_heldout", "documents_rejected")
     )
     rejects_uri = write_rejects(cfg.out, rejects)
-    masking = f"{cfg.mask_prob:.0%} of {'words' if cfg.whole_word else 'tokens'}"
+    masking = f"{cfg.mask_prob:.0%} of {'words' if cfg.whole_word else 'tokens'}" + (
+        " (by domain idf)" if cfg.masking == "domain" else ""
+    )
     what = (
         f"{counts['documents_in']:,} documents ({counts['documents_trained']:,} trained on, "
         f"{counts['documents_heldout']:,} held out, {counts['documents_rejected']:,} rejected -> {rejects_uri}) -> "
@@ -217,7 +247,22 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         "whole_word": cfg.whole_word,
         "heldout": heldout,
         "eval_batch_size": EVAL_BATCH,
+        "token_mask_prob": None,
     }
+    masking_report = {"kind": cfg.masking}
+    if cfg.masking == "domain":
+        totals = token_totals(dataset)
+        never = frozenset(tokenizer.all_special_ids)
+        probs = domain_mask_probabilities(
+            **totals, n_sequences=count, vocab_size=len(tokenizer), mask_prob=cfg.mask_prob, never=never
+        )
+        task["token_mask_prob"] = probs.tolist()
+        masking_report.update(most_and_least_masked(probs, totals, count, tokenizer))
+        console.summary(
+            f"qadist pretrain: domain masking: most masked {', '.join(masking_report['most'][:8])}; "
+            f"least masked {', '.join(masking_report['least'][:8])}",
+            log,
+        )
     loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 0.0}  # unused: the masked-LM loop has its own
     provenance = {"documents": cfg.documents, "counts": counts}
     result = launch(
@@ -235,6 +280,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         "config": to_dict(cfg),
         "counts": counts,
         "heldout_mlm_loss": {"before": before, "after": after},
+        "masking": masking_report,
         "final": result["final"],
         "rejects": rejects_uri,
     }

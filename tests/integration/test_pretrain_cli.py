@@ -89,6 +89,25 @@ def test_pretrain_on_documents_with_bad_rows_from_relative_paths(
     assert not torch.equal(start.albert.embeddings.word_embeddings.weight, mlm.albert.embeddings.word_embeddings.weight)
 
 
+def test_domain_masking_masks_the_documents_rare_tokens_more_and_still_learns(
+    ray_local, tiny_models, squad_pairs, tmp_path, capsys
+):
+    write_documents(tmp_path / "docs.jsonl", squad_pairs)
+    out = tmp_path / "encoder"
+    args = ["--documents", str(tmp_path / "docs.jsonl"), "--model", tiny_models["albert"], "--out", str(out)]
+    code, stdout, err = run_cli(["pretrain", *args, *SMALL, "--masking", "domain"], capsys)
+    assert code == 0, err[-3000:]
+    before, after = losses(stdout)
+    assert after < before - 0.5  # measured on random masks, as every run is
+    assert "domain masking: most masked" in stdout
+    masking = json.loads((out / "pretrain_report.json").read_text())["masking"]
+    assert masking["kind"] == "domain"
+    prob = lambda entry: float(entry.rsplit(" ", 1)[1])  # noqa: E731  ("token 0.31")
+    assert prob(masking["most"][0]) > 0.15 > prob(masking["least"][0])  # the share is kept on average
+    least = [entry.rsplit(" ", 1)[0] for entry in masking["least"][:5]]
+    assert any(t.strip("\u2581").lower() in {"the", ",", ".", "of", "and", "a", "in"} for t in least), least
+
+
 def test_bad_pretrain_input_is_one_line_and_exit_2(tiny_models, tmp_path, capsys):
     one = tmp_path / "one.jsonl"
     one.write_text('{"id": "a", "text": "a single page"}\n{"id": "b", "text": ""}\n')

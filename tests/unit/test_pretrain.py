@@ -100,3 +100,53 @@ def test_the_loss_over_an_accumulation_group_equals_the_loss_of_one_batch():
     expected = torch.nn.functional.cross_entropy(logits.view(-1, 11), labels.view(-1), ignore_index=-100)
     assert torch.allclose(whole, expected) and torch.allclose(parts, expected)
     assert masked_lm_loss(logits, torch.full((4, 6), -100), 0) == 0  # nothing masked: no NaN
+
+
+def test_token_counts_give_each_tokens_occurrences_and_sequences():
+    import pyarrow as pa
+
+    from qadist.train.domain_masking import token_counts
+
+    counts = token_counts(pa.table({"input_ids": [[1, 5, 5, 2], [1, 7, 2], [1, 5, 2]]}))
+    got = {r["token"]: (r["occurrences"], r["sequences"]) for r in counts.to_pylist()}
+    assert got == {1: (3, 3), 2: (3, 3), 5: (3, 2), 7: (1, 1)}
+
+
+def test_domain_masking_favours_rare_tokens_and_keeps_the_masked_share():
+    import numpy as np
+
+    from qadist.train.domain_masking import domain_mask_probabilities
+
+    tokens = np.array([0, 1, 2, 3, 4])  # 0 is special; 1 is in every sequence, 4 in one
+    occurrences = np.array([200, 400, 100, 50, 5])
+    sequences = np.array([100, 100, 40, 10, 1])
+    probs = domain_mask_probabilities(tokens, occurrences, sequences, 100, 8, 0.15, frozenset({0}))
+    assert probs[0] == 0 and probs[1] < probs[2] < probs[3] < probs[4]
+    maskable = occurrences[1:]
+    assert abs((probs[1:5] * maskable).sum() / maskable.sum() - 0.15) < 1e-4  # the share asked for
+    assert probs[5] == probs[7] == np.float32(0.15)  # unseen tokens: the plain probability
+    # A share so high that the rarest tokens clip at 1: the others make up the difference.
+    high = domain_mask_probabilities(tokens, occurrences, sequences, 100, 8, 0.6, frozenset({0}))
+    assert high[4] == 1.0 and abs((high[1:5] * maskable).sum() / maskable.sum() - 0.6) < 1e-4
+
+
+def test_domain_masked_batches_mask_only_chosen_tokens_never_specials(bert_tokenizer):
+    seqs = document_sequences(TEXTS * 8, bert_tokenizer, 24, 0, with_offsets=False)
+    camera = bert_tokenizer.convert_tokens_to_ids("camera")
+    probs = torch.zeros(len(bert_tokenizer))
+    probs[camera] = 1.0
+    probs[bert_tokenizer.cls_token_id] = 1.0  # a special is never masked, whatever its probability
+    collator = mask_collator(bert_tokenizer, 1.0, whole_word=False)
+    batch = masked_batch(seqs, collator, bert_tokenizer.pad_token_id, torch.Generator().manual_seed(0), probs)
+    padded = pad_sequences(seqs, bert_tokenizer.pad_token_id)
+    masked = batch["labels"] != -100
+    assert torch.equal(masked, padded["input_ids"] == camera)
+
+
+def test_domain_masking_and_whole_words_are_refused_together():
+    from pydantic import ValidationError
+
+    from qadist.config import PretrainConfig
+
+    with pytest.raises(ValidationError, match="set whole_word false"):
+        PretrainConfig(documents="d.jsonl", model="m", out="o", masking="domain", whole_word=True)
