@@ -36,7 +36,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from demo_tuning import DISTILL_LRS, HEAD_LRS, Grid, Tuning, compare, few_label_epochs, tuning_args  # noqa: E402
+from demo_tuning import (  # noqa: E402
+    DISTILL_LRS,
+    HEAD_LRS,
+    Grid,
+    Tuning,
+    compare,
+    few_label_epochs,
+    tuning_args,
+    write_results,
+)
 
 from qadist import storage  # noqa: E402
 from qadist.config import DemoConfig  # noqa: E402
@@ -163,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", *[f"- {c}" for c in comparisons], "", f"Wall time {seconds / 60:.0f} min."]
     text = "\n".join(lines) + "\n"
     result = {"rows": rows, "comparisons": comparisons, "share_of_same": share, "seconds": round(seconds, 1)}
-    storage.write_bytes(os.path.join(args.out, "cross_tokenizer.json"), json.dumps(result, indent=2).encode("utf-8"))
-    storage.write_bytes(os.path.join(args.out, "cross_tokenizer.md"), text.encode("utf-8"))
-    print(text, flush=True)
+    write_results(args.out, "cross_tokenizer", result, text)
     return 0
 
 

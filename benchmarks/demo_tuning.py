@@ -310,6 +310,13 @@ def markdown(rows: dict, teachers: dict[str, float], comparisons: list[str], siz
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: str, name: str, result: dict, text: str) -> None:
+    """<out>/<name>.json and <name>.md, and the markdown on stdout: how every tuning script ends."""
+    storage.write_bytes(os.path.join(out, f"{name}.json"), json.dumps(result, indent=2).encode("utf-8"))
+    storage.write_bytes(os.path.join(out, f"{name}.md"), text.encode("utf-8"))
+    print(text, flush=True)
+
+
 def tuning_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     """--out, --seeds and --jobs: the flags of every tuning script."""
     parser = argparse.ArgumentParser(description=description)
@@ -376,10 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - started
     result = {"rows": rows, "teachers_test_f1": teachers, "comparisons": comparisons, "seconds": round(seconds, 1)}
-    storage.write_bytes(os.path.join(args.out, "tuning.json"), json.dumps(result, indent=2).encode("utf-8"))
-    text = markdown(rows, teachers, comparisons, FULL.sizes, seconds)
-    storage.write_bytes(os.path.join(args.out, "tuning.md"), text.encode("utf-8"))
-    print(text, flush=True)
+    write_results(args.out, "tuning", result, markdown(rows, teachers, comparisons, FULL.sizes, seconds))
     return 0
 
 
