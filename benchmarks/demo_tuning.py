@@ -317,12 +317,14 @@ def write_results(out: str, name: str, result: dict, text: str) -> None:
     print(text, flush=True)
 
 
-def tuning_args(argv: list[str] | None, description: str) -> argparse.Namespace:
-    """--out, --seeds and --jobs: the flags of every tuning script."""
+def tuning_args(argv: list[str] | None, description: str, extra=None) -> argparse.Namespace:
+    """--out, --seeds and --jobs: the flags of every tuning script (`extra(parser)` adds a script's own)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, help="a local folder (reused: finished points are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 

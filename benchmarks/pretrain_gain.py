@@ -54,11 +54,15 @@ PRETRAIN = {"epochs": 5.0, "learning_rate": 1e-4, "batch_size": 16, "max_seq_len
 DISTILL_EPOCHS = (0.5, 1.0, 2.0)
 
 
-def pretrained_encoder(prep, masking: str) -> tuple[str, dict]:
+def kind_name(masking: str, learning_rate: float) -> str:
+    return masking if learning_rate == PRETRAIN["learning_rate"] else f"{masking}-lr{learning_rate:g}"
+
+
+def pretrained_encoder(prep, masking: str, learning_rate: float = PRETRAIN["learning_rate"]) -> tuple[str, dict]:
     """`run_pretrain` of MiniLM on the product pages (reused when it finished): its final folder and report."""
     from qadist.train.pretrain import run_pretrain
 
-    out = prep.path("pretrain", masking)
+    out = prep.path("pretrain", kind_name(masking, learning_rate))
     report = storage.join(out, "pretrain_report.json")
     if not storage.exists(report):
         precision = prep.shared["precision"]
@@ -70,7 +74,7 @@ def pretrained_encoder(prep, masking: str) -> tuple[str, dict]:
                 masking=masking,
                 seed=0,
                 precision=precision,
-                **PRETRAIN,
+                **{**PRETRAIN, "learning_rate": learning_rate},
             )
         )
     result = json.loads(storage.read_text(report))
@@ -188,7 +192,17 @@ def cell(x: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tuning_args(argv, __doc__.split("\n")[0])
+    args = tuning_args(
+        argv,
+        __doc__.split("\n")[0],
+        extra=lambda p: p.add_argument(
+            "--probe-lrs",
+            type=float,
+            nargs="*",
+            default=[],
+            help="also pre-train (domain masking) at these rates: teacher and ensemble rows only",
+        ),
+    )
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cpus = os.cpu_count() or 1
@@ -197,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(cpus)
     pretraining = {m: pretrained_encoder(prep, m) for m in MASKINGS}
+    probes = {kind_name("domain", lr): pretrained_encoder(prep, "domain", lr) for lr in args.probe_lrs}
     teachers, tables = {}, {}
-    for kind, encoder in [("none", None), *[(m, pretraining[m][0]) for m in MASKINGS]]:
+    encoders = [("none", None), *[(m, pretraining[m][0]) for m in MASKINGS], *[(k, p[0]) for k, p in probes.items()]]
+    for kind, encoder in encoders:
         inits = inits_for(prep, kind, encoder)
         teachers[kind], tables[kind] = teacher_rows(prep, kind, inits)
         if kind != "none":
@@ -215,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     students = tuning.summary()
 
     comparisons = []
-    for m in MASKINGS:
+    for m in [*MASKINGS, *probes]:
         for row in ("teacher", "ensemble"):
             comparisons.append(
                 verdict_line(f"{row}, {m} masking vs none", tables[m][row]["test"], tables["none"][row]["test"])
@@ -244,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{PRETRAIN['mask_prob']:.0%} masked); held-out pages' masked-LM loss (random masks):",
         "",
     ]
-    for m in MASKINGS:
-        loss = pretraining[m][1]["heldout_mlm_loss"]
-        lines.append(f"- {m} masking: {loss['before']:.3f} -> {loss['after']:.3f}")
+    for m, (_, report) in [*pretraining.items(), *probes.items()]:
+        loss = report["heldout_mlm_loss"]
+        lr = report["config"]["learning_rate"]
+        lines.append(f"- {m.split('-')[0]} masking, lr {lr:g}: {loss['before']:.3f} -> {loss['after']:.3f}")
     lines += [
         "",
         "| encoder | teacher dev F1 | teacher test F1 | ensemble dev F1 | ensemble test F1 |",
@@ -254,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for kind, t in tables.items():
         name = "MiniLM-L6 (no pre-training)" if kind == "none" else f"MiniLM-L6 + pretrain, {kind} masking"
+        if kind in probes:
+            name = f"MiniLM-L6 + pretrain, domain masking, lr {probes[kind][1]['config']['learning_rate']:g} (probe)"
         lines.append(
             f"| {name} | {cell(t['teacher']['dev'])} | {cell(t['teacher']['test'])} | "
             f"{cell(t['ensemble']['dev'])} | {cell(t['ensemble']['test'])} |"
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     result = {
-        "pretraining": {m: pretraining[m][1] for m in MASKINGS},
+        "pretraining": {m: report for m, (_, report) in [*pretraining.items(), *probes.items()]},
         "teachers": tables,
         "chosen_masking": chosen,
         "students": students,
