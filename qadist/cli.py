@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         if user is None:
             raise
         print(f"qadist: error: {one_line(user)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(user, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -166,6 +166,12 @@ class LabelConfig(WindowSettings):
     spread_actors: bool = Opt(False, "Place teacher actors on different nodes (Ray's SPREAD strategy).")
     rows_per_shard: int = Opt(10_000, "Input rows per shard: the unit of work and of resume.", ge=1)
     max_context_chars: int = Opt(100_000, "Longer contexts are rejected.", ge=1)
+    progress_deadline_s: float = Opt(
+        1800.0,
+        "Fail the run when no block finishes for this long while blocks are pending (a hung teacher, actors "
+        "dying faster than they restart); finished shards are kept. 0: no deadline.",
+        ge=0,
+    )
     overwrite: bool = Opt(False, "Replace an output made with another config.")
     trust_remote_code: bool = Opt(False, "Run code shipped in a model folder (off: only safetensors/weights are read).")
 
@@ -238,6 +244,11 @@ class DistillConfig(TrainSettings):
     alpha_kd: float = Opt(1.0, "Weight of the KD loss.", ge=0)
     alpha_hard: float = Opt(0.0, "Weight of the gold-label loss (windows with gold labels only).", ge=0)
     train_file: str | None = Uri(None, "Gold-labelled pairs mixed into training.")
+    generation: int | None = Opt(
+        None,
+        "Read only this generation of the label table (`qadist label` commits one per new input); default: all.",
+        ge=1,
+    )
 
 
 class FinetuneConfig(TrainSettings):
@@ -324,6 +335,11 @@ class ServeConfig(AnswerSettings):
 class SelectConfig(StageConfig):
     labels: str = Uri(help="A finished `qadist label` output (its _manifest.json lists the shards).")
     budget: int = Opt(help="Pairs to pick for labelling.", ge=1)
+    generation: int | None = Opt(
+        None,
+        "Read only this generation of the label table (`qadist label` commits one per new input); default: all.",
+        ge=1,
+    )
     out: str = Uri(help="Folder for selected.jsonl, the Label Studio tasks and labelling config, and the manifest.")
     strategy: Literal["disagreement", "entropy", "margin", "random"] = Opt(
         "margin",

@@ -184,15 +184,13 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
         )
 
 
-def read_manifest(uri: str) -> dict[str, Any]:
-    """`<uri>/_manifest.json` of a finished `qadist label` run (a UserError when missing)."""
-    path = manifest_uri(uri)
-    if not storage.exists(path):
-        raise UserError(
-            f"{uri}: no _manifest.json; the label run has not finished (re-run `qadist label` to resume it)"
-        )
-    manifest = json.loads(storage.read_text(path))
-    check_header(manifest, path)
+def read_manifest(uri: str, generation: int | None = None) -> dict[str, Any]:
+    """What a reader of a `qadist label` output sees: every committed generation (their shards, rejects
+    and summed counts), or generation `generation` alone; a UserError when none is committed."""
+    from qadist.label.generations import committed_generations, select_generation
+
+    manifest = select_generation(committed_generations(uri), generation, uri)
+    check_header(manifest, manifest_uri(uri))
     return manifest
 
 
@@ -201,10 +199,17 @@ def _read_shard_batch(batch: pa.Table, columns: list[str] | None, transform: Any
     return pa.concat_tables([transform(t) for t in tables] if transform else tables)
 
 
-def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None = None, transform: Any = None):
+def read(
+    uri: str,
+    tokenizer_hash: str | None = None,
+    columns: list[str] | None = None,
+    transform: Any = None,
+    generation: int | None = None,
+):
     """The soft-label windows of a finished run as a Ray Dataset (one block per shard).
 
-    Only the shards the manifest lists are read (a killed run's leftovers never are). Checks the
+    Only the shards the committed generations list are read (all, or `generation` alone; a killed
+    run's leftovers never are). Checks the
     schema version, and the tokenizer hash when `tokenizer_hash` is given. Shards are opened inside
     the workers, so S3 filesystems are never pickled.
     `transform` (shard table -> table) runs there too, on one whole shard at a time: every window of
@@ -212,7 +217,7 @@ def read(uri: str, tokenizer_hash: str | None = None, columns: list[str] | None 
     """
     import ray
 
-    manifest = read_manifest(uri)
+    manifest = read_manifest(uri, generation)
     check_header(manifest, manifest_uri(uri), tokenizer_hash)
     uris = [storage.join(uri, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
     if not uris:

@@ -175,12 +175,18 @@ def write_if_absent(uri: str, data: bytes) -> bool:
 
 
 def delete(uri: str) -> None:
+    """Delete a file or a folder (a prefix on S3); nothing when it is absent."""
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         fs.delete_dir(path)
+    elif info.type == pafs.FileType.File and is_s3(uri):
+        # boto3: pyarrow's delete_file would put an empty "folder/" marker object in the file's place.
+        bucket, key = split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
     elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
+        with contextlib.suppress(FileNotFoundError):  # deleted by someone else since the look
+            fs.delete_file(path)
 
 
 def makedirs(uri: str) -> None:

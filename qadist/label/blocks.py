@@ -42,7 +42,7 @@ class Block:
     byte_start: int = 0  # JSONL only
     byte_end: int = 0
     rows: list[Any] | None = None  # inline blocks only
-    duplicates: dict[str, str] = field(default_factory=dict)  # row number (1-based) -> "first at ..."
+    duplicates: dict[str, str] = field(default_factory=dict)  # row number (1-based) -> why it is a duplicate
     with_answers: bool = False
 
     def to_json(self) -> str:
@@ -195,12 +195,33 @@ def scan_block(block_json: str, max_context_chars: int) -> dict:
     }
 
 
-def find_duplicates(blocks: list[Block], scans: list[dict]) -> int:
-    """Mark every valid row whose id an earlier valid row (in input order) already has; keep the first.
+def name_by_content(block: Block) -> None:
+    """Give a block with rows marked as duplicates a shard name that says which: those marks depend on
+    the rows before the block and on earlier generations, so the plain name alone would not fix the
+    shard's content. A shard name then always means one content: a resume may reuse it, and two runs
+    that see different inputs never write one name twice with different rows."""
+    if block.duplicates:
+        marks = json.dumps(sorted(block.duplicates.items())).encode("utf-8")
+        block.name = f"{block.name}.d{hashlib.blake2b(marks, digest_size=4).hexdigest()}"
+
+
+def find_duplicates(blocks: list[Block], scans: list[dict], labelled: np.ndarray | None = None) -> int:
+    """Mark every valid row whose id an earlier valid row (in input order) already has, or that an
+    earlier generation labelled (`labelled`: their id hashes); keep the first.
 
     Uses the 64-bit id hashes of the pre-pass (a false match needs ~4e9 distinct ids to become
     likely). Fills `block.duplicates`; returns how many rows were marked.
     """
+    marked = 0
+    if labelled is not None and len(labelled):
+        kept = []
+        for block, scan in zip(blocks, scans):
+            held = np.isin(scan["hashes"], labelled)
+            for row in scan["rows"][held]:
+                block.duplicates[str(int(row))] = "already labelled by an earlier generation of this output"
+            marked += int(held.sum())
+            kept.append({**scan, "rows": scan["rows"][~held], "hashes": scan["hashes"][~held]})
+        scans = kept
     hashes = np.concatenate([s["hashes"] for s in scans]) if scans else np.zeros(0, np.uint64)
     rows = np.concatenate([s["rows"] for s in scans]) if scans else np.zeros(0, np.int64)
     owner = (
@@ -209,15 +230,16 @@ def find_duplicates(blocks: list[Block], scans: list[dict]) -> int:
         else np.zeros(0, np.int64)
     )
     if len(hashes) == 0:
-        return 0
+        return marked
     order = np.argsort(hashes, kind="stable")  # stable: within an id, input order is kept
     sorted_h = hashes[order]
     new_group = np.r_[True, sorted_h[1:] != sorted_h[:-1]]
     first_of_group = np.maximum.accumulate(np.where(new_group, np.arange(len(sorted_h)), 0))
-    marked = 0
     for pos in np.flatnonzero(~new_group):
         i, j = order[pos], order[first_of_group[pos]]
         first_block = blocks[owner[j]]
-        blocks[owner[i]].duplicates[str(int(rows[i]))] = f"{storage.basename(first_block.source)} row {int(rows[j])}"
+        blocks[owner[i]].duplicates[str(int(rows[i]))] = (
+            f"first at {storage.basename(first_block.source)} row {int(rows[j])}"
+        )
         marked += 1
     return marked

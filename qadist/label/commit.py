@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 
 import pyarrow.fs as pafs
 
@@ -43,9 +42,10 @@ def _files(uri: str) -> list[pafs.FileInfo]:
     return [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File]
 
 
-def unlisted_files(out: str, manifest: dict, started: float) -> list[str]:
-    """URIs under `out` that the sweep removes: unlisted files in shards/ and rejects/, and temporary
-    files (`.tmp-*`, local outputs) older than `started` (seconds since the epoch)."""
+def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool = False) -> list[str]:
+    """URIs under `out` that the sweep removes: unlisted files in shards/ and rejects/ (not with
+    `keep_unlisted`), and temporary files (`.tmp-*`, local outputs) older than `started` (seconds
+    since the epoch)."""
     listed = listed_paths(manifest)
     _, root = storage.resolve(out)
     found = []
@@ -61,7 +61,7 @@ def unlisted_files(out: str, manifest: dict, started: float) -> list[str]:
             # A concurrent writer's temporary file exists for milliseconds; one older than this run is orphaned.
             if f.mtime is not None and f.mtime.timestamp() < started:
                 found.append(storage.join(out, rel))
-        elif folder and rel not in listed:
+        elif folder and rel not in listed and not keep_unlisted:
             found.append(storage.join(out, rel))
     return sorted(found)
 
@@ -90,28 +90,20 @@ def abort_multipart_uploads(out: str, started: float) -> int:
     return aborted
 
 
-def _delete(uri: str) -> None:
-    # boto3 on S3: pyarrow's delete_file would put an empty "folder/" marker object in the file's place.
-    if storage.is_s3(uri):
-        bucket, key = storage.split_s3(uri)
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(storage.resolve(uri)[1])
-
-
-def sweep(out: str, manifest: dict, started: float) -> dict:
-    """Remove what the committed `manifest` of `out` does not reference; never a listed file.
+def sweep(out: str, manifest: dict, started: float, others_writing: bool = False) -> dict:
+    """Remove what the committed `manifest` of `out` (every generation) does not reference; never a
+    listed file. With `others_writing` (another run holds a lease: `qadist.leases`) unlisted shards,
+    rejects and multipart uploads stay, since they may be that run's uncommitted generation.
 
     Call only after the manifest is committed. Returns {"removed": [uris], "aborted_uploads": n}.
     """
     listed = {storage.join(out, p) for p in listed_paths(manifest)}
     removed = []
-    for uri in unlisted_files(out, manifest, started):
+    for uri in unlisted_files(out, manifest, started, keep_unlisted=others_writing):
         assert uri not in listed, uri
-        _delete(uri)
+        storage.delete(uri)
         removed.append(uri)
-    aborted = abort_multipart_uploads(out, started)
+    aborted = 0 if others_writing else abort_multipart_uploads(out, started)
     if removed or aborted:
         log.info(
             "%s: swept %d file(s) the manifest does not list%s; aborted %d orphaned multipart upload(s)",

@@ -36,14 +36,26 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from qadist import console, storage
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError, user_error_in
-from qadist.label.blocks import Block, find_duplicates, plan_blocks, scan_block
+from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
 from qadist.label.commit import sweep
+from qadist.label.deadline import stall_cause, within_deadline
+from qadist.label.generations import (
+    committed_generations,
+    committed_inputs,
+    generation_files,
+    generation_uri,
+    labelled_id_hashes,
+    union,
+)
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
-from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
+from qadist.leases import Lease, describe
+from qadist.outputs import MANIFEST, claim
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
 
@@ -53,6 +65,7 @@ BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a
 MIN_OBJECT_STORE_BUDGET = 32 << 20
 WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
 WINDOW_BYTES_PER_ROW = 16 << 10  # a pair's raw row plus its windows, generously
+COMMIT_ATTEMPTS = 5  # generations other runs may commit during this one before it gives up
 SETTINGS = (
     "pairs",
     "max_seq_len",
@@ -95,9 +108,9 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict, list[dict], li
     )
 
 
-def prepare_output(cfg: LabelConfig, settings: dict) -> dict | None:
-    """Claim `cfg.out` for these settings; returns the manifest when the same run already finished."""
-    resumed = claim(
+def prepare_output(cfg: LabelConfig, settings: dict) -> None:
+    """Claim `cfg.out` for these settings (a changed teacher, tokenizer or window setting is refused)."""
+    claim(
         cfg.out,
         FINGERPRINT,
         settings,
@@ -107,12 +120,11 @@ def prepare_output(cfg: LabelConfig, settings: dict) -> dict | None:
         parts=("shards", "rejects", MANIFEST),
         foreign=(MANIFEST, "shards"),
     )
-    manifest = manifest_uri(cfg.out)
-    return read_json(manifest) if resumed and storage.exists(manifest) else None
 
 
-def pre_pass(ray, blocks: list[Block], max_context_chars: int) -> bool:
-    """Scan every block (Ray tasks, bounded in flight): marks duplicate ids; True when any pair has answers."""
+def pre_pass(ray, blocks: list[Block], max_context_chars: int, labelled: np.ndarray | None = None) -> bool:
+    """Scan every block (Ray tasks, bounded in flight): marks duplicate ids, within the input and of
+    pairs an earlier generation labelled (`labelled`: their id hashes); True when any pair has answers."""
     task = ray.remote(num_cpus=1)(scan_block)
     window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
     scans: list[dict | None] = [None] * len(blocks)
@@ -125,7 +137,7 @@ def pre_pass(ray, blocks: list[Block], max_context_chars: int) -> bool:
             scans[pending.pop(ready[0])] = ray.get(ready[0])
     if not sum(s["rows_in"] for s in scans):
         raise UserError("no pairs found in the input; give SQuAD JSON, JSONL or Parquet pairs with --pairs")
-    marked = find_duplicates(blocks, scans)
+    marked = find_duplicates(blocks, scans, labelled)
     if marked:
         log.info("pre-pass: %d rows repeat an earlier id and will be rejected (the first is kept)", marked)
     return any(s["has_answers"] for s in scans)
@@ -235,30 +247,18 @@ def check_resources(ray, cfg: LabelConfig) -> None:
 
 
 def run_label(cfg: LabelConfig) -> dict:
-    """Label `cfg.pairs` into `cfg.out` (shards, rejects, manifest); resumes a killed run. Returns the manifest."""
-    started, started_at = time.perf_counter(), time.time()
-    storage.check_s3_access(
-        cfg.pairs, "--pairs"
-    )  # a missing bucket or refused credentials: exit 2 now, not after retries
+    """Label the pairs no committed generation of `cfg.out` holds and commit them as the next one;
+    resumes a killed run. Returns what readers see: the union of every committed generation."""
+    started_at = time.time()
+    storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now
     storage.check_s3_access(cfg.out, "--out")
     teachers, tokenizer, projected, groups = resolve_teachers(cfg)
-    blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
     settings = {k: getattr(cfg, k) for k in SETTINGS} | {
         "teachers": teachers,
         "tokenizer": tokenizer,
-        "inputs": inputs,
         "schema_version": SCHEMA_VERSION,
     }
     settings["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-    finished = prepare_output(cfg, settings)
-    if finished is not None:
-        console.summary(
-            f"qadist label: {cfg.out} is already complete with these settings ({len(finished['shards'])} shards, "
-            f"{finished['counts']['windows']:,} windows); nothing to do",
-            log,
-        )
-        sweep(cfg.out, finished, started_at)  # a re-run repairs what a killed or concurrent run left behind
-        return finished
     header = {
         "schema_version": SCHEMA_VERSION,
         "teachers": teachers,
@@ -271,24 +271,117 @@ def run_label(cfg: LabelConfig) -> dict:
         # onto these (docs/formats.md); absent when the ensemble shares one tokenizer.
         **({"projected_tokenizers": projected} if projected else {}),
     }
-    ray = ensure_ray()
-    check_resources(ray, cfg)
+    with Lease(cfg.out, "label", overwrite=cfg.overwrite) as lease:
+        check_writers(cfg, lease)
+        if cfg.overwrite:
+            for uri in generation_files(cfg.out):
+                storage.delete(uri)
+        prepare_output(cfg, settings)
+        ray = ensure_ray()
+        check_resources(ray, cfg)
+        for _ in range(COMMIT_ATTEMPTS):
+            committed = committed_generations(cfg.out)
+            manifest = label_generation(ray, cfg, committed, header, settings, groups, projected)
+            if manifest is None:  # nothing new
+                view = union(committed)
+                console.summary(
+                    f"qadist label: {cfg.out} is already complete: it holds every pair of {cfg.pairs} "
+                    f"({len(committed)} generation(s), "
+                    f"{view['counts']['pairs_labeled']:,} pairs, {view['counts']['windows']:,} windows); nothing to do",
+                    log,
+                )
+                break
+            number = manifest["generation"]
+            if storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode()):
+                console.summary(f"qadist {manifest['run']['summary']}", log)
+                view = union([*committed, manifest])
+                break
+            stored = json.loads(storage.read_text(generation_uri(cfg.out, number)))
+            if stored.get("plan") == manifest["plan"]:
+                # The same job, run twice at once, committed the same generation first (or this run's own
+                # commit succeeded and its reply was lost): the stored one counts.
+                log.warning(
+                    "%s: generation %d appeared while this run worked, with the same rows; kept it", cfg.out, number
+                )
+                view = union([*committed, stored])
+                break
+            log.warning(
+                "%s: another run committed generation %d while this one labelled; planning again against it "
+                "(shards whose rows it does not change are reused)",
+                cfg.out,
+                number,
+            )
+        else:
+            raise UserError(
+                f"{cfg.out}: other runs committed {COMMIT_ATTEMPTS} generations while this one labelled; "
+                "re-run when they are done (finished shards are reused)"
+            )
+        sweep(cfg.out, view, started_at, others_writing=bool(lease.others()))  # only now: what to keep is committed
+    return view
+
+
+def check_writers(cfg: LabelConfig, lease: Lease) -> None:
+    """--overwrite never deletes under a live run, and no run writes under a live --overwrite (`qadist.leases`)."""
+    others = lease.others()
+    if cfg.overwrite and others:
+        raise UserError(
+            f"{cfg.out}: --overwrite refused: another run is writing this output ({describe(others[0])}); "
+            "wait for it to finish or stop it, then re-run"
+        )
+    replacing = [o for o in others if o.get("overwrite")]
+    if replacing:
+        raise UserError(
+            f"{cfg.out}: an --overwrite run is replacing this output ({describe(replacing[0])}); re-run when it is done"
+        )
+
+
+def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], list[dict]]:
+    """The blocks of the input files no committed generation holds, and those files' (uri, size).
+
+    A file a generation labelled must not change afterwards (logs gain new files, not edits): a
+    changed size is an error naming the file, since its rows would be neither new nor labelled."""
+    blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
+    held = committed_inputs(committed)
+    for i in inputs:
+        if i["uri"] in held and held[i["uri"]][0] != i["size"]:
+            size, number = held[i["uri"]]
+            raise UserError(
+                f"{i['uri']}: changed since generation {number} labelled it ({size:,} -> {i['size']:,} bytes); "
+                "add new rows as new files, or re-label everything with --overwrite"
+            )
+    fresh = {i["uri"] for i in inputs if i["uri"] not in held}
+    return [b for b in blocks if b.source in fresh], [i for i in inputs if i["uri"] in fresh]
+
+
+def label_generation(
+    ray, cfg: LabelConfig, committed: list[dict], header: dict, settings: dict, groups: list, projected: list
+) -> dict | None:
+    """Label the pairs of the input files no committed generation holds; the next generation's
+    manifest (not yet committed), or None when there is nothing new."""
+    started = time.perf_counter()
+    blocks, inputs = new_blocks(cfg, committed)
+    if not blocks:
+        return None
+    number = len(committed) + 1
+    labelled = labelled_id_hashes(ray, cfg.out, committed)
     planned = time.perf_counter()
-    with_answers = pre_pass(ray, blocks, cfg.max_context_chars)
+    with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
+    if committed:  # one output, one schema: the first generation decided whether shards carry answers
+        with_answers = bool(committed[0].get("with_answers", with_answers))
     log.info(
-        "planned %d blocks in %.1fs; pre-pass over the ids in %.1fs",
+        "generation %d: planned %d blocks in %.1fs; pre-pass over the ids (%d labelled earlier) in %.1fs",
+        number,
         len(blocks),
         planned - started,
+        len(labelled),
         time.perf_counter() - planned,
     )
     for b in blocks:
         b.with_answers = with_answers
-    existing = (
-        set(storage.list_files(storage.join(cfg.out, "shards"), (".parquet",)))
-        if storage.exists(storage.join(cfg.out, "shards"))
-        else set()
-    )
-    done = {b.name for b in blocks if storage.join(cfg.out, "shards", f"{b.name}.parquet") in existing}
+        name_by_content(b)
+    shards = storage.join(cfg.out, "shards")
+    existing = set(storage.list_files(shards, (".parquet",))) if storage.exists(shards) else set()
+    done = {b.name for b in blocks if storage.join(shards, f"{b.name}.parquet") in existing}
     pending = [b for b in blocks if b.name not in done]
     if done:
         console.banner(
@@ -296,22 +389,28 @@ def run_label(cfg: LabelConfig) -> dict:
             f"computing {len(pending)}",
             log,
         )
+    what = f"generation {number}: " if number > 1 else ""
+    new_rows = sum(b.end - b.start for b in blocks)
     console.banner(
-        f"qadist label: {cfg.pairs} -> {cfg.out}: {len(pending)} of {len(blocks)} blocks of "
-        f"<= {cfg.rows_per_shard:,} rows to label, {len(teachers)} teacher(s) ({cfg.combine}), "
-        f"{cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
+        f"qadist label: {what}{cfg.pairs} -> {cfg.out}: {new_rows:,} new rows in {len(inputs)} file(s); "
+        f"{len(pending)} of {len(blocks)} blocks of <= {cfg.rows_per_shard:,} rows to label, {len(cfg.teachers)} "
+        f"teacher(s) ({cfg.combine}), {cfg.num_actors} actor(s) x {cfg.num_gpus_per_actor:g} GPU, "
         f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})",
         log,
     )
     for p in projected:
         console.banner(
             f"qadist label: projection on: {', '.join(p['teachers'])} read the pairs with tokenizer {p['hash']} "
-            f"and are carried through characters onto {tokenizer['name']}'s windows (tokenizer {tokenizer['hash']})",
+            f"and are carried through characters onto {header['tokenizer']['name']}'s windows "
+            f"(tokenizer {header['tokenizer']['hash']})",
             log,
         )
     results: dict[str, dict] = {}
     try:
-        for row in build_pipeline(ray, cfg, teachers, pending, header, groups).iter_rows() if pending else ():
+        rows = build_pipeline(ray, cfg, header["teachers"], pending, header, groups).iter_rows() if pending else ()
+        for row in within_deadline(
+            rows, cfg.progress_deadline_s, lambda: stall_cause(ray, len(pending) - len(results))
+        ):
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
             log.info(
@@ -325,11 +424,10 @@ def run_label(cfg: LabelConfig) -> dict:
             )
         missing = [b.name for b in pending if b.name not in results]
         assert not missing, f"pipeline finished without shards for {missing[:3]}"
-        manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
-        committed = storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8"))
     except Exception as e:
         # Ray retries lost workers and actors itself, the S3 clients transient errors; what arrives here
-        # is not retried (an error raised by a stage, S3 errors past their retries). Finished shards stay.
+        # is not retried (an error raised by a stage, S3 errors past their retries, the progress deadline).
+        # Finished shards stay.
         log_failure = log.info if user_error_in(e) else log.error  # a user error is the command's one line
         log_failure(
             "%s: label run failed after %d of %d pending shards; no manifest written. Re-running the same command "
@@ -339,19 +437,16 @@ def run_label(cfg: LabelConfig) -> dict:
             len(pending),
         )
         raise
-    if not committed:
-        # A concurrent run with the same settings committed first, or our own commit's reply was lost
-        # and its retry found the object: either way the stored manifest is the one that counts.
-        log.warning(
-            "%s: a manifest appeared while this run worked (a concurrent run of the same job, or this run's own "
-            "commit whose reply was lost); kept the stored one",
-            cfg.out,
-        )
-        manifest = json.loads(storage.read_text(manifest_uri(cfg.out)))
-    else:
-        console.summary("qadist " + manifest["run"]["summary"], log)
-    sweep(cfg.out, manifest, started_at)  # only now: the committed manifest says what to keep
-    return manifest
+    manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
+    plan = hashlib.sha256(json.dumps(sorted(b.name for b in blocks)).encode("utf-8")).hexdigest()[:16]
+    return {
+        **manifest,
+        "generation": number,
+        "inputs": inputs,
+        "with_answers": with_answers,
+        "plan": plan,
+        "committed_at": time.time(),
+    }
 
 
 def build_manifest(
@@ -377,7 +472,6 @@ def build_manifest(
         **header,
         "config": to_dict(cfg),
         "fingerprint": settings["fingerprint"],
-        "inputs": settings["inputs"],
         "keep_teacher_logits": cfg.keep_teacher_logits,
         "counts": counts,
         "shards": shards,

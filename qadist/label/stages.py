@@ -87,7 +87,7 @@ def block_pairs(block: Block, max_context_chars: int) -> tuple[list[dict], list[
         rows_in += 1
         pair, reason = (None, raw.reason) if isinstance(raw, Unparsable) else validate_pair(raw, max_context_chars)
         if pair is not None and str(n) in block.duplicates:
-            pair, reason = None, f"duplicate id {pair['id']!r} (first at {block.duplicates[str(n)]})"
+            pair, reason = None, f"duplicate id {pair['id']!r} ({block.duplicates[str(n)]})"
         if pair is None:
             rejects.append(make_reject(raw, block.source, n, reason))
         else:

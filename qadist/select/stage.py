@@ -190,7 +190,7 @@ def jsonl(rows: list[dict]) -> bytes:
 
 
 def run_select(cfg: SelectConfig) -> dict[str, Any]:
-    manifest = read_manifest(cfg.labels)
+    manifest = read_manifest(cfg.labels, cfg.generation)
     check_strategy(manifest, cfg)
     labelled = (manifest.get("counts") or {}).get("pairs_labeled", 0)
     if not labelled:

@@ -182,7 +182,9 @@ def projected_dataset(cfg: DistillConfig, windows: dict[str, int]) -> tuple[Any,
         temperature=cfg.temperature,
         trust_remote_code=cfg.trust_remote_code,
     )
-    dataset = quiet(read(cfg.labels, columns=cross_tokenizer.SHARD_COLUMNS, transform=transform)).materialize()
+    dataset = quiet(
+        read(cfg.labels, columns=cross_tokenizer.SHARD_COLUMNS, transform=transform, generation=cfg.generation)
+    ).materialize()
     count = dataset.count()
     skipped = int(dataset.sum("skipped") or 0) if count else 0
     if skipped:
@@ -195,7 +197,7 @@ def projected_dataset(cfg: DistillConfig, windows: dict[str, int]) -> tuple[Any,
 def run_distill(cfg: DistillConfig) -> dict:
     if cfg.alpha_kd == 0 and cfg.alpha_hard == 0:
         raise UserError("alpha_kd and alpha_hard are both 0: nothing to learn; set --alpha-kd (and/or --alpha-hard)")
-    manifest = read_manifest(cfg.labels)
+    manifest = read_manifest(cfg.labels, cfg.generation)
     tokenizer = load_tokenizer(local_model(cfg.student), cfg.trust_remote_code)
     recorded = manifest.get("tokenizer") or {}
     mine = tokenizer_fingerprint(tokenizer)
@@ -220,7 +222,9 @@ def run_distill(cfg: DistillConfig) -> dict:
             log,
         )
     else:
-        dataset = read(cfg.labels, tokenizer_hash=mine, columns=train_schema(has_types).names)
+        dataset = read(
+            cfg.labels, tokenizer_hash=mine, columns=train_schema(has_types).names, generation=cfg.generation
+        )
     gold = 0
     if cfg.train_file:
         import ray.data

@@ -99,7 +99,7 @@ def test_duplicates_keep_the_first_valid_row_across_blocks(tmp_path):
     assert [s["rows_in"] for s in scans] == [2, 2, 2] and not any(s["has_answers"] for s in scans)
     assert find_duplicates(blocks, scans) == 2
     # q2's first row is invalid (empty question), so the valid one on row 4 is the first q2.
-    assert [b.duplicates for b in blocks] == [{}, {}, {"5": "p.jsonl row 1", "6": "p.jsonl row 2"}]
+    assert [b.duplicates for b in blocks] == [{}, {}, {"5": "first at p.jsonl row 1", "6": "first at p.jsonl row 2"}]
 
 
 def test_list_arrays_round_trip_and_pack():

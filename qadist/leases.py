@@ -1,0 +1,90 @@
+"""Writer leases: which runs are writing an output right now, so that `--overwrite` and the sweep
+leave a live run's files alone.
+
+A run holds `<out>/_writers/<host>-<pid>-<random>.json` while it works and renews it every
+`RENEW_S` seconds from a daemon thread; a lease not renewed for `ttl_s` seconds (a killed process)
+no longer counts. Rules (docs/reliability.md, "Writers of one output"):
+- `--overwrite` refuses while another run holds a lease; a run refuses while an `--overwrite` run
+  holds one. Both write their lease before they look, so of two that start together at least one
+  sees the other: both may refuse (a re-run goes through), neither deletes under the other.
+- the sweep removes unlisted shards only when no other run holds a lease (they may be its
+  uncommitted work).
+Liveness compares the renewal time written by the holder with the reader's clock: drivers on
+different machines need clocks within a fraction of `ttl_s` (NTP gives milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from qadist import storage
+
+LEASES = "_writers"
+RENEW_S = 10.0
+TTL_S = float(os.environ.get("QADIST_LEASE_TTL_S", "60"))
+
+
+class Lease:
+    """A writer's lease on `out`, held inside a `with` block."""
+
+    def __init__(self, out: str, command: str, overwrite: bool = False):
+        self.out = out
+        self.holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "command": command,
+            "overwrite": overwrite,
+            "started": time.time(),
+        }
+        self.name = f"{self.holder['host']}-{self.holder['pid']}-{uuid.uuid4().hex[:8]}.json"
+        self.uri = storage.join(out, LEASES, self.name)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="qadist-lease", daemon=True)
+
+    def _write(self) -> None:
+        storage.write_bytes(self.uri, json.dumps({**self.holder, "renewed": time.time()}).encode("utf-8"))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW_S):
+            try:
+                self._write()
+            except Exception:  # a transient store error: the next renewal tries again, well within the TTL
+                pass
+
+    def __enter__(self) -> "Lease":
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        storage.delete(self.uri)
+
+    def others(self) -> list[dict[str, Any]]:
+        """The live leases of other runs on this output."""
+        return [h for name, h in read_leases(self.out) if name != self.name and time.time() - h["renewed"] < TTL_S]
+
+
+def read_leases(out: str) -> list[tuple[str, dict[str, Any]]]:
+    folder = storage.join(out, LEASES)
+    if not storage.exists(folder):
+        return []
+    found = []
+    for uri in storage.list_files(folder, (".json",)):
+        try:
+            found.append((storage.basename(uri), json.loads(storage.read_text(uri))))
+        except (OSError, ValueError):  # released, or being rewritten, as we listed
+            continue
+    return found
+
+
+def describe(holder: dict[str, Any]) -> str:
+    ago = time.time() - holder["renewed"]
+    return f"`qadist {holder['command']}` pid {holder['pid']} on {holder['host']}, lease renewed {ago:.0f}s ago"
