@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from qadist.config import LabelConfig
-    from qadist.label.generations import committed_generations
     from qadist.label.stage import run_label
     from qadist.models import build_tiny_model, load_tokenizer, minilm_path
+    from qadist.outputs import committed_generations
 
     root = Path(tempfile.mkdtemp(prefix="qadist-incremental-"))
     teacher = build_tiny_model("bert", root / "teacher", seed=0, num_layers=args.layers, hidden=args.hidden,

@@ -413,14 +413,19 @@ def describe_error(e: ValidationError, cls: type[StageConfig], source: str) -> s
 
 
 def load_config(
-    cls: type[Config], stage: str, config_path: str | None = None, overrides: dict[str, Any] | None = None
+    cls: type[Config],
+    stage: str,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> Config:
-    """YAML (optional) + flags that were given (not None) -> a validated stage config."""
+    """YAML (optional) + flags that were given (not None) -> a validated stage config (`source`
+    names where the values came from in errors, when not the YAML file or the command line)."""
     values: dict[str, Any] = {}
     if config_path:
         values.update(stage_section(read_yaml(config_path), stage, config_path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    source = config_path or "command line"
+    source = source or config_path or "command line"
     try:
         return cls(**values)
     except ValidationError as e:

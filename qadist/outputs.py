@@ -9,16 +9,48 @@ that changed, so one output never mixes two runs. `overwrite` deletes the named 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from qadist import storage
 from qadist.errors import UserError
 
 MANIFEST = "_manifest.json"  # written last: its presence means the output is complete
+GENERATION_NAME = re.compile(r"_manifest(?:-(\d{6}))?\.json$")
 
 
 def manifest_uri(out: str) -> str:
     return storage.join(out, MANIFEST)
+
+
+# ---- generations: outputs that grow (pairs, label) --------------------------------------------------
+# Generation 1 is `_manifest.json` (what a single run has always written); generation n > 1 is
+# `_manifest-<n:06d>.json`. Each is written once with a conditional put, so a number is taken by
+# exactly one run; a run adding to an output commits the next number.
+
+
+def generation_uri(out: str, number: int) -> str:
+    return manifest_uri(out) if number == 1 else storage.join(out, f"_manifest-{number:06d}.json")
+
+
+def committed_generations(out: str) -> list[dict[str, Any]]:
+    """Every committed generation's manifest, in order (1, 2, ...): numbers are taken one after another."""
+    found = []
+    while storage.exists(uri := generation_uri(out, len(found) + 1)):
+        manifest = json.loads(storage.read_text(uri))
+        manifest.setdefault("generation", len(found) + 1)
+        found.append(manifest)
+    return found
+
+
+def generation_files(out: str) -> list[str]:
+    """The generation manifests present under `out` (for --overwrite, which removes them all)."""
+    fs, path = storage.resolve(out)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
+    return [storage.join(out, n) for n in sorted(names) if GENERATION_NAME.fullmatch(n)]
 
 
 def read_json(uri: str) -> dict[str, Any]:

@@ -1,10 +1,18 @@
 """All stages in order from one sectioned config, each skipped when its output is already complete.
 
 A stage runs when its section is present in the config. "Complete" is what each stage commits
-last: `_manifest.json` for pairs and label, `<out>/final/config.json` for pretrain, distill and finetune, the
-metrics file for evaluate, `export_report.json` for export. So a second run of the same pipeline
-does no work, and a run that stopped half way picks up at the first incomplete stage (which
-resumes by itself).
+last: `<out>/final/config.json` for pretrain, distill and finetune, the metrics file for evaluate,
+`export_report.json` for export; pairs and label grow by generations, so they are complete when a
+generation is committed and no input file is new. So a second run of the same pipeline does no
+work, and a run that stopped half way picks up at the first incomplete stage (which resumes by
+itself).
+
+A daily job (jobs/configs/daily.yaml): new logged questions -> a new pairs generation -> a new label
+generation -> a student distilled on it, continuing from the previous one. Two things make that one
+config: `{generation}` and `{previous_generation}` in any string of a section after `label` are
+the label output's newest committed generation number and the one before (resolved when the
+stage runs), and a distill section's `continue_from` (a student folder, usually with
+`{previous_generation}` in it) replaces `student` when that folder holds a finished model.
 """
 
 from __future__ import annotations
@@ -16,11 +24,24 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import STAGE_CONFIGS, StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import manifest_uri
+from qadist.outputs import committed_generations, manifest_uri
+from qadist.pairs.generations import input_files
 
 log = logging.getLogger(__name__)
 
 ORDER = ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
+
+
+def has_new_input(stage: str, cfg: StageConfig) -> str | None:
+    """For a stage that grows by generations (pairs, label): why it must run ('no generation yet',
+    'N new input file(s)'), or None when the committed generations hold every input file."""
+    committed = committed_generations(cfg.out)
+    if not committed:
+        return "no generation committed yet"
+    held = {(i["uri"], i["size"]) for g in committed for i in g.get("inputs") or []}
+    source, flag = (cfg.questions, "--questions") if stage == "pairs" else (cfg.pairs, "--pairs")
+    fresh = [f for f in input_files(source, flag) if (f["uri"], f["size"]) not in held]
+    return f"{len(fresh)} new or changed input file(s) under {source}" if fresh else None
 
 
 def completion_marker(stage: str, cfg: StageConfig) -> str:
@@ -64,6 +85,38 @@ def runner(stage: str) -> Callable[[StageConfig], object]:
     return getattr(importlib.import_module(module), name)
 
 
+def newest_generation(data: dict) -> int:
+    """The label output's newest committed generation (0 before the first)."""
+    out = (data.get("label") or {}).get("out") or (data.get("distill") or {}).get("labels")
+    return len(committed_generations(out)) if out else 0
+
+
+def resolve_section(stage: str, section: dict, generation: int, look: bool = True) -> dict:
+    """`{generation}` / `{previous_generation}` filled in; a distill `continue_from` that holds a
+    finished model becomes its `student` (`look` False: only taken out, nothing read)."""
+
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("{generation}", str(generation)).replace("{previous_generation}", str(generation - 1))
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    resolved = {k: fill(v) for k, v in section.items()}
+    start = resolved.pop("continue_from", None)
+    if start is not None and stage != "distill":
+        raise UserError(f"{stage} section: 'continue_from' is a distill key (the student to continue from)")
+    if start is not None and look and storage.exists(storage.join(start, "config.json")):
+        resolved["student"] = start
+    return resolved
+
+
+def stage_config(stage: str, data: dict, config_path: str, look: bool = True) -> StageConfig:
+    generation = max(newest_generation(data), 1) if look else 1  # 1 until label commits one
+    section = resolve_section(stage, data[stage], generation, look)
+    return load_config(STAGE_CONFIGS[stage], stage, overrides=section, source=f"{config_path} ({stage} section)")
+
+
 def run_pipeline(config_path: str) -> dict[str, str]:
     """Run every stage section of `config_path` in order; returns {stage: 'ran' | 'skipped'}."""
     data = read_yaml(config_path)
@@ -75,18 +128,27 @@ def run_pipeline(config_path: str) -> dict[str, str]:
     stages = [s for s in ORDER if isinstance(data.get(s), dict)]
     if not stages:
         raise UserError(f"{config_path}: no stage sections; add at least one of {', '.join(ORDER)}")
-    # Validate every section before any work starts.
-    configs = {s: load_config(STAGE_CONFIGS[s], s, config_path) for s in stages}
+    for s in stages:  # validate every section before any work starts
+        stage_config(s, data, config_path, look=False)
     outcome: dict[str, str] = {}
     for stage in stages:
-        marker = completion_marker(stage, configs[stage])
-        if storage.exists(marker):
-            print(f"qadist pipeline: {stage}: complete ({marker} exists), skipped", flush=True)
-            outcome[stage] = "skipped"
-            continue
+        cfg = stage_config(stage, data, config_path)  # after the stages before it: their generation
+        if stage in ("pairs", "label"):
+            why = has_new_input(stage, cfg)
+            if why is None:
+                print(f"qadist pipeline: {stage}: complete (every input file is in a committed generation), "
+                      "skipped", flush=True)  # fmt: skip
+                outcome[stage] = "skipped"
+                continue
+        else:
+            marker = completion_marker(stage, cfg)
+            if storage.exists(marker):
+                print(f"qadist pipeline: {stage}: complete ({marker} exists), skipped", flush=True)
+                outcome[stage] = "skipped"
+                continue
         started = time.perf_counter()
         print(f"qadist pipeline: {stage}: running", flush=True)
-        runner(stage)(configs[stage])
+        runner(stage)(cfg)
         print(f"qadist pipeline: {stage}: done in {time.perf_counter() - started:.1f}s", flush=True)
         outcome[stage] = "ran"
     if all(v == "skipped" for v in outcome.values()):

@@ -187,7 +187,8 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
 def read_manifest(uri: str, generation: int | None = None) -> dict[str, Any]:
     """What a reader of a `qadist label` output sees: every committed generation (their shards, rejects
     and summed counts), or generation `generation` alone; a UserError when none is committed."""
-    from qadist.label.generations import committed_generations, select_generation
+    from qadist.label.generations import select_generation
+    from qadist.outputs import committed_generations
 
     manifest = select_generation(committed_generations(uri), generation, uri)
     check_header(manifest, manifest_uri(uri))

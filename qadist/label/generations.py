@@ -1,10 +1,9 @@
 """The label output as a table of generations: every `qadist label` run that finds new input commits one.
 
-Generation 1 is `<out>/_manifest.json` (what a single run has always written); generation n > 1 is
-`<out>/_manifest-<n:06d>.json`. Each is written once with a conditional put, so a number is taken
-by exactly one run (optimistic concurrency: a run that finds its number taken re-plans against the
-newcomer and tries the next one). A generation lists its own shards, rejects, inputs and counts;
-readers see the union of every committed generation (`union`), or one (`--generation N`).
+Generations are committed as `qadist.outputs` says (`_manifest.json`, then `_manifest-<n:06d>.json`,
+each a conditional put: a run that finds its number taken plans again against the newcomer and
+tries the next one). A generation lists its own shards, rejects, inputs and counts; readers see the
+union of every committed generation (`union`), or one (`--generation N`).
 
 Each pair is in at most one generation: a run labels only the input files no generation holds, and
 rejects a row whose id a committed generation already labelled (read back from the committed
@@ -14,42 +13,16 @@ Delta Lake or Iceberg: docs/formats.md.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.outputs import MANIFEST, manifest_uri
+from qadist.outputs import MANIFEST
 
-GENERATION_NAME = re.compile(r"_manifest(?:-(\d{6}))?\.json$")
 SUMMED = ("pairs_in", "pairs_labeled", "pairs_rejected", "windows")
-
-
-def generation_uri(out: str, number: int) -> str:
-    return manifest_uri(out) if number == 1 else storage.join(out, f"_manifest-{number:06d}.json")
-
-
-def committed_generations(out: str) -> list[dict[str, Any]]:
-    """Every committed generation's manifest, in order (1, 2, ...): numbers are taken one after another."""
-    found = []
-    while storage.exists(uri := generation_uri(out, len(found) + 1)):
-        manifest = json.loads(storage.read_text(uri))
-        manifest.setdefault("generation", len(found) + 1)
-        found.append(manifest)
-    return found
-
-
-def generation_files(out: str) -> list[str]:
-    """The generation manifests present under `out` (for --overwrite, which removes them all)."""
-    fs, path = storage.resolve(out)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
-    return [storage.join(out, n) for n in sorted(names) if GENERATION_NAME.fullmatch(n)]
 
 
 def union(generations: list[dict[str, Any]]) -> dict[str, Any]:

@@ -44,18 +44,11 @@ from qadist.errors import UserError, user_error_in
 from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
 from qadist.label.commit import sweep
 from qadist.label.deadline import stall_cause, within_deadline
-from qadist.label.generations import (
-    committed_generations,
-    committed_inputs,
-    generation_files,
-    generation_uri,
-    labelled_id_hashes,
-    union,
-)
+from qadist.label.generations import committed_inputs, labelled_id_hashes, union
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
 from qadist.leases import Lease, describe
-from qadist.outputs import MANIFEST, claim
+from qadist.outputs import MANIFEST, claim, committed_generations, generation_files, generation_uri
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
 

@@ -20,7 +20,6 @@ in the document), `dense_score`, `lexical_score`; `rejects/*.jsonl`; `duplicates
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -37,7 +36,16 @@ from qadist import console, storage
 from qadist.config import PairsConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
-from qadist.outputs import MANIFEST, claim, manifest_uri, read_json
+from qadist.outputs import MANIFEST, claim, committed_generations, generation_files, generation_uri
+from qadist.pairs import embedding_cache
+from qadist.pairs.embedding_cache import cache_key
+from qadist.pairs.generations import (
+    earlier_questions,
+    input_files,
+    new_question_files,
+    part_prefix,
+    question_key,
+)
 from qadist.pairs.passages import build_passages, passage_texts
 from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
 from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
@@ -124,10 +132,14 @@ class PartWriter:
 class QuestionStager:
     """Pass 1 over the questions: rejects, duplicate ids, identical-question merging, staging."""
 
-    def __init__(self, out: str):
+    def __init__(
+        self, out: str, prefix: str = "", earlier_ids: set[str] | None = None, earlier: dict[bytes, str] | None = None
+    ):
         self.staged = PartWriter(storage.join(out, "_work", "questions"), rows_per_file=STAGE_ROWS)
-        self.rejects = PartWriter(storage.join(out, "rejects"), name="questions")
-        self.duplicates = PartWriter(storage.join(out, "duplicates"))
+        self.rejects = PartWriter(storage.join(out, "rejects"), name=f"{prefix}questions")
+        self.duplicates = PartWriter(storage.join(out, "duplicates"), name=f"{prefix}part")
+        self.earlier_ids = earlier_ids or set()  # ids an earlier generation took
+        self.earlier = earlier or {}  # normalised question an earlier generation paired -> its id
         self.seen_ids: set[str] = set()
         self.slots: dict[bytes, int] = {}  # digest of the normalised question -> slot
         self.rep_ids: list[str] = []  # slot -> id of its first question
@@ -140,12 +152,18 @@ class QuestionStager:
         q, reason = (None, raw.reason) if isinstance(raw, Unparsable) else validate_question(raw)
         if q is not None and q["id"] in self.seen_ids:
             q, reason = None, f"duplicate question id {q['id']!r}"
+        elif q is not None and q["id"] in self.earlier_ids:
+            q, reason = None, f"duplicate question id {q['id']!r} (taken by an earlier generation of this output)"
         if q is None:
             self.first_reason = self.first_reason or f"{storage.basename(source)} row {n}: {reason}"
             self.rejects.add(make_reject(raw, source, n, reason))
             return
         self.seen_ids.add(q["id"])
-        key = hashlib.blake2b(normalize_question(q["question"]).encode("utf-8"), digest_size=16).digest()
+        key = question_key(normalize_question(q["question"]))
+        if key in self.earlier:  # paired by an earlier generation: merged into it, not paired again
+            self.duplicates.add({"id": q["id"], "same_as": self.earlier[key], "source": source, "row": n,
+                                 "earlier_generation": True})  # fmt: skip
+            return
         slot = self.slots.get(key)
         if slot is not None:
             self.counts[slot] += 1
@@ -218,25 +236,35 @@ def embed_passages(texts: list[str], cfg: PairsConfig) -> np.ndarray:
     return emb
 
 
-def prepare_out(cfg: PairsConfig) -> dict | None:
-    """Claim `cfg.out` for these settings; the manifest when the same run already finished (a no-op
-    re-run). A run killed part way is redone from the start: its leftovers are deleted."""
+def prepare_out(cfg: PairsConfig) -> list[dict]:
+    """Claim `cfg.out` for these settings; its committed generations. What a run killed part way
+    left of the next generation is deleted: that generation is redone from the start."""
     settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
-    resumed = claim(
+    claim(
         cfg.out,
         CLAIM,
         settings,
         what="pairs",
         overwrite=cfg.overwrite,
-        parts=(*OUTPUT_DIRS, MANIFEST),
+        parts=(*OUTPUT_DIRS, MANIFEST, "_index"),
         foreign=(MANIFEST, "pairs"),
         fix="use another --out, or pass --overwrite to replace them",
     )
-    if resumed and storage.exists(manifest_uri(cfg.out)):
-        return read_json(manifest_uri(cfg.out))
-    for name in OUTPUT_DIRS:
-        storage.delete(storage.join(cfg.out, name))
-    return None
+    if cfg.overwrite:
+        for uri in generation_files(cfg.out):
+            storage.delete(uri)
+    committed = committed_generations(cfg.out)
+    prefix = part_prefix(len(committed) + 1)
+    storage.delete(storage.join(cfg.out, "_work"))
+    for name in ("pairs", "rejects", "duplicates"):
+        folder = storage.join(cfg.out, name)
+        if not committed:
+            storage.delete(folder)
+        elif storage.exists(folder):
+            for uri in storage.list_files(folder):
+                if storage.basename(uri).startswith(prefix):
+                    storage.delete(uri)
+    return committed
 
 
 def load_tokenizer_for(model: str) -> Any:
@@ -309,22 +337,35 @@ def run_pairs(cfg: PairsConfig) -> dict:
             "lower --passage-tokens"
         )
     tokenizer = load_tokenizer_for(cfg.model)
-    docs, doc_rejects = load_documents(cfg.documents)
-    finished = prepare_out(cfg)
-    if finished is not None:
+    committed = prepare_out(cfg)
+    fresh = new_question_files(cfg.questions, committed)
+    if committed and not fresh:
+        pairs_out = sum(g["counts"]["pairs_out"] for g in committed)
         console.summary(
-            f"qadist pairs: {cfg.out} is already complete with these settings "
-            f"({finished['counts']['pairs_out']:,} pairs); nothing to do",
+            f"qadist pairs: {cfg.out} is already complete with these settings ({len(committed)} generation(s), "
+            f"{pairs_out:,} pairs); no new question files under {cfg.questions}; nothing to do",
             log,
         )
-        return finished
+        return {**committed[-1], "generations": [{"generation": g.get("generation", 1), "counts": g["counts"]}
+                                                 for g in committed]}  # fmt: skip
+    number = len(committed) + 1
+    prefix = part_prefix(number)
+    docs, doc_rejects = load_documents(cfg.documents)
     ray = ensure_ray()
 
-    # Pass 1: questions, streamed through the driver.
-    stager = QuestionStager(cfg.out)
-    for source, n, raw in iter_raw_rows(cfg.questions, "--questions"):
-        stager.add(source, n, raw)
+    # Pass 1: the new question files' rows, streamed through the driver.
+    earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question) if committed else (set(), {})
+    stager = QuestionStager(cfg.out, prefix, earlier_ids, earlier)
+    for f in fresh:
+        for source, n, raw in iter_raw_rows(f["uri"], "--questions"):
+            stager.add(source, n, raw)
     stager.finish()
+    if committed:
+        console.banner(
+            f"qadist pairs: generation {number}: {len(fresh)} new question file(s) under {cfg.questions} "
+            f"({stager.rows_in:,} rows); {len(earlier_ids):,} questions of earlier generations are not paired again",
+            log,
+        )
     if not stager.rep_ids:
         storage.delete(storage.join(cfg.out, "_work"))
         first = f", first: {stager.first_reason}" if stager.first_reason else ""
@@ -333,7 +374,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
             f"{stager.rejects.rows} rejected{first}); "
             "give JSONL or Parquet rows with 'id' and 'question'"
         )
-    doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name="documents")
+    doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}documents")
     for r in doc_rejects:
         doc_reject_writer.add(r)
     doc_reject_writer.flush()
@@ -349,7 +390,16 @@ def run_pairs(cfg: PairsConfig) -> dict:
         f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}",
         log,
     )
-    emb = embed_passages(list(passage_texts(docs, passages)), cfg)
+    key = cache_key(
+        input_files(cfg.documents, "--documents"),
+        {k: getattr(cfg, k) for k in ("model", "passage_tokens", "passage_overlap", "context_tokens")},
+    )
+    emb = embedding_cache.load(cfg.out, key, n_passages)
+    if emb is None:
+        emb = embed_passages(list(passage_texts(docs, passages)), cfg)
+        embedding_cache.save(cfg.out, key, emb)
+    else:
+        console.banner(f"qadist pairs: the documents are unchanged: {n_passages:,} passage embeddings reused", log)
     index = build_index(emb, passages, passage_texts(docs, passages), cfg.approximate_above)
     log_index(index)
     approximate = index["ann"] is not None
@@ -373,8 +423,10 @@ def run_pairs(cfg: PairsConfig) -> dict:
         },
         **actor_options(cfg),
     )
-    pairs = PartWriter(storage.join(cfg.out, "pairs"), fmt=cfg.output_format, rows_per_file=cfg.rows_per_file)
-    unmatched = PartWriter(storage.join(cfg.out, "rejects"), name="unmatched")
+    pairs = PartWriter(
+        storage.join(cfg.out, "pairs"), name=f"{prefix}part", fmt=cfg.output_format, rows_per_file=cfg.rows_per_file
+    )
+    unmatched = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}unmatched")
     matched = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["slot"])):
@@ -418,6 +470,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
     manifest = {
         "schema_version": PAIRS_FORMAT_VERSION,
         "stage": "pairs",
+        "generation": number,
+        "inputs": fresh,
         "config": to_dict(cfg),
         "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
         "search": "approximate (faiss HNSW + BM25 candidates, rescored)" if approximate else "exact",
@@ -429,9 +483,10 @@ def run_pairs(cfg: PairsConfig) -> dict:
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if not storage.write_if_absent(manifest_uri(cfg.out), json.dumps(manifest, indent=2).encode("utf-8")):
+    if not storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode("utf-8")):
         raise UserError(
-            f"{manifest_uri(cfg.out)}: another run wrote this output at the same time; run again with --overwrite"
+            f"{generation_uri(cfg.out, number)}: another run committed generation {number} of this output at the "
+            "same time; run the command again (it pairs what that run did not)"
         )
     console.summary(
         f"qadist pairs: {counts['questions_in']:,} questions in -> {matched:,} matched ({pairs.rows:,} pairs), "

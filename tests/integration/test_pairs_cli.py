@@ -306,3 +306,43 @@ def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_pat
     assert run_cli(*args, "--out", str(tmp_path / "exact")) == 0
     manifest = json.loads((tmp_path / "exact" / "_manifest.json").read_text())
     assert manifest["search"] == "exact" and "faiss is not installed" in caplog.text
+
+
+def test_new_question_files_become_a_generation_of_only_their_pairs(collection, tiny_encoder, tmp_path, capsys):
+    """Day 1's questions, then day 2's (with a repeated id and a question identical to one of day 1):
+    day 2 pairs only its new questions, reuses the passage embeddings, and label picks up its part
+    files alone; a third run with nothing new does nothing."""
+    questions, docs = collection["questions"], str(collection["root"] / "documents.jsonl")
+    qdir, out = tmp_path / "questions", tmp_path / "out"
+    qdir.mkdir()
+    put_jsonl(str(qdir / "day-1.jsonl"), questions[:12])
+    day_2 = [*questions[12:], {"id": questions[0]["id"], "question": "asked again, same id"},
+             {"id": "day-2-same-text", "question": questions[1]["question"].lower()}]  # fmt: skip
+    args = ["pairs", "--questions", str(qdir), "--documents", docs, "--out", str(out), "--model", tiny_encoder]
+    assert run_cli(*args) == 0
+    put_jsonl(str(qdir / "day-2.jsonl"), day_2)
+    capsys.readouterr()
+    assert run_cli(*args) == 0
+    printed = capsys.readouterr().out
+    assert "generation 2: 1 new question file(s)" in printed and "passage embeddings reused" in printed
+    gen_2 = json.loads((out / "_manifest-000002.json").read_text())
+    c = gen_2["counts"]
+    assert gen_2["generation"] == 2 and [i["uri"] for i in gen_2["inputs"]] == [str(qdir / "day-2.jsonl")]
+    assert c["questions_in"] == len(day_2) and c["questions_matched"] == len(questions) - 12
+    assert c["questions_rejected"] == 1 and c["questions_duplicate"] == 1
+    new_pairs = read_jsonl(str(out / "pairs" / "g000002-part-00000.jsonl"))
+    assert {p["question_id"] for p in new_pairs} == {q["id"] for q in questions[12:]}
+    all_pairs = read_jsonl(str(out / "pairs"))
+    assert len({p["question_id"] for p in all_pairs}) == len(all_pairs) == len(questions)
+    dups = read_jsonl(str(out / "duplicates"))
+    merged = {"id": "day-2-same-text", "same_as": questions[1]["id"], "source": str(qdir / "day-2.jsonl"),
+              "row": len(day_2), "earlier_generation": True}  # fmt: skip
+    assert merged in dups
+    rejects = read_jsonl(str(out / "rejects"))
+    assert any("taken by an earlier generation" in r["reason"] and r["id"] == questions[0]["id"] for r in rejects)
+
+    assert run_cli(*args) == 0
+    assert "no new question files" in capsys.readouterr().out
+    put_jsonl(str(qdir / "day-1.jsonl"), questions[:11])
+    assert run_cli(*args) == 2
+    assert "day-1.jsonl: changed since generation 1 paired it" in capsys.readouterr().err
