@@ -59,17 +59,33 @@ def within_deadline(rows: Iterable[Any], deadline_s: float, cause: Callable[[], 
         yield item
 
 
-def stall_cause(ray: Any, pending: int) -> str:
-    """What the teacher actors are doing, in words, from Ray's actor table."""
+def teacher_actors() -> list[tuple[str, int]]:
+    """(state, restarts) of every teacher actor Ray knows, from the GCS actor table.
+
+    `ray.util.state.list_actors` needs the dashboard, which an embedded Ray (the CLI on one machine)
+    does not start; the GCS table behind it is read directly then (a private API: best effort)."""
     try:
         from ray.util.state import list_actors
 
-        actors = [a for a in list_actors(detail=True, limit=10_000) if TEACHER_ACTOR in (a.class_name or "")]
-    except Exception as e:  # the state API is best effort; the deadline's message must still come out
+        found = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        return [(a.state, a.num_restarts or 0) for a in found if TEACHER_ACTOR in (a.class_name or "")]
+    except Exception:
+        from ray._private.state import state
+
+        table = state.actor_table(None)
+        return [(a["State"], int(a.get("NumRestarts") or 0)) for a in table.values()
+                if TEACHER_ACTOR in str(a.get("ActorClassName", ""))]  # fmt: skip
+
+
+def stall_cause(ray: Any, pending: int) -> str:
+    """What the teacher actors are doing, in words, from Ray's actor table."""
+    try:
+        actors = teacher_actors()
+    except Exception as e:  # the actor table is best effort; the deadline's message must still come out
         return f"{pending} block(s) pending; the actor table could not be read ({type(e).__name__})"
-    restarts = sum(a.num_restarts or 0 for a in actors)
-    dead = sum(a.state == "DEAD" for a in actors)
-    alive = sum(a.state == "ALIVE" for a in actors)
+    restarts = sum(r for _, r in actors)
+    dead = sum(state == "DEAD" for state, _ in actors)
+    alive = sum(state == "ALIVE" for state, _ in actors)
     if restarts or dead:
         return (
             f"{pending} block(s) pending and the teacher actors keep dying ({restarts} restart(s), {dead} dead, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,7 +142,7 @@ def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server
         storage.write_bytes(f"{pairs}/day-3.jsonl", "".join(json.dumps(r) + "\n" for r in files[2]).encode())
         with caplog.at_level("INFO", logger="qadist.label.stage"):
             results["b"] = run_label(cfg)
-            held.release()
+            held.release.set()
             a.join(120)
     finally:
         injector.clear()
@@ -154,3 +155,85 @@ def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server
     ids = ids_of(out)
     assert len(ids) == len(set(ids)) == 120
     assert json.loads(json.dumps(results["a"]))["counts"] == json.loads(json.dumps(results["b"]))["counts"]
+
+
+def exactly_once_across(out: str, rows: list[dict], generations: int) -> None:
+    """Every row once across the committed generations (window 0 once per id), none twice, and no
+    shard under the output that no generation lists."""
+    manifest = read_manifest(out)
+    assert len(manifest["generations"]) == generations
+    table = pa.concat_tables([read_shard(storage.join(out, s["path"]), ["id", "window"]) for s in manifest["shards"]])
+    keys = list(zip(table["id"].to_pylist(), table["window"].to_pylist()))
+    assert len(keys) == len(set(keys)) == manifest["counts"]["windows"]
+    assert sorted(i for i, w in keys if w == 0) == sorted(r["id"] for r in rows)
+    assert sorted(storage.list_files(storage.join(out, "shards"))) == sorted(
+        storage.join(out, s["path"]) for s in manifest["shards"]
+    )
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_commit_of_generation_2_and_an_actor_killed_in_generation_3(
+    s3_bucket, s3_server, squad_pairs, tiny_models
+):
+    """Generation 2's commit stalls and the CLI is SIGKILLed: readers still see generation 1 alone,
+    the re-run commits generation 2 from the finished shards. Generation 3 then loses its teacher
+    actor twice mid-run: Ray restarts it, the generation commits. Every pair once at each step."""
+    import os
+    import signal
+
+    import s3_faults
+    from test_label_faults import _cli, _finish, _kill_when, _our_teacher_pids, label_args
+
+    files = three_files(squad_pairs)
+    pairs, out = f"{s3_bucket}/pairs", f"{s3_bucket}/labels"
+    args = label_args(pairs, out, tiny_models["teacher_a"])
+
+    def put(name: str, rows: list[dict]) -> None:
+        storage.write_bytes(f"{pairs}/{name}", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    put("day-1.jsonl", files[0])
+    code, err = _finish(_cli(args))
+    assert code == 0, err[-3000:]
+
+    put("day-2.jsonl", files[1])
+    injector = s3_faults.install(s3_server)
+    try:
+        rule = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=240, times=1)
+        _kill_when(_cli(args), rule)
+    finally:
+        injector.clear()
+    assert not storage.exists(f"{out}/_manifest-000002.json")
+    assert sorted(ids_of(out)) == sorted(r["id"] for r in files[0])  # generation 2 is invisible
+    code, err = _finish(_cli(args))
+    assert code == 0, err[-3000:]
+    gen_2 = json.loads(storage.read_text(f"{out}/_manifest-000002.json"))
+    assert gen_2["run"]["shards_skipped"] == 2 and gen_2["run"]["shards_computed"] == 0
+    exactly_once_across(out, files[0] + files[1], 2)
+
+    put("day-3.jsonl", files[2])
+    kills: list[int] = []
+    proc = _cli([*args, "--batch-size", "4"])
+
+    def killer() -> None:  # SIGKILL the teacher actor twice while generation 3 is labelled
+        deadline = time.time() + 120
+        while len(kills) < 2 and time.time() < deadline and proc.poll() is None:
+            pids = _our_teacher_pids()
+            if pids:
+                time.sleep(2.0)  # let it load and start a block
+                try:
+                    os.kill(pids[0], signal.SIGKILL)
+                    kills.append(pids[0])
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    code, err = _finish(proc)
+    thread.join(5)
+    assert code == 0, err[-3000:]
+    gen_3 = json.loads(storage.read_text(f"{out}/_manifest-000003.json"))
+    print(f"\ngeneration 2 after the killed commit: {gen_2['run']['shards_skipped']} shards reused; generation 3: "
+          f"teacher actor SIGKILLed {len(kills)}x, {gen_3['counts']['pairs_labeled']} pairs committed")  # fmt: skip
+    assert len(kills) >= 1
+    exactly_once_across(out, files[0] + files[1] + files[2], 3)
