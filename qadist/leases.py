@@ -68,8 +68,16 @@ class Lease:
         storage.delete(self.uri)
 
     def others(self) -> list[dict[str, Any]]:
-        """The live leases of other runs on this output."""
-        return [h for name, h in read_leases(self.out) if name != self.name and time.time() - h["renewed"] < TTL_S]
+        """The live leases of other runs on this output (expired ones, of killed runs, are removed)."""
+        live = []
+        for name, holder in read_leases(self.out):
+            if name == self.name:
+                continue
+            if time.time() - holder["renewed"] < TTL_S:
+                live.append(holder)
+            elif time.time() - holder["renewed"] > 10 * TTL_S:  # long dead: tidy up
+                storage.delete(storage.join(self.out, LEASES, name))
+        return live
 
 
 def read_leases(out: str) -> list[tuple[str, dict[str, Any]]]:

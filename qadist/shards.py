@@ -195,6 +195,17 @@ def read_manifest(uri: str, generation: int | None = None) -> dict[str, Any]:
     return manifest
 
 
+def listed_shards(uri: str, manifest: dict[str, Any]) -> list[str]:
+    """URIs of the shards with windows that `manifest` (a reader's view) lists."""
+    return [storage.join(uri, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
+
+
+def snapshot_paths(uri: str, generation: int | None = None) -> list[str]:
+    """The Parquet files of a label table's current snapshot (every committed generation, or one):
+    what DuckDB's `read_parquet`, Polars' `scan_parquet` or Spark's `read.parquet` take."""
+    return listed_shards(uri, read_manifest(uri, generation))
+
+
 def _read_shard_batch(batch: pa.Table, columns: list[str] | None, transform: Any = None) -> pa.Table:
     tables = [read_shard(uri, columns) for uri in batch["uri"].to_pylist()]
     return pa.concat_tables([transform(t) for t in tables] if transform else tables)
@@ -220,7 +231,7 @@ def read(
 
     manifest = read_manifest(uri, generation)
     check_header(manifest, manifest_uri(uri), tokenizer_hash)
-    uris = [storage.join(uri, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
+    uris = listed_shards(uri, manifest)
     if not uris:
         raise UserError(f"{uri}: the manifest lists no windows; label some pairs first")
     items = [{"uri": u} for u in uris]

@@ -18,7 +18,7 @@ from qadist import storage
 from qadist.config import LabelConfig
 from qadist.label.stage import run_label
 from qadist.leases import Lease
-from qadist.shards import read_manifest, read_shard
+from qadist.shards import read_manifest, read_shard, snapshot_paths
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 ARGS = ["--rows-per-shard", "20", "--max-seq-len", "128", "--doc-stride", "32", "--batch-size", "16"]
@@ -79,6 +79,8 @@ def test_files_added_one_at_a_time_are_labelled_once_each(tmp_path, squad_pairs,
     assert [(r["id"], r["row"]) for r in rejects] == [(files[0][3]["id"], 6)]
     assert "already labelled by an earlier generation" in rejects[0]["reason"]
     assert ids_of(out, 2) == [r["id"] for r in files[1]]  # --generation N: that generation alone
+    listed = [storage.join(out, s["path"]) for s in manifest["shards"] if s["rows"]]
+    assert snapshot_paths(out) == listed and set(snapshot_paths(out, 2)) < set(listed)  # what other engines read
 
     # Nothing new: a no-op. A file edited after it was labelled: refused, naming it.
     assert run_cli(*label) == 0
