@@ -2,8 +2,9 @@
 leave a live run's files alone.
 
 A run holds `<out>/_writers/<host>-<pid>-<random>.json` while it works and renews it every
-`RENEW_S` seconds from a daemon thread; a lease not renewed for `ttl_s` seconds (a killed process)
-no longer counts. Rules (docs/reliability.md, "Writers of one output"):
+`RENEW_S` seconds from a daemon thread; a lease not renewed for `TTL_S` seconds (a killed process
+elsewhere) no longer counts, nor does one whose process on this machine is gone. Rules
+(docs/reliability.md, "Writers of one output"):
 - `--overwrite` refuses while another run holds a lease; a run refuses while an `--overwrite` run
   holds one. Both write their lease before they look, so of two that start together at least one
   sees the other: both may refuse (a re-run goes through), neither deletes under the other.
@@ -24,6 +25,7 @@ import uuid
 from typing import Any
 
 from qadist import storage
+from qadist.errors import UserError
 
 LEASES = "_writers"
 RENEW_S = 10.0
@@ -68,16 +70,31 @@ class Lease:
         storage.delete(self.uri)
 
     def others(self) -> list[dict[str, Any]]:
-        """The live leases of other runs on this output (expired ones, of killed runs, are removed)."""
+        """The live leases of other runs on this output. A lease whose holder ran on this machine and
+        is gone (a killed driver) is dead at once and removed, as is one expired long ago."""
         live = []
         for name, holder in read_leases(self.out):
             if name == self.name:
                 continue
-            if time.time() - holder["renewed"] < TTL_S:
+            age = time.time() - holder["renewed"]
+            gone = holder.get("host") == self.holder["host"] and not process_alive(int(holder.get("pid", 0)))
+            if age < TTL_S and not gone:
                 live.append(holder)
-            elif time.time() - holder["renewed"] > 10 * TTL_S:  # long dead: tidy up
+            elif gone or age > 10 * TTL_S:
                 storage.delete(storage.join(self.out, LEASES, name))
         return live
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def read_leases(out: str) -> list[tuple[str, dict[str, Any]]]:
@@ -96,3 +113,23 @@ def read_leases(out: str) -> list[tuple[str, dict[str, Any]]]:
 def describe(holder: dict[str, Any]) -> str:
     ago = time.time() - holder["renewed"]
     return f"`qadist {holder['command']}` pid {holder['pid']} on {holder['host']}, lease renewed {ago:.0f}s ago"
+
+
+def check_writers(out: str, lease: Lease, exclusive: bool = False) -> None:
+    """--overwrite never deletes under a live run, and no run writes under a live --overwrite
+    (`exclusive`: no run at all writes beside another)."""
+    others = lease.others()
+    if exclusive and others:
+        raise UserError(
+            f"{out}: another run is writing this output ({describe(others[0])}); wait for it to finish, then re-run"
+        )
+    if lease.holder["overwrite"] and others:
+        raise UserError(
+            f"{out}: --overwrite refused: another run is writing this output ({describe(others[0])}); "
+            "wait for it to finish or stop it, then re-run"
+        )
+    replacing = [o for o in others if o.get("overwrite")]
+    if replacing:
+        raise UserError(
+            f"{out}: an --overwrite run is replacing this output ({describe(replacing[0])}); re-run when it is done"
+        )

@@ -35,20 +35,45 @@ def generation_uri(out: str, number: int) -> str:
     return manifest_uri(out) if number == 1 else storage.join(out, f"_manifest-{number:06d}.json")
 
 
+def generation_number(name: str) -> int:
+    match = GENERATION_NAME.fullmatch(name)
+    assert match is not None, name
+    return int(match.group(1) or 1)
+
+
 def committed_generations(out: str) -> list[dict[str, Any]]:
-    """Every committed generation's manifest, in order (1, 2, ...): numbers are taken one after another."""
+    """Every committed generation's manifest, in order (1, 2, ...): numbers are taken one after another,
+    so a gap (an --overwrite killed half way, a hand-deleted file) is an error, not a shorter table."""
     found = []
     while storage.exists(uri := generation_uri(out, len(found) + 1)):
         manifest = json.loads(storage.read_text(uri))
         manifest.setdefault("generation", len(found) + 1)
         found.append(manifest)
+    stray = [u for u in generation_files(out) if generation_number(storage.basename(u)) > len(found)]
+    if stray:
+        raise UserError(
+            f"{out}: generation files are not contiguous (1..{len(found)}, then {storage.basename(stray[0])}): an "
+            "--overwrite stopped half way or a manifest was removed by hand; re-run with --overwrite"
+        )
     return found
+
+
+def delete_generations(out: str) -> None:
+    """Remove every generation's manifest, the newest first and generation 1 last, so an interruption
+    leaves a shorter contiguous table, never one with a gap."""
+    for uri in sorted(generation_files(out), key=lambda u: -generation_number(storage.basename(u))):
+        storage.delete(uri)
+
+
+def committed_inputs(generations: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Input file URI -> (its size when labelled, the generation that labelled it)."""
+    return {i["uri"]: (i["size"], g.get("generation", 1)) for g in generations for i in g.get("inputs") or []}
 
 
 def generation_files(out: str) -> list[str]:
     """The generation manifests present under `out` (for --overwrite, which removes them all)."""
     fs, path = storage.resolve(out)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))  # this folder only
     names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
     return [storage.join(out, n) for n in sorted(names) if GENERATION_NAME.fullmatch(n)]
 

@@ -9,10 +9,11 @@ itself).
 
 A daily job (jobs/configs/daily.yaml): new logged questions -> a new pairs generation -> a new label
 generation -> a student distilled on it, continuing from the previous one. Two things make that one
-config: `{generation}` and `{previous_generation}` in any string of a section after `label` are
-the label output's newest committed generation number and the one before (resolved when the
-stage runs), and a distill section's `continue_from` (a student folder, usually with
-`{previous_generation}` in it) replaces `student` when that folder holds a finished model.
+config: `{generation}` and `{previous_generation}` in any string of any section are the label
+output's newest committed generation number and the one before (resolved when the stage runs, so
+after `label` they count its new generation), and a distill section's `continue_from` (a student
+folder, usually with `{previous_generation}` in it) replaces `student` when that folder holds a
+finished model; from generation 2 on, a missing one is an error rather than a fresh start.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import STAGE_CONFIGS, StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import committed_generations, manifest_uri
-from qadist.pairs.generations import input_files
+from qadist.outputs import committed_generations
+from qadist.rows import input_files
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def has_new_input(stage: str, cfg: StageConfig) -> str | None:
 
 def completion_marker(stage: str, cfg: StageConfig) -> str:
     """The object whose existence means the stage finished."""
-    if stage in ("pairs", "label"):
-        return manifest_uri(cfg.out)
     if stage in ("pretrain", "distill", "finetune"):
         return storage.join(cfg.out, "final", "config.json")
     if stage == "predict":
@@ -106,8 +105,14 @@ def resolve_section(stage: str, section: dict, generation: int, look: bool = Tru
     start = resolved.pop("continue_from", None)
     if start is not None and stage != "distill":
         raise UserError(f"{stage} section: 'continue_from' is a distill key (the student to continue from)")
-    if start is not None and look and storage.exists(storage.join(start, "config.json")):
-        resolved["student"] = start
+    if start is not None and look:
+        if storage.exists(storage.join(start, "config.json")):
+            resolved["student"] = start
+        elif generation > 1:  # yesterday's student never finished: do not quietly start from scratch
+            raise UserError(
+                f"distill section: continue_from {start} holds no finished model, so generation {generation - 1}'s "
+                "student never finished; finish it (re-run with generation and out set to it) or remove continue_from"
+            )
     return resolved
 
 

@@ -139,6 +139,19 @@ def iter_file_rows(file_uri: str) -> Iterator[tuple[int, Any]]:
     return _json_file(file_uri)
 
 
+def input_files(uri: str, flag: str = "the input") -> list[dict[str, Any]]:
+    """Every row file under `uri` (a file or a folder/prefix) with its size, in name order: what a
+    generation of a growing output records as read (`qadist.outputs`)."""
+    files = storage.list_files(uri, ROW_SUFFIXES)
+    if not files:
+        raise UserError(f"{uri}: no .json, .jsonl or .parquet files found; check {flag}")
+    found = []
+    for f in files:
+        fs, path = storage.resolve(f)
+        found.append({"uri": f, "size": fs.get_file_info(path).size})
+    return found
+
+
 def iter_raw_rows(uri: str, flag: str = "the input") -> Iterator[tuple[str, int, Any]]:
     """(file URI, row number from 1, raw row or `Unparsable`) for every row under `uri` (a file or
     a folder/prefix), files in name order."""

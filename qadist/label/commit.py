@@ -44,8 +44,8 @@ def _files(uri: str) -> list[pafs.FileInfo]:
 
 def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool = False) -> list[str]:
     """URIs under `out` that the sweep removes: unlisted files in shards/ and rejects/ (not with
-    `keep_unlisted`), and temporary files (`.tmp-*`, local outputs) older than `started` (seconds
-    since the epoch)."""
+    `keep_unlisted`) and temporary files (`.tmp-*`, local outputs), both only when older than
+    `started` (seconds since the epoch)."""
     listed = listed_paths(manifest)
     _, root = storage.resolve(out)
     found = []
@@ -62,7 +62,10 @@ def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool
             if f.mtime is not None and f.mtime.timestamp() < started:
                 found.append(storage.join(out, rel))
         elif folder and rel not in listed and not keep_unlisted:
-            found.append(storage.join(out, rel))
+            # Only what existed before this run started: a run that began later (its lease not seen
+            # yet when this one looked) may be writing its generation right now.
+            if f.mtime is not None and f.mtime.timestamp() < started:
+                found.append(storage.join(out, rel))
     return sorted(found)
 
 

@@ -60,24 +60,28 @@ def within_deadline(rows: Iterable[Any], deadline_s: float, cause: Callable[[], 
 
 
 def teacher_actors() -> list[tuple[str, int]]:
-    """(state, restarts) of every teacher actor Ray knows, from the GCS actor table.
+    """(state, restarts) of this job's teacher actors, from the GCS actor table (a long-lived
+    cluster also lists the finished actors of earlier jobs).
 
     `ray.util.state.list_actors` needs the dashboard, which an embedded Ray (the CLI on one machine)
     does not start; the GCS table behind it is read directly then (a private API: best effort)."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
     try:
         from ray.util.state import list_actors
 
-        found = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        found = list_actors(filters=[("job_id", "=", job)], detail=True, limit=10_000, raise_on_missing_output=False)
         return [(a.state, a.num_restarts or 0) for a in found if TEACHER_ACTOR in (a.class_name or "")]
     except Exception:
         from ray._private.state import state
 
         table = state.actor_table(None)
         return [(a["State"], int(a.get("NumRestarts") or 0)) for a in table.values()
-                if TEACHER_ACTOR in str(a.get("ActorClassName", ""))]  # fmt: skip
+                if TEACHER_ACTOR in str(a.get("ActorClassName", "")) and a.get("JobID") == job]  # fmt: skip
 
 
-def stall_cause(ray: Any, pending: int) -> str:
+def stall_cause(pending: int) -> str:
     """What the teacher actors are doing, in words, from Ray's actor table."""
     try:
         actors = teacher_actors()

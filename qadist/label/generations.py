@@ -67,11 +67,6 @@ def select_generation(generations: list[dict[str, Any]], number: int | None, out
     return {**generations[number - 1], "generations": [summary_of(generations[number - 1])]}
 
 
-def committed_inputs(generations: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    """Input file URI -> (its size when labelled, the generation that labelled it)."""
-    return {i["uri"]: (i["size"], g.get("generation", 1)) for g in generations for i in g.get("inputs") or []}
-
-
 def shard_id_hashes(uri: str) -> np.ndarray:
     """The 64-bit id hashes of the pairs a committed shard labelled (one per pair, not per window)."""
     from qadist.label.blocks import id_hash

@@ -17,15 +17,17 @@ How exactly-once works with an at-least-once engine:
    block run in length-sorted GPU batches of `batch_size` windows, each padded only to its own
    longest window. A retried task rewrites the same shard name with the same content. Memory stays
    flat: the driver holds block descriptors and the 16-byte-a-row pre-pass, workers one block.
-4. The manifest is written last with a conditional put, built from this run's results and the
-   footers of shards an earlier run finished. Readers (`read`) only read what it lists. Then, and
-   only then, `qadist.commit.sweep` removes files it does not list and aborts orphaned multipart
-   uploads (docs/reliability.md).
+4. The generation's manifest is written last with a conditional put, built from this run's results
+   and the footers of shards an earlier run finished. Readers (`read`) only read what the
+   committed generations list. Then, and only then, `qadist.commit.sweep` removes old files they
+   do not list and aborts orphaned multipart uploads (docs/reliability.md).
 
-A fingerprint of everything that changes the output (teachers and their revisions, tokenizer,
-lengths, combine, rows_per_shard, the input files and their sizes) is stored in
+The output grows by generations (`qadist.label.generations`, docs/formats.md): a run labels only
+the input files no committed generation holds. A fingerprint of everything that changes the labels
+(teachers and their revisions, tokenizer, lengths, combine, rows_per_shard) is stored in
 `<out>/_fingerprint.json` before any shard; a run with another fingerprint refuses to write into
-that output unless `--overwrite`.
+that output unless `--overwrite`. A writer's lease (`qadist.leases`) keeps `--overwrite` and the
+sweep off a live run's files; `--progress-deadline-s` (`qadist.label.deadline`) ends a stalled run.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from qadist.errors import UserError, user_error_in
 from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
 from qadist.label.commit import sweep
 from qadist.label.deadline import stall_cause, within_deadline
-from qadist.label.generations import committed_inputs, labelled_id_hashes, union
+from qadist.label.generations import labelled_id_hashes, union
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
-from qadist.leases import Lease, describe
-from qadist.outputs import MANIFEST, claim, committed_generations, generation_files, generation_uri
+from qadist.leases import Lease, check_writers
+from qadist.outputs import MANIFEST, claim, committed_generations, committed_inputs, delete_generations, generation_uri
+from qadist.rows import input_files
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
 
@@ -102,7 +105,18 @@ def resolve_teachers(cfg: LabelConfig) -> tuple[list[dict], dict, list[dict], li
 
 
 def prepare_output(cfg: LabelConfig, settings: dict) -> None:
-    """Claim `cfg.out` for these settings (a changed teacher, tokenizer or window setting is refused)."""
+    """Claim `cfg.out` for these settings (a changed teacher, tokenizer or window setting is refused).
+
+    An output claimed before generations existed holds its input files in the fingerprint; with
+    every other setting the same, its fingerprint is rewritten without them, so it can grow."""
+    uri = storage.join(cfg.out, FINGERPRINT)
+    if not cfg.overwrite and storage.exists(uri):
+        held = json.loads(storage.read_text(uri))
+        same = {k: v for k, v in held.items() if k not in ("inputs", "fingerprint")} == {
+            k: v for k, v in json.loads(json.dumps(settings)).items() if k != "fingerprint"
+        }
+        if "inputs" in held and same:
+            storage.write_bytes(uri, json.dumps(settings, indent=2, sort_keys=True).encode("utf-8"))
     claim(
         cfg.out,
         FINGERPRINT,
@@ -265,10 +279,9 @@ def run_label(cfg: LabelConfig) -> dict:
         **({"projected_tokenizers": projected} if projected else {}),
     }
     with Lease(cfg.out, "label", overwrite=cfg.overwrite) as lease:
-        check_writers(cfg, lease)
+        check_writers(cfg.out, lease)
         if cfg.overwrite:
-            for uri in generation_files(cfg.out):
-                storage.delete(uri)
+            delete_generations(cfg.out)
         prepare_output(cfg, settings)
         ray = ensure_ray()
         check_resources(ray, cfg)
@@ -309,23 +322,11 @@ def run_label(cfg: LabelConfig) -> dict:
                 f"{cfg.out}: other runs committed {COMMIT_ATTEMPTS} generations while this one labelled; "
                 "re-run when they are done (finished shards are reused)"
             )
-        sweep(cfg.out, view, started_at, others_writing=bool(lease.others()))  # only now: what to keep is committed
+        # Only now, and against the generations committed by now (leases looked at first: a run that
+        # commits and leaves in between is in the table re-read after): what to keep is committed.
+        others_writing = bool(lease.others())
+        sweep(cfg.out, union(committed_generations(cfg.out)), started_at, others_writing=others_writing)
     return view
-
-
-def check_writers(cfg: LabelConfig, lease: Lease) -> None:
-    """--overwrite never deletes under a live run, and no run writes under a live --overwrite (`qadist.leases`)."""
-    others = lease.others()
-    if cfg.overwrite and others:
-        raise UserError(
-            f"{cfg.out}: --overwrite refused: another run is writing this output ({describe(others[0])}); "
-            "wait for it to finish or stop it, then re-run"
-        )
-    replacing = [o for o in others if o.get("overwrite")]
-    if replacing:
-        raise UserError(
-            f"{cfg.out}: an --overwrite run is replacing this output ({describe(replacing[0])}); re-run when it is done"
-        )
 
 
 def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], list[dict]]:
@@ -333,8 +334,8 @@ def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], li
 
     A file a generation labelled must not change afterwards (logs gain new files, not edits): a
     changed size is an error naming the file, since its rows would be neither new nor labelled."""
-    blocks, inputs = plan_blocks(cfg.pairs, cfg.rows_per_shard)
     held = committed_inputs(committed)
+    inputs = input_files(cfg.pairs, "--pairs")
     for i in inputs:
         if i["uri"] in held and held[i["uri"]][0] != i["size"]:
             size, number = held[i["uri"]]
@@ -342,8 +343,19 @@ def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], li
                 f"{i['uri']}: changed since generation {number} labelled it ({size:,} -> {i['size']:,} bytes); "
                 "add new rows as new files, or re-label everything with --overwrite"
             )
-    fresh = {i["uri"] for i in inputs if i["uri"] not in held}
-    return [b for b in blocks if b.source in fresh], [i for i in inputs if i["uri"] in fresh]
+    fresh = [i for i in inputs if i["uri"] not in held]
+    if not fresh:
+        return [], []
+    blocks, _ = plan_blocks(cfg.pairs, cfg.rows_per_shard, only={i["uri"] for i in fresh})  # held files unread
+    return blocks, fresh
+
+
+def first_with_answers(out: str, first: dict, default: bool) -> bool:
+    """Whether generation 1's shards carry answers (read from a shard when its manifest predates the key)."""
+    if "with_answers" in first:
+        return bool(first["with_answers"])
+    listed = [s for s in first["shards"] if s["rows"]]
+    return "answers" in read_footer(storage.join(out, listed[0]["path"]))[2].names if listed else default
 
 
 def label_generation(
@@ -360,7 +372,7 @@ def label_generation(
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
     if committed:  # one output, one schema: the first generation decided whether shards carry answers
-        with_answers = bool(committed[0].get("with_answers", with_answers))
+        with_answers = first_with_answers(cfg.out, committed[0], with_answers)
     log.info(
         "generation %d: planned %d blocks in %.1fs; pre-pass over the ids (%d labelled earlier) in %.1fs",
         number,
@@ -369,9 +381,15 @@ def label_generation(
         len(labelled),
         time.perf_counter() - planned,
     )
+    taken = {s["path"]: g.get("generation", 1) for g in committed for s in g["shards"]}
     for b in blocks:
         b.with_answers = with_answers
         name_by_content(b)
+        if f"shards/{b.name}.parquet" in taken:  # two file names that map to one shard name
+            raise UserError(
+                f"{b.source}: its shard name {b.name} is taken by generation {taken[f'shards/{b.name}.parquet']}'s "
+                "shard of another file (names differ only in punctuation); rename the new file"
+            )
     shards = storage.join(cfg.out, "shards")
     existing = set(storage.list_files(shards, (".parquet",))) if storage.exists(shards) else set()
     done = {b.name for b in blocks if storage.join(shards, f"{b.name}.parquet") in existing}
@@ -401,9 +419,7 @@ def label_generation(
     results: dict[str, dict] = {}
     try:
         rows = build_pipeline(ray, cfg, header["teachers"], pending, header, groups).iter_rows() if pending else ()
-        for row in within_deadline(
-            rows, cfg.progress_deadline_s, lambda: stall_cause(ray, len(pending) - len(results))
-        ):
+        for row in within_deadline(rows, cfg.progress_deadline_s, lambda: stall_cause(len(pending) - len(results))):
             stats = json.loads(row["stats"])
             results[stats["block"]] = stats
             log.info(

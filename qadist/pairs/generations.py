@@ -16,7 +16,8 @@ from typing import Any
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.rows import ROW_SUFFIXES
+from qadist.outputs import committed_inputs
+from qadist.rows import input_files
 
 
 def part_prefix(number: int) -> str:
@@ -24,21 +25,9 @@ def part_prefix(number: int) -> str:
     return "" if number == 1 else f"g{number:06d}-"
 
 
-def input_files(uri: str, flag: str) -> list[dict[str, Any]]:
-    """Every input file under `uri` (`flag`'s) with its size, in name order."""
-    files = storage.list_files(uri, ROW_SUFFIXES)
-    if not files:
-        raise UserError(f"{uri}: no .json, .jsonl or .parquet files found; check {flag}")
-    out = []
-    for f in files:
-        fs, path = storage.resolve(f)
-        out.append({"uri": f, "size": fs.get_file_info(path).size})
-    return out
-
-
 def new_question_files(uri: str, committed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The question files no committed generation read; a changed one is an error naming it."""
-    held = {i["uri"]: (i["size"], g.get("generation", 1)) for g in committed for i in g.get("inputs") or []}
+    held = committed_inputs(committed)
     fresh = []
     for f in input_files(uri, "--questions"):
         if f["uri"] not in held:
@@ -57,8 +46,9 @@ def question_key(normalized: str) -> bytes:
 
 
 def earlier_questions(out: str, committed: list[dict[str, Any]], normalize: Any) -> tuple[set[str], dict[bytes, str]]:
-    """Ids the committed generations took (paired, merged or unmatched) and, per normalised question
-    they paired, its id: what a new generation must not pair again."""
+    """Ids the committed generations took (paired, or merged into a pair) and, per normalised question
+    they paired, its id: what a new generation must not pair again. (A question left unmatched
+    earlier may be tried again.)"""
     ids: set[str] = set()
     paired: dict[bytes, str] = {}
     for g in committed:

@@ -36,12 +36,12 @@ from qadist import console, storage
 from qadist.config import PairsConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
-from qadist.outputs import MANIFEST, claim, committed_generations, generation_files, generation_uri
+from qadist.leases import Lease, check_writers
+from qadist.outputs import MANIFEST, claim, committed_generations, delete_generations, generation_uri
 from qadist.pairs import embedding_cache
 from qadist.pairs.embedding_cache import cache_key
 from qadist.pairs.generations import (
     earlier_questions,
-    input_files,
     new_question_files,
     part_prefix,
     question_key,
@@ -240,6 +240,8 @@ def prepare_out(cfg: PairsConfig) -> list[dict]:
     """Claim `cfg.out` for these settings; its committed generations. What a run killed part way
     left of the next generation is deleted: that generation is redone from the start."""
     settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
+    if cfg.overwrite:  # before the claim, which removes generation 1: never a table with a gap
+        delete_generations(cfg.out)
     claim(
         cfg.out,
         CLAIM,
@@ -250,9 +252,6 @@ def prepare_out(cfg: PairsConfig) -> list[dict]:
         foreign=(MANIFEST, "pairs"),
         fix="use another --out, or pass --overwrite to replace them",
     )
-    if cfg.overwrite:
-        for uri in generation_files(cfg.out):
-            storage.delete(uri)
     committed = committed_generations(cfg.out)
     prefix = part_prefix(len(committed) + 1)
     storage.delete(storage.join(cfg.out, "_work"))
@@ -323,61 +322,14 @@ def pair_row(r: dict[str, Any], docs: list[dict], passages: dict[str, np.ndarray
     return row
 
 
-def run_pairs(cfg: PairsConfig) -> dict:
-    """Run the whole stage; returns the manifest."""
+def match_questions(
+    cfg: PairsConfig, tokenizer, docs: list[dict], doc_rejects: list[dict], stager: QuestionStager,
+    pairs: PartWriter, unmatched: PartWriter,
+) -> tuple[int, bool, int]:  # fmt: skip
+    """The index over the documents' passages, then the staged questions through the matching
+    actors into `pairs` / `unmatched`; (passages, whether the search was approximate, questions matched)."""
+    import ray
     import ray.data
-
-    started = time.perf_counter()
-    if cfg.passage_overlap >= cfg.passage_tokens:
-        raise UserError(f"passage_overlap={cfg.passage_overlap} must be below passage_tokens={cfg.passage_tokens}")
-    limit = max_seq_length(cfg.model)
-    if limit is not None and cfg.passage_tokens > limit - 2:
-        raise UserError(
-            f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); "
-            "lower --passage-tokens"
-        )
-    tokenizer = load_tokenizer_for(cfg.model)
-    committed = prepare_out(cfg)
-    fresh = new_question_files(cfg.questions, committed)
-    if committed and not fresh:
-        pairs_out = sum(g["counts"]["pairs_out"] for g in committed)
-        console.summary(
-            f"qadist pairs: {cfg.out} is already complete with these settings ({len(committed)} generation(s), "
-            f"{pairs_out:,} pairs); no new question files under {cfg.questions}; nothing to do",
-            log,
-        )
-        return {**committed[-1], "generations": [{"generation": g.get("generation", 1), "counts": g["counts"]}
-                                                 for g in committed]}  # fmt: skip
-    number = len(committed) + 1
-    prefix = part_prefix(number)
-    docs, doc_rejects = load_documents(cfg.documents)
-    ray = ensure_ray()
-
-    # Pass 1: the new question files' rows, streamed through the driver.
-    earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question) if committed else (set(), {})
-    stager = QuestionStager(cfg.out, prefix, earlier_ids, earlier)
-    for f in fresh:
-        for source, n, raw in iter_raw_rows(f["uri"], "--questions"):
-            stager.add(source, n, raw)
-    stager.finish()
-    if committed:
-        console.banner(
-            f"qadist pairs: generation {number}: {len(fresh)} new question file(s) under {cfg.questions} "
-            f"({stager.rows_in:,} rows); {len(earlier_ids):,} questions of earlier generations are not paired again",
-            log,
-        )
-    if not stager.rep_ids:
-        storage.delete(storage.join(cfg.out, "_work"))
-        first = f", first: {stager.first_reason}" if stager.first_reason else ""
-        raise UserError(
-            f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, "
-            f"{stager.rejects.rows} rejected{first}); "
-            "give JSONL or Parquet rows with 'id' and 'question'"
-        )
-    doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}documents")
-    for r in doc_rejects:
-        doc_reject_writer.add(r)
-    doc_reject_writer.flush()
 
     # The index: passages, embeddings, BM25; once into the object store.
     passages = build_passages(docs, tokenizer, cfg.passage_tokens, cfg.passage_overlap, cfg.context_tokens)
@@ -391,7 +343,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
         log,
     )
     key = cache_key(
-        input_files(cfg.documents, "--documents"),
+        cfg.documents,
+        resolve_model(cfg.model),
         {k: getattr(cfg, k) for k in ("model", "passage_tokens", "passage_overlap", "context_tokens")},
     )
     emb = embedding_cache.load(cfg.out, key, n_passages)
@@ -423,10 +376,6 @@ def run_pairs(cfg: PairsConfig) -> dict:
         },
         **actor_options(cfg),
     )
-    pairs = PartWriter(
-        storage.join(cfg.out, "pairs"), name=f"{prefix}part", fmt=cfg.output_format, rows_per_file=cfg.rows_per_file
-    )
-    unmatched = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}unmatched")
     matched = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["slot"])):
@@ -443,6 +392,79 @@ def run_pairs(cfg: PairsConfig) -> dict:
                 continue
             matched += int(r["rank"]) == 1
             pairs.add(pair_row(r, docs, passages, int(stager.counts[int(r["slot"])]), cfg.top_k))
+    return n_passages, approximate, matched
+
+
+def run_pairs(cfg: PairsConfig) -> dict:
+    """Run the whole stage; returns the manifest."""
+
+    started = time.perf_counter()
+    if cfg.passage_overlap >= cfg.passage_tokens:
+        raise UserError(f"passage_overlap={cfg.passage_overlap} must be below passage_tokens={cfg.passage_tokens}")
+    limit = max_seq_length(cfg.model)
+    if limit is not None and cfg.passage_tokens > limit - 2:
+        raise UserError(
+            f"passage_tokens={cfg.passage_tokens} is over what {cfg.model} embeds ({limit - 2} tokens + 2 special); "
+            "lower --passage-tokens"
+        )
+    tokenizer = load_tokenizer_for(cfg.model)
+    # One pairs run at a time per output: a second would clear the first's unfinished generation.
+    with Lease(cfg.out, "pairs", overwrite=cfg.overwrite) as lease:
+        check_writers(cfg.out, lease, exclusive=True)
+        return pairs_generation(cfg, tokenizer, started)
+
+
+def pairs_generation(cfg: PairsConfig, tokenizer, started: float) -> dict:
+    """Pair the question files no committed generation read and commit them as the next generation."""
+    committed = prepare_out(cfg)
+    fresh = new_question_files(cfg.questions, committed)
+    if committed and not fresh:
+        pairs_out = sum(g["counts"]["pairs_out"] for g in committed)
+        console.summary(
+            f"qadist pairs: {cfg.out} is already complete with these settings ({len(committed)} generation(s), "
+            f"{pairs_out:,} pairs); no new question files under {cfg.questions}; nothing to do",
+            log,
+        )
+        return {**committed[-1], "generations": [{"generation": g.get("generation", 1), "counts": g["counts"]}
+                                                 for g in committed]}  # fmt: skip
+    number = len(committed) + 1
+    prefix = part_prefix(number)
+    docs, doc_rejects = load_documents(cfg.documents)
+    ensure_ray()
+
+    # Pass 1: the new question files' rows, streamed through the driver.
+    earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question) if committed else (set(), {})
+    stager = QuestionStager(cfg.out, prefix, earlier_ids, earlier)
+    for f in fresh:
+        for source, n, raw in iter_raw_rows(f["uri"], "--questions"):
+            stager.add(source, n, raw)
+    stager.finish()
+    if committed:
+        console.banner(
+            f"qadist pairs: generation {number}: {len(fresh)} new question file(s) under {cfg.questions} "
+            f"({stager.rows_in:,} rows); {len(earlier_ids):,} questions of earlier generations are not paired again",
+            log,
+        )
+    if not stager.rep_ids and not committed:
+        storage.delete(storage.join(cfg.out, "_work"))
+        first = f", first: {stager.first_reason}" if stager.first_reason else ""
+        raise UserError(
+            f"{cfg.questions}: no usable questions ({stager.rows_in} rows read, "
+            f"{stager.rejects.rows} rejected{first}); "
+            "give JSONL or Parquet rows with 'id' and 'question'"
+        )
+    doc_reject_writer = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}documents")
+    for r in doc_rejects:
+        doc_reject_writer.add(r)
+    doc_reject_writer.flush()
+
+    pairs = PartWriter(
+        storage.join(cfg.out, "pairs"), name=f"{prefix}part", fmt=cfg.output_format, rows_per_file=cfg.rows_per_file
+    )
+    unmatched = PartWriter(storage.join(cfg.out, "rejects"), name=f"{prefix}unmatched")
+    n_passages, approximate, matched = 0, False, 0
+    if stager.rep_ids:  # (a later generation whose questions were all asked before pairs nothing)
+        n_passages, approximate, matched = match_questions(cfg, tokenizer, docs, doc_rejects, stager, pairs, unmatched)
     pairs.flush()
     unmatched.flush()
     if not pairs.rows:

@@ -343,6 +343,10 @@ def test_new_question_files_become_a_generation_of_only_their_pairs(collection, 
 
     assert run_cli(*args) == 0
     assert "no new question files" in capsys.readouterr().out
+    put_jsonl(str(qdir / "day-3.jsonl"), [{"id": "day-3-again", "question": questions[2]["question"]}])
+    assert run_cli(*args) == 0  # every question asked before: a generation with no pairs, not an error
+    gen_3 = json.loads((out / "_manifest-000003.json").read_text())
+    assert gen_3["counts"]["pairs_out"] == 0 and gen_3["counts"]["questions_duplicate"] == 1
     put_jsonl(str(qdir / "day-1.jsonl"), questions[:11])
     assert run_cli(*args) == 2
     assert "day-1.jsonl: changed since generation 1 paired it" in capsys.readouterr().err
