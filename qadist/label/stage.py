@@ -307,7 +307,9 @@ def run_label(cfg: LabelConfig) -> dict:
                 # The same job, run twice at once, committed the same generation first (or this run's own
                 # commit succeeded and its reply was lost): the stored one counts.
                 log.warning(
-                    "%s: generation %d appeared while this run worked, with the same rows; kept it", cfg.out, number
+                    "%s: a manifest appeared while this run worked (generation %d, with the same rows); kept it",
+                    cfg.out,
+                    number,
                 )
                 view = union([*committed, stored])
                 break
