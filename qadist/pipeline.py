@@ -25,7 +25,7 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import STAGE_CONFIGS, StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import committed_generations
+from qadist.outputs import committed_generations, committed_inputs
 from qadist.rows import input_files
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ def has_new_input(stage: str, cfg: StageConfig) -> str | None:
     committed = committed_generations(cfg.out)
     if not committed:
         return "no generation committed yet"
-    held = {(i["uri"], i["size"]) for g in committed for i in g.get("inputs") or []}
+    held = committed_inputs(committed)
     source, flag = (cfg.questions, "--questions") if stage == "pairs" else (cfg.pairs, "--pairs")
-    fresh = [f for f in input_files(source, flag) if (f["uri"], f["size"]) not in held]
+    fresh = [f for f in input_files(source, flag) if held.get(f["uri"], (None,))[0] != f["size"]]
     return f"{len(fresh)} new or changed input file(s) under {source}" if fresh else None
 
 

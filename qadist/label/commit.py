@@ -57,15 +57,11 @@ def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool
     for folder, f in candidates:
         rel = f.path[len(root) :].lstrip("/")
         name = rel.rsplit("/", 1)[-1]
-        if name.startswith(".tmp-"):
-            # A concurrent writer's temporary file exists for milliseconds; one older than this run is orphaned.
-            if f.mtime is not None and f.mtime.timestamp() < started:
-                found.append(storage.join(out, rel))
-        elif folder and rel not in listed and not keep_unlisted:
-            # Only what existed before this run started: a run that began later (its lease not seen
-            # yet when this one looked) may be writing its generation right now.
-            if f.mtime is not None and f.mtime.timestamp() < started:
-                found.append(storage.join(out, rel))
+        leftover = name.startswith(".tmp-") or (folder and rel not in listed and not keep_unlisted)
+        # Only what existed before this run started: a concurrent writer's temporary file lives for
+        # milliseconds, and a run that began later (its lease not seen yet) may be writing its generation.
+        if leftover and f.mtime is not None and f.mtime.timestamp() < started:
+            found.append(storage.join(out, rel))
     return sorted(found)
 
 

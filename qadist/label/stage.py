@@ -287,7 +287,7 @@ def run_label(cfg: LabelConfig) -> dict:
         check_resources(ray, cfg)
         for _ in range(COMMIT_ATTEMPTS):
             committed = committed_generations(cfg.out)
-            manifest = label_generation(ray, cfg, committed, header, settings, groups, projected)
+            manifest = label_generation(ray, cfg, committed, header, settings, groups)
             if manifest is None:  # nothing new
                 view = union(committed)
                 console.summary(
@@ -361,7 +361,7 @@ def first_with_answers(out: str, first: dict, default: bool) -> bool:
 
 
 def label_generation(
-    ray, cfg: LabelConfig, committed: list[dict], header: dict, settings: dict, groups: list, projected: list
+    ray, cfg: LabelConfig, committed: list[dict], header: dict, settings: dict, groups: list
 ) -> dict | None:
     """Label the pairs of the input files no committed generation holds; the next generation's
     manifest (not yet committed), or None when there is nothing new."""
@@ -387,10 +387,10 @@ def label_generation(
     for b in blocks:
         b.with_answers = with_answers
         name_by_content(b)
-        if f"shards/{b.name}.parquet" in taken:  # two file names that map to one shard name
+        if (holder := taken.get(f"shards/{b.name}.parquet")) is not None:  # two file names, one shard name
             raise UserError(
-                f"{b.source}: its shard name {b.name} is taken by generation {taken[f'shards/{b.name}.parquet']}'s "
-                "shard of another file (names differ only in punctuation); rename the new file"
+                f"{b.source}: its shard name {b.name} is taken by generation {holder}'s shard of another file "
+                "(names differ only in punctuation); rename the new file"
             )
     shards = storage.join(cfg.out, "shards")
     existing = set(storage.list_files(shards, (".parquet",))) if storage.exists(shards) else set()
@@ -411,7 +411,7 @@ def label_generation(
         f"batch {cfg.batch_size} windows, windows of {cfg.max_seq_len} (stride {cfg.doc_stride})",
         log,
     )
-    for p in projected:
+    for p in header.get("projected_tokenizers", []):
         console.banner(
             f"qadist label: projection on: {', '.join(p['teachers'])} read the pairs with tokenizer {p['hash']} "
             f"and are carried through characters onto {header['tokenizer']['name']}'s windows "

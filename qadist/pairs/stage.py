@@ -39,7 +39,6 @@ from qadist.errors import UserError
 from qadist.leases import Lease, check_writers
 from qadist.outputs import MANIFEST, claim, committed_generations, delete_generations, generation_uri
 from qadist.pairs import embedding_cache
-from qadist.pairs.embedding_cache import cache_key
 from qadist.pairs.generations import (
     earlier_questions,
     new_question_files,
@@ -342,7 +341,7 @@ def match_questions(
         f"top_k={cfg.top_k}, min_score={cfg.min_score} -> {cfg.out}",
         log,
     )
-    key = cache_key(
+    key = embedding_cache.cache_key(
         cfg.documents,
         resolve_model(cfg.model),
         {k: getattr(cfg, k) for k in ("model", "passage_tokens", "passage_overlap", "context_tokens")},
@@ -397,7 +396,6 @@ def match_questions(
 
 def run_pairs(cfg: PairsConfig) -> dict:
     """Run the whole stage; returns the manifest."""
-
     started = time.perf_counter()
     if cfg.passage_overlap >= cfg.passage_tokens:
         raise UserError(f"passage_overlap={cfg.passage_overlap} must be below passage_tokens={cfg.passage_tokens}")
@@ -433,7 +431,7 @@ def pairs_generation(cfg: PairsConfig, tokenizer, started: float) -> dict:
     ensure_ray()
 
     # Pass 1: the new question files' rows, streamed through the driver.
-    earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question) if committed else (set(), {})
+    earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question)
     stager = QuestionStager(cfg.out, prefix, earlier_ids, earlier)
     for f in fresh:
         for source, n, raw in iter_raw_rows(f["uri"], "--questions"):

@@ -27,7 +27,7 @@ from qadist.outputs import claim, manifest_uri
 from qadist.rows import Unparsable, iter_raw_rows
 from qadist.select import label_studio
 from qadist.select.scores import group_windows, score_pair
-from qadist.shards import list_values, nested_values, read_manifest, read_shard
+from qadist.shards import list_values, listed_shards, nested_values, read_manifest, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def top_candidates(cfg: SelectConfig, manifest: dict, keep: int, excluded: set[s
     from qadist.runtime import ensure_ray
 
     ray = ensure_ray()
-    uris = [storage.join(cfg.labels, s["path"]) for s in manifest["shards"] if s["rows"] > 0]
+    uris = listed_shards(cfg.labels, manifest)
     ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=max(len(uris), 1)).map_batches(
         score_shards, fn_kwargs={"strategy": cfg.strategy, "seed": cfg.seed}, batch_size=1, batch_format="pyarrow"
     )
