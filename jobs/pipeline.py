@@ -8,8 +8,9 @@ Exit codes 0 / 2 (bad config or input, one line) / 1.
 Laptop (tiny models built offline, embedded Ray, local folders):
     python jobs/pipeline.py --config jobs/configs/local.yaml
 
-One GPU (the production models; set `use_gpu: true` / `num_gpus_per_actor: 1` in the config):
-    python jobs/pipeline.py --config jobs/configs/distill-then-finetune.yaml
+One GPU (the production models, every request sized for one GPU: one actor, one Train worker with
+gradient accumulation; a config asking for more GPUs than exist exits 2 before any work):
+    python jobs/pipeline.py --config jobs/configs/one-gpu.yaml
 
 Cluster:
     ray up cluster.yaml

@@ -74,7 +74,7 @@ def flag_type(annotation: Any) -> tuple[Any, bool]:
     annotation = without_none(annotation)
     if typing.get_origin(annotation) is Literal:
         return Optional[str], False  # the model names the choices when a value is wrong
-    if typing.get_origin(annotation) is list:
+    if typing.get_origin(annotation) in (list, dict):  # a dict's flag repeats NAME=VALUE
         return Optional[list[str]], True
     return Optional[annotation], False
 
@@ -87,6 +87,8 @@ def metavar(field: Any) -> str | None:
     annotation = without_none(field.annotation)
     if typing.get_origin(annotation) is Literal:
         return "|".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) is dict:
+        return "NAME=AMOUNT"
     return {int: "N", float: "X", str: "TEXT"}.get(annotation)
 
 

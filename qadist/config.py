@@ -8,10 +8,10 @@ fail before any work starts, with a one-line error naming the file and the key.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from qadist import storage
 from qadist.errors import UserError
@@ -50,6 +50,25 @@ def Model(default: Any = ..., help: str = "", flag: str | None = None) -> Any:  
 def Opt(default: Any = None, help: str = "", flag: str | None = None, **constraints: Any) -> Any:  # noqa: N802
     """A plain setting with its help text (and a flag spelling when it is not `--<name>`)."""
     return Field(default, description=help, json_schema_extra={"flag": flag} if flag else None, **constraints)
+
+
+def _resource_pairs(value: Any) -> Any:
+    """`--resource NAME=N` flags (a list of strings) -> {NAME: N}; a YAML mapping as it is."""
+    if not isinstance(value, list):
+        return value
+    out: dict[str, Any] = {}
+    for item in value:
+        name, sep, amount = str(item).partition("=")
+        if not sep or not name:
+            raise ValueError(f"{item!r} is not NAME=AMOUNT (for example qadist_label=1)")
+        out[name.strip()] = amount.strip()
+    return out
+
+
+# Custom Ray resources each unit (actor, Train worker, replica) asks for, beside its CPUs and GPUs:
+# they steer the unit onto the node types that declare them (cluster.yaml: qadist_label, qadist_train).
+Resources = Annotated[dict[str, float], BeforeValidator(_resource_pairs)]
+RESOURCES_HELP = "Custom Ray resources per {unit}, NAME=AMOUNT, repeatable (e.g. {example}: only nodes declaring it)."
 
 
 def _looks_like_path(value: str) -> bool:
@@ -143,6 +162,9 @@ class PairsConfig(StageConfig):
     batch_size: int = Opt(256, "Texts per embedding batch.", ge=1)
     num_actors: int = Opt(1, "Embedding/matching actors in each pool.", ge=1)
     num_gpus_per_actor: float = Opt(0.0, "GPUs per actor (0: CPU).", ge=0)
+    resources_per_actor: Resources = Opt(
+        {}, RESOURCES_HELP.format(unit="actor", example="qadist_label=1"), flag="--resource"
+    )
     approximate_above: int = Opt(1_000_000, "Passages above which search is approximate (with faiss installed).", ge=0)
     output_format: Literal["jsonl", "parquet"] = Opt("jsonl", "jsonl or parquet.")
     rows_per_file: int = Opt(10_000, "Pairs per output part file.", ge=1)
@@ -162,6 +184,9 @@ class LabelConfig(WindowSettings):
     num_actors: int = Opt(1, "Teacher actors in the pool.", ge=1)
     num_gpus_per_actor: float = Opt(0.0, "GPUs per teacher actor (fractions allowed).", ge=0)
     num_cpus_per_actor: float = Opt(1.0, "CPUs per teacher actor (torch threads on CPU-only actors).", gt=0)
+    resources_per_actor: Resources = Opt(
+        {}, RESOURCES_HELP.format(unit="teacher actor", example="qadist_label=1"), flag="--resource"
+    )
     precision: Precision = Opt("auto", PRECISION_HELP)
     spread_actors: bool = Opt(False, "Place teacher actors on different nodes (Ray's SPREAD strategy).")
     rows_per_shard: int = Opt(10_000, "Input rows per shard: the unit of work and of resume.", ge=1)
@@ -189,6 +214,9 @@ class OptimizerSettings(StageConfig):
     max_grad_norm: float = Opt(1.0, "Gradient clipping norm.", gt=0)
     num_workers: int = Opt(1, "Ray Train workers (one per GPU with --use-gpu).", ge=1)
     use_gpu: bool = Opt(False, "Train on GPUs (one per worker).")
+    resources_per_worker: Resources = Opt(
+        {}, RESOURCES_HELP.format(unit="Train worker", example="qadist_train=1"), flag="--resource"
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Opt(
         "PACK", "How Ray places the workers: PACK fills a node first; SPREAD / STRICT_SPREAD one per node."
     )
@@ -324,6 +352,9 @@ class ServeConfig(AnswerSettings):
     replicas: int = Opt(1, "Model replicas (each a Ray actor holding the model).", ge=1)
     num_cpus_per_replica: float = Opt(1.0, "CPUs reserved per replica (torch threads on CPU).", gt=0)
     num_gpus_per_replica: float = Opt(0.0, "GPUs per replica (fractions allowed).", ge=0)
+    resources_per_replica: Resources = Opt(
+        {}, RESOURCES_HELP.format(unit="replica", example="qadist_cpu=1"), flag="--resource"
+    )
     max_batch_size: int = Opt(16, "Questions batched into one forward pass at most.", ge=1)
     batch_wait_ms: float = Opt(5.0, "How long a batch waits to fill before it runs.", ge=0)
     max_ongoing_requests: int = Opt(32, "Requests a replica works on at once.", ge=1)

@@ -14,6 +14,19 @@ import os
 from qadist import console
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+# The test hook of the simulated GPU cluster (tests/integration/test_simulated_gpu_cluster.py): with
+# this set to 1 in the environment of Ray's processes, work that Ray scheduled on a (declared, not
+# real) GPU computes on the CPU: `inference.pick_device` gives the CPU for --use-gpu when no CUDA
+# device is visible, and Ray Train's GPU workers use the CPU with the gloo backend. Placement,
+# resource checks and the driver's independence from CUDA are then real; only the arithmetic moves.
+SIMULATED_GPUS = "QADIST_SIMULATED_GPUS"
+
+
+def simulated_gpus() -> bool:
+    """Whether GPU-scheduled work computes on the CPU (the simulated GPU cluster's hook, tests only)."""
+    return os.environ.get(SIMULATED_GPUS) == "1"
+
+
 _started: list[bool] = []  # whether this process started the Ray it uses (and so ends it)
 
 

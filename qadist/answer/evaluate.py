@@ -38,15 +38,9 @@ def read_json_mapping(uri: str, value_types: tuple[type, ...], what: str) -> dic
 
 def predict_for(cfg: EvaluateConfig) -> tuple[dict[str, str], dict[str, float]]:
     """`cfg.model`'s answers to `cfg.data`, written where `--predictions` / `--na-probs` say."""
-    from qadist.answer.predict import answer, write_answers
+    from qadist.answer.predict import answer_where_asked, write_answers
 
-    if cfg.use_gpu:  # on a GPU worker: a cluster job's driver runs on the CPU head node
-        from qadist.runtime import ensure_ray
-
-        ray = ensure_ray()
-        predictions, na_probs = ray.get(ray.remote(answer).options(num_gpus=1).remote(cfg, cfg.model, cfg.data))
-    else:
-        predictions, na_probs = answer(cfg, cfg.model, cfg.data)
+    predictions, na_probs = answer_where_asked(cfg, cfg.model, cfg.data)
     write_answers(predictions, na_probs, cfg.predictions, cfg.na_probs)
     return predictions, na_probs
 

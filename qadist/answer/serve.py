@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 
+from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import ServeConfig
 from qadist.rows import lone_surrogate
 
@@ -133,9 +134,11 @@ class QAService:
 
 def build_app(cfg: ServeConfig) -> Any:
     """The Serve application for `cfg`: replicas, their resources and the bounded queues."""
-    resources: dict[str, float] = {"num_cpus": cfg.num_cpus_per_replica}
+    resources: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_replica}
     if cfg.num_gpus_per_replica:
         resources["num_gpus"] = cfg.num_gpus_per_replica
+    if cfg.resources_per_replica:
+        resources["resources"] = dict(cfg.resources_per_replica)
     return QAService.options(
         num_replicas=cfg.replicas,
         ray_actor_options=resources,
@@ -174,9 +177,24 @@ def start_ray(cfg: ServeConfig) -> None:
     ensure_ray(min_cpus=int(cfg.replicas * cfg.num_cpus_per_replica) + 1, threads=max(1, int(cfg.num_cpus_per_replica)))
 
 
+def demands(cfg: ServeConfig) -> list[Demand]:
+    """What the replicas ask Ray for, all at once."""
+    each = bundle(cfg.num_cpus_per_replica, cfg.num_gpus_per_replica, cfg.resources_per_replica)
+    fix = "lower --replicas or --num-gpus-per-replica (fractions share a GPU), or add such nodes"
+    return [Demand(f"{cfg.replicas} replica(s)", each, cfg.replicas, fix)]
+
+
+def check_replicas_fit(cfg: ServeConfig) -> None:
+    """Exit 2 now when the replicas can never all start (serve.run would wait for them forever)."""
+    import ray
+
+    check_capacity(ray, "serve", demands(cfg))
+
+
 def start(cfg: ServeConfig) -> str:
     """Start Serve on the Ray that `start_ray` started or joined and deploy the app; returns the base
     URL when it is ready."""
+    check_replicas_fit(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="qadist", route_prefix="/")
     url = f"http://{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{cfg.port}"

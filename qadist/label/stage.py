@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from qadist import console, storage
+from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError, user_error_in
 from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
@@ -176,6 +177,8 @@ def build_pipeline(
     )
     lengths = (cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
     actor_args: dict[str, Any] = {"num_gpus": cfg.num_gpus_per_actor} if cfg.num_gpus_per_actor > 0 else {}
+    if cfg.resources_per_actor:
+        actor_args["resources"] = dict(cfg.resources_per_actor)
     if cfg.spread_actors:
         actor_args["scheduling_strategy"] = "SPREAD"
     ds = (
@@ -233,10 +236,18 @@ def build_pipeline(
     return ds
 
 
+def demands(cfg: LabelConfig) -> list[Demand]:
+    """What the teacher actor pool asks Ray for, all at once."""
+    each = bundle(cfg.num_cpus_per_actor, cfg.num_gpus_per_actor, cfg.resources_per_actor)
+    fix = "lower --num-actors or --num-gpus-per-actor (fractions share a GPU), or add such nodes"
+    return [Demand(f"{cfg.num_actors} teacher actor(s)", each, cfg.num_actors, fix)]
+
+
 def check_resources(ray, cfg: LabelConfig) -> None:
-    """Warn (an autoscaler may still add nodes) when the pool cannot start or would starve the tasks."""
-    resources = ray.cluster_resources()
-    total = resources.get("CPU", 0)
+    """Exit 2 now when the teacher actors can never all start (GPUs, custom resources); warn when they
+    would leave no CPU for the read, window and write tasks."""
+    check_capacity(ray, "label", demands(cfg))
+    total = ray.cluster_resources().get("CPU", 0)
     if total and total - cfg.num_actors * cfg.num_cpus_per_actor < 1:
         log.warning(
             "num_actors=%d x num_cpus_per_actor=%g leaves under one of %g CPUs for read/window/write tasks; "
@@ -244,12 +255,6 @@ def check_resources(ray, cfg: LabelConfig) -> None:
             cfg.num_actors,
             cfg.num_cpus_per_actor,
             total,
-        )
-    if cfg.num_gpus_per_actor > resources.get("GPU", 0):
-        log.warning(
-            "num_gpus_per_actor=%g but the cluster has %g GPUs now; the teacher actors wait until GPU nodes join",
-            cfg.num_gpus_per_actor,
-            resources.get("GPU", 0),
         )
 
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadist import console, storage
+from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import PairsConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
@@ -207,7 +208,21 @@ def actor_options(cfg: PairsConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=cfg.num_actors), "num_cpus": 1}
     if cfg.num_gpus_per_actor > 0:
         opts["num_gpus"] = cfg.num_gpus_per_actor
+    if cfg.resources_per_actor:
+        opts["resources"] = dict(cfg.resources_per_actor)
     return opts
+
+
+def demands(cfg: PairsConfig) -> list[Demand]:
+    """What one actor pool (the encoders, then the matchers) asks Ray for, all at once."""
+    each = bundle(1, cfg.num_gpus_per_actor, cfg.resources_per_actor)
+    fix = "lower --num-actors or --num-gpus-per-actor, or add such nodes"
+    return [Demand(f"{cfg.num_actors} encoder actor(s)", each, cfg.num_actors, fix)]
+
+
+def check_resources(ray, cfg: PairsConfig) -> None:
+    """Exit 2 now when the embedding and matching actors can never all start."""
+    check_capacity(ray, "pairs", demands(cfg))
 
 
 def embed_passages(texts: list[str], cfg: PairsConfig) -> np.ndarray:
@@ -427,8 +442,8 @@ def pairs_generation(cfg: PairsConfig, tokenizer, started: float) -> dict:
                                                  for g in committed]}  # fmt: skip
     number = len(committed) + 1
     prefix = part_prefix(number)
+    check_resources(ensure_ray(), cfg)
     docs, doc_rejects = load_documents(cfg.documents)
-    ensure_ray()
 
     # Pass 1: the new question files' rows, streamed through the driver.
     earlier_ids, earlier = earlier_questions(cfg.out, committed, normalize_question)

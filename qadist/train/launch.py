@@ -17,9 +17,11 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from qadist import console, storage
+from qadist.capacity import Demand, check_capacity
 from qadist.config import OptimizerSettings, to_dict
 from qadist.errors import UserError
 from qadist.outputs import claim
+from qadist.runtime import simulated_gpus
 from qadist.train.batches import Plan, plan_steps
 from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
 from qadist.train.loop import train_loop_per_worker
@@ -102,6 +104,39 @@ def windows_described(soft: int, gold: int) -> str:
     return f"{soft + gold:,} windows ({', '.join(p for p in parts if p)})"
 
 
+def simulated_gpu_torch_config(use_gpu: bool) -> Any:
+    """gloo instead of NCCL for GPU workers that compute on the CPU (the simulated GPU cluster's hook,
+    qadist/runtime.py); None (Ray Train's choice: NCCL on GPUs) otherwise."""
+    import torch
+
+    if use_gpu and simulated_gpus() and not torch.cuda.is_available():
+        from ray.train.torch import TorchConfig
+
+        return TorchConfig(backend="gloo")
+    return None
+
+
+def worker_resources(cfg: OptimizerSettings) -> dict[str, float]:
+    """One Train worker's resources as Ray Train asks for them: a GPU (and no CPU: Ray Train's default,
+    so CPUs stay for data tasks) with --use-gpu, else a CPU; plus --resource NAME=N."""
+    return {"GPU": 1.0} | cfg.resources_per_worker if cfg.use_gpu else {"CPU": 1.0} | cfg.resources_per_worker
+
+
+def demands(cfg: OptimizerSettings) -> list[Demand]:
+    """What the Train worker group asks Ray for, all at once (one placement group)."""
+    fix = (
+        "lower --num-workers (one per GPU; raise --grad-accum to keep the global batch) or add such nodes"
+        if cfg.use_gpu
+        else "lower --num-workers or add such nodes"
+    )
+    return [Demand(f"{cfg.num_workers} Train worker(s)", worker_resources(cfg), cfg.num_workers, fix)]
+
+
+def check_workers_fit(ray, stage: str, cfg: OptimizerSettings) -> None:
+    """Exit 2 now when the worker group can never be placed (Ray Train would wait for it forever)."""
+    check_capacity(ray, stage, demands(cfg))
+
+
 def launch(
     stage: str,
     cfg: OptimizerSettings,
@@ -167,8 +202,12 @@ def launch(
             "task": task or {},
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement_strategy
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=worker_resources(cfg),
+            placement_strategy=cfg.placement_strategy,
         ),
+        torch_config=simulated_gpu_torch_config(cfg.use_gpu),
         run_config=ray.train.RunConfig(
             name=stage,
             storage_path=storage_path,

@@ -47,6 +47,18 @@ def worker_node_ids() -> list[str]:
     return [str(n) for n in nodes]
 
 
+def training_device() -> torch.device:
+    """The worker's device: Ray Train's (its GPU, or the CPU); the CPU for a GPU worker of the
+    simulated GPU cluster (qadist/runtime.py's test hook), which has no CUDA device behind it."""
+    import ray.train.torch
+
+    from qadist.runtime import simulated_gpus
+
+    if simulated_gpus() and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return ray.train.torch.get_device()
+
+
 def train_step(
     model: torch.nn.Module,
     micro_batches: list[dict[str, torch.Tensor]],
@@ -205,7 +217,7 @@ class WorkerTrainer:
         self.rank = ray.train.get_context().get_world_rank()
         self.worker_nodes = worker_node_ids()
         self.config, self.plan, self.train = config, Plan(**config["plan"]), config["train"]
-        self.device = ray.train.torch.get_device()
+        self.device = training_device()
         self.amp_dtype = autocast_dtype(self.device, self.train["precision"])
         self.start_model = local_model(config["model"])
         self.tokenizer = load_tokenizer(self.start_model, self.train["trust_remote_code"])

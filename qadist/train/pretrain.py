@@ -33,7 +33,7 @@ from qadist.models import load_tokenizer, local_model
 from qadist.rows import make_reject
 from qadist.runtime import ensure_ray
 from qadist.train.domain_masking import domain_mask_probabilities, token_counts
-from qadist.train.launch import launch, quiet
+from qadist.train.launch import check_workers_fit, launch, quiet
 from qadist.train.masked_lm import pretrain_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
     if not heldout["input_ids"]:
         raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
-    ensure_ray(min_cpus=cfg.num_workers + 1)
+    check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "pretrain", cfg)
     import ray.data
     from ray.data.expressions import col
 

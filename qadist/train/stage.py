@@ -30,7 +30,7 @@ from qadist.shards import check_header, read, read_footer, read_manifest
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
 from qadist.train.checkpoint import recorded_windows
-from qadist.train.launch import WINDOW_KEYS, launch, quiet
+from qadist.train.launch import WINDOW_KEYS, check_workers_fit, launch, quiet
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     has_types = check_shards(cfg.labels, listed, recorded.get("hash"), need_text=projected)
     check_eval_file(cfg)
     soft = sum(int(s["rows"]) for s in listed)
-    ensure_ray(min_cpus=cfg.num_workers + 1)
+    check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "distill", cfg)
     if projected:
         has_types = "token_type_ids" in tokenizer.model_input_names
         dataset, soft = projected_dataset(cfg, windows)
@@ -252,7 +252,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     has_types = "token_type_ids" in tokenizer.model_input_names
     table = read_gold(cfg.train_file, tokenizer, windows, has_types, "finetune")
     check_eval_file(cfg)
-    ensure_ray(min_cpus=cfg.num_workers + 1)
+    check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "finetune", cfg)
     import ray.data
 
     blocks = [table.slice(i, GOLD_CHUNK) for i in range(0, table.num_rows, GOLD_CHUNK)]
