@@ -114,7 +114,7 @@ def node_types(ray) -> tuple[list[NodeType], str]:
         if types and all(t.resources for t in types):
             return types, source
     nodes = live_nodes(ray)
-    return nodes, f"the {len(nodes)} node(s) of this cluster (no autoscaler)"
+    return nodes, f"the {len(nodes)} node(s) of this cluster, no autoscaler"
 
 
 def _holds(resources: dict[str, float], unit: dict[str, float]) -> bool:

@@ -15,16 +15,27 @@ from qadist import console
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 # The test hook of the simulated GPU cluster (tests/integration/test_simulated_gpu_cluster.py): with
-# this set to 1 in the environment of Ray's processes, work that Ray scheduled on a (declared, not
-# real) GPU computes on the CPU: `inference.pick_device` gives the CPU for --use-gpu when no CUDA
-# device is visible, and Ray Train's GPU workers use the CPU with the gloo backend. Placement,
-# resource checks and the driver's independence from CUDA are then real; only the arithmetic moves.
+# this set to 1 in the environment of a Ray cluster whose nodes declare GPUs they do not have, the work
+# Ray schedules on a GPU computes on the CPU: in a process Ray gave GPUs, `inference.pick_device`
+# gives the CPU for --use-gpu and Ray Train's workers use the CPU with the gloo backend. The driver
+# holds no GPU, so there the hook changes nothing: a driver that reached for CUDA still fails.
+# Placement, resource checks and the driver's independence from CUDA are real; only the arithmetic moves.
 SIMULATED_GPUS = "QADIST_SIMULATED_GPUS"
 
 
-def simulated_gpus() -> bool:
-    """Whether GPU-scheduled work computes on the CPU (the simulated GPU cluster's hook, tests only)."""
+def simulated_gpu_cluster() -> bool:
+    """Whether this is the simulated GPU cluster of the tests (its GPUs declared, not real)."""
     return os.environ.get(SIMULATED_GPUS) == "1"
+
+
+def simulated_gpus() -> bool:
+    """Whether this process holds simulated GPUs (a Ray worker given GPUs on the simulated cluster),
+    so its GPU work computes on the CPU."""
+    if not simulated_gpu_cluster():
+        return False
+    import ray
+
+    return ray.is_initialized() and bool(ray.get_gpu_ids())
 
 
 _started: list[bool] = []  # whether this process started the Ray it uses (and so ends it)

@@ -21,7 +21,7 @@ from qadist.capacity import Demand, check_capacity
 from qadist.config import OptimizerSettings, to_dict
 from qadist.errors import UserError
 from qadist.outputs import claim
-from qadist.runtime import simulated_gpus
+from qadist.runtime import simulated_gpu_cluster
 from qadist.train.batches import Plan, plan_steps
 from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
 from qadist.train.loop import train_loop_per_worker
@@ -109,7 +109,7 @@ def simulated_gpu_torch_config(use_gpu: bool) -> Any:
     qadist/runtime.py); None (Ray Train's choice: NCCL on GPUs) otherwise."""
     import torch
 
-    if use_gpu and simulated_gpus() and not torch.cuda.is_available():
+    if use_gpu and simulated_gpu_cluster() and not torch.cuda.is_available():
         from ray.train.torch import TorchConfig
 
         return TorchConfig(backend="gloo")

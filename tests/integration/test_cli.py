@@ -241,3 +241,16 @@ def test_evaluate_needs_gold_answers(tmp_path, capsys):
     preds = write(tmp_path / "p.json", '{"a": "Ada"}')
     code, _, err = run_cli(["evaluate", "--data", data, "--predictions", preds], capsys)
     assert_one_line_error(code, err, data, "no row has 'answers'")
+
+
+def test_a_gpu_request_this_machine_can_never_meet_exits_2_at_once(tiny_models, squad_sample, tmp_path):
+    """No GPU here: `--use-gpu` would wait forever for a GPU task; it is one line and exit 2 instead."""
+    done = run_qadist(
+        ["predict", "--model", tiny_models["student"], "--data", squad_sample, "--out", "p.json", "--use-gpu"],
+        tmp_path,
+    )
+    assert_one_line_error(
+        done.returncode, done.stderr, "predict: 1 answering task x (1 CPU, 1 GPU) can never be placed",
+        "no node has a 'GPU' resource", "drop --use-gpu",
+    )  # fmt: skip
+    assert not (tmp_path / "p.json").exists()
