@@ -13,7 +13,11 @@ Last, offline `predict` throughput of the same student: PyTorch fp32 / bf16 agai
 
     qadist demo --out qadist-demo                         # once: the models (about 12 minutes on 2 cores)
     python benchmarks/serve_load.py --demo qadist-demo    # about 4 minutes on 2 cores
-    python benchmarks/serve_load.py --demo qadist-demo --gpu   # replicas on a GPU (PyTorch apps only)
+    python benchmarks/serve_load.py --demo qadist-demo --gpu   # PyTorch apps on a GPU, half of one each
+
+With `--gpu` the two PyTorch apps share one GPU (0.5 each: they take turns, so they do not slow each
+other; `--gpu-fraction 1` gives each a whole GPU where there are two). GPUs the cluster does not have
+are refused before anything starts (exit 2): Serve would wait for them forever.
 
 Every phase is bounded by a request count and a time limit and stops by itself.
 """
@@ -31,6 +35,21 @@ import time
 from pathlib import Path
 
 WINDOWS = {"max_seq_len": 160, "doc_stride": 64, "max_query_len": 32}  # the demo's (docs/demo.md)
+
+
+def gpu_fraction(apps: int, available: float, fraction: float | None = None) -> float:
+    """GPUs per replica for `apps` single-replica GPU apps: `fraction`, or by default an equal share
+    of one GPU (so they all fit on one). Raises ValueError (one line, the fix in it) when the apps
+    need more GPUs than the cluster's `available` (Serve would wait for them forever)."""
+    share = fraction if fraction is not None else 1.0 / apps
+    if not 0 < share <= 1:
+        raise ValueError(f"--gpu-fraction {share:g}: give a fraction of one GPU, in (0, 1]")
+    if apps * share > available + 1e-9:
+        raise ValueError(
+            f"--gpu: {apps} apps x {share:g} GPU = {apps * share:g} GPU, but this Ray cluster has {available:g}; "
+            "lower --gpu-fraction or run without --gpu"
+        )
+    return share
 
 
 def export_int8(student: str, test: str, out: Path) -> str:
@@ -145,6 +164,9 @@ def main() -> int:
     parser.add_argument("--overload-clients", type=int, default=96, help="Clients of the overload phase.")
     parser.add_argument("--gpu", action="store_true", help="PyTorch replicas on a GPU (the int8 app stays on CPU).")
     parser.add_argument(
+        "--gpu-fraction", type=float, default=None, help="GPUs per PyTorch replica with --gpu (default: half of one)."
+    )
+    parser.add_argument(
         "--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="Torch / ONNX threads per replica."
     )
     parser.add_argument("--port", type=int, default=8765)
@@ -171,7 +193,14 @@ def main() -> int:
     bodies = [json.dumps({"question": p["question"], "context": p["context"]}).encode() for p in pairs]
 
     threads = args.threads
-    gpu = 1.0 if args.gpu else 0.0
+    ray = ensure_ray(min_cpus=threads * 4 + 1)  # four apps: three measured, one overloaded
+    gpu = 0.0
+    if args.gpu:
+        try:
+            gpu = gpu_fraction(2, ray.cluster_resources().get("GPU", 0), args.gpu_fraction)  # the PyTorch apps
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
     common = dict(**WINDOWS, num_cpus_per_replica=threads, max_batch_size=16, batch_wait_ms=5.0)
     apps = {
         "teacher A (PyTorch)": ServeConfig(model=teacher, num_gpus_per_replica=gpu, **common),
@@ -179,7 +208,6 @@ def main() -> int:
         "student (ONNX int8)": ServeConfig(model=exported, **common),
     }
     tight = ServeConfig(model=student, **common, max_ongoing_requests=16, max_queued_requests=16)
-    ensure_ray(min_cpus=threads * (len(apps) + 1) + 1)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     routes = {}
     for i, (name, cfg) in enumerate({**apps, "overload": tight}.items()):
