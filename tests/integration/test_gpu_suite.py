@@ -23,6 +23,8 @@ SCRIPT = REPO / "benchmarks" / "gpu_suite.py"
 
 
 def load_suite():
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: its helpers beside it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
