@@ -50,7 +50,7 @@ SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 WINDOWS = (384, 128, 64)  # max_seq_len, doc_stride, max_query_len: the label stage's defaults
 
 SIZES = {  # the work each part does (the models: `setup`)
-    "full": dict(label_windows=1024, label_rounds=5, label_batch=64, train_batch=32, grad_accum=4, train_steps=40,
+    "full": dict(label_windows=1024, label_rounds=5, label_batch=64, train_batch=32, grad_accum=4, train_steps=100,
                  clients=16, requests=2000),
     "tiny": dict(label_windows=32, label_rounds=2, label_batch=16, train_batch=8, grad_accum=2, train_steps=4,
                  clients=4, requests=24),
@@ -218,7 +218,9 @@ def part_serve(ctx: dict) -> dict:
         num_gpus_per_replica=1.0 if dev.cuda else 0.0, max_batch_size=16, batch_wait_ms=5.0,
         precision=ctx["precision"], max_ongoing_requests=64, max_queued_requests=256,
     )  # fmt: skip
-    ensure_ray(min_cpus=threads + 2, threads=threads)
+    ray = ensure_ray(min_cpus=threads + 2, threads=threads)
+    if dev.cuda and ray.cluster_resources().get("GPU", 0) < 1:  # a replica asking for it would wait forever
+        raise RuntimeError(f"Ray sees no GPU (cluster resources {ray.cluster_resources()}); the replica cannot start")
     started = time.perf_counter()
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # no log line per request on the console
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
@@ -325,7 +327,8 @@ def table(ctx: dict, results: dict, failures: dict[str, str], seconds: dict[str,
     ]
     for part, measure in ROWS:
         if part in failures:
-            lines.append(f"| {part} | {measure} | FAILED | {failures[part]} |")
+            state = "not run" if failures[part].startswith("not run") else "FAILED"
+            lines.append(f"| {part} | {measure} | {state} | {failures[part]} |")
             continue
         value, how = results[(part, measure)]
         lines.append(f"| {part} | {measure} | {fmt(measure, value)} | {how} |")
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                 out = parts[name](ctx)
                 results.update({k: v for k, v in out.items() if k != "settings"})
                 results[name] = out["settings"]
+                figures = ", ".join(f"{k[1]} {fmt(k[1], v[0])}" for k, v in out.items() if isinstance(k, tuple))
+                print(f"[gpu_suite] {name}: {figures}", flush=True)  # on record even if a later part hangs
             except Exception as e:  # one part's failure must not cost the others' figures
                 import traceback
 
