@@ -262,6 +262,56 @@ def tiny_config(family: str, vocab_size: int, num_layers: int = 2, hidden: int =
     raise UserError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
+# The configurations of the real ALBERT checkpoints (config.json of `albert-xxlarge-v2` and
+# `albert-base-v2` on the Hugging Face hub), written out so that a model of the real size can be
+# built offline with random weights (benchmarks/gpu_suite.py, tests/integration/test_real_sizes.py).
+ALBERT_SIZES: dict[str, dict[str, Any]] = {
+    "albert-xxlarge-v2": dict(
+        hidden_size=4096, num_attention_heads=64, intermediate_size=16384, num_hidden_layers=12,
+        num_hidden_groups=1, inner_group_num=1, embedding_size=128,
+    ),
+    "albert-base-v2": dict(
+        hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12,
+        num_hidden_groups=1, inner_group_num=1, embedding_size=128,
+    ),
+}  # fmt: skip
+ALBERT_VOCAB = 30000  # both checkpoints' SentencePiece vocabulary
+
+
+def albert_config(size: str, vocab_size: int = ALBERT_VOCAB) -> Any:
+    """An `AlbertConfig` of a real checkpoint's shape (`ALBERT_SIZES`): gelu_new, no dropout (the v2
+    checkpoints'), 512 positions, 2 token types. `vocab_size` must cover the tokenizer's ids."""
+    from transformers import AlbertConfig
+
+    if size not in ALBERT_SIZES:
+        raise UserError(f"unknown ALBERT size {size!r}; use one of {', '.join(ALBERT_SIZES)}")
+    return AlbertConfig(
+        vocab_size=vocab_size,
+        hidden_act="gelu_new",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout_prob=0.1,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        **ALBERT_SIZES[size],
+    )
+
+
+def build_model_from_config(config: Any, out_dir: str | Path, tokenizer: Any, seed: int = 0) -> str:
+    """A QA model of `config` with random (seeded) weights, saved with `tokenizer`; returns the folder."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    if config.vocab_size < len(tokenizer):
+        raise UserError(f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} ids")
+    torch.manual_seed(seed)
+    model = AutoModelForQuestionAnswering.from_config(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
 def build_tiny_model(
     family: str,
     out_dir: str | Path,
