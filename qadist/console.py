@@ -248,6 +248,17 @@ def banner(text: str, logger: logging.Logger = log) -> None:
     logger.info(text)
 
 
+def rate(count: float, seconds: float, unit: str) -> str:
+    """How fast, readable at any size: "12.3 pairs/s" from one per second up, "30.5 s/pair" below
+    (a big teacher labels 8 pairs in 244 s, which one decimal of pairs/s shows as 0.0)."""
+    per_s = count / seconds if seconds > 0 else float("inf")
+    if per_s >= 1:
+        return f"{per_s:,.1f} {unit}s/s"
+    if per_s == 0:
+        return f"0 {unit}s/s"
+    return f"{1 / per_s:,.3g} s/{unit}"
+
+
 def summary(text: str, logger: logging.Logger = log) -> None:
     """What the stage did, and in how long."""
     banner(text, logger)

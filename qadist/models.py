@@ -111,9 +111,14 @@ def exported_graph(folder: str) -> str | None:
     return graph
 
 
-def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def load_qa_model(
+    name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, dtype: Any = None
+) -> Any:
     """An `AutoModelForQuestionAnswering`, preferring safetensors weights where the model has them,
     or, for an exported folder, its ONNX graph on ONNX Runtime (`inference.OnnxQAModel`).
+
+    `dtype`: the weights' dtype; None keeps the checkpoint's (transformers 5 loads the dtype its
+    config names). Training passes torch.float32: fp16 master weights lose small updates.
 
     Pickled (.bin) weights are only read with torch's weights-only unpickler: a file that needs
     more (code) is refused, not run.
@@ -127,25 +132,33 @@ def load_qa_model(name_or_path: str, revision: str | None = None, trust_remote_c
 
         return OnnxQAModel(graph)
     return _from_pretrained(
-        AutoModelForQuestionAnswering, "a question-answering", name_or_path, revision, trust_remote_code
+        AutoModelForQuestionAnswering, "a question-answering", name_or_path, revision, trust_remote_code, dtype
     )
 
 
 def load_masked_lm(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """An `AutoModelForMaskedLM` (`qadist pretrain`): an encoder without an MLM head (a QA model, a
-    sentence-transformers encoder) gets a new head, tied to its word embeddings where the model ties them."""
+    """An `AutoModelForMaskedLM` (`qadist pretrain`, which trains it: fp32 weights, as `load_qa_model`'s
+    `dtype` explains): an encoder without an MLM head (a QA model, a sentence-transformers encoder)
+    gets a new head, tied to its word embeddings where the model ties them."""
+    import torch
     from transformers import AutoModelForMaskedLM
 
     check_folder(name_or_path)
-    return _from_pretrained(AutoModelForMaskedLM, "a masked-LM", name_or_path, None, trust_remote_code)
+    return _from_pretrained(AutoModelForMaskedLM, "a masked-LM", name_or_path, None, trust_remote_code, torch.float32)
 
 
-def _from_pretrained(auto_cls: Any, what: str, name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
+def _from_pretrained(
+    auto_cls: Any, what: str, name_or_path: str, revision: str | None, trust_remote_code: bool, dtype: Any = None
+) -> Any:
     import pickle
 
     try:
         return auto_cls.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
+            name_or_path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None,
+            **({"dtype": dtype} if dtype is not None else {}),
         )
     except pickle.UnpicklingError as e:
         raise UserError(

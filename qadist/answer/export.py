@@ -245,7 +245,8 @@ def summary_line(report: dict) -> str:
     return (
         f"qadist export: serving {report['graph']}: F1 {report[served]['f1']:.2f} vs PyTorch "
         f"{report['pytorch']['f1']:.2f} ({report['f1_difference']:+.2f}) on {report['eval_questions']:,} questions; "
-        f"{report[served]['answers_per_s']:.1f} answers/s, {report['speedup_vs_pytorch']:.2f}x PyTorch fp32 "
+        f"{console.rate(report[served]['answers_per_s'], 1.0, 'answer')}, "
+        f"{report['speedup_vs_pytorch']:.2f}x PyTorch fp32 "
         f"({report['threads']} threads)"
     )
 

@@ -13,7 +13,7 @@ import time
 from qadist import console, storage
 from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import AnswerSettings, PredictConfig
-from qadist.inference import pick_device, predict_pairs
+from qadist.inference import place, predict_pairs
 from qadist.models import load_qa_model, load_tokenizer, local_model
 from qadist.squad.io import read_pairs
 
@@ -25,8 +25,7 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     pairs, _ = read_pairs(data, strict=True)
     folder = local_model(model_uri)
     tokenizer = load_tokenizer(folder, cfg.trust_remote_code)
-    device = pick_device(cfg.use_gpu)
-    model = load_qa_model(folder, trust_remote_code=cfg.trust_remote_code).to(device).eval()
+    model, device = place(load_qa_model(folder, trust_remote_code=cfg.trust_remote_code), cfg.use_gpu)
     console.banner(f"qadist predict: {len(pairs):,} questions from {data} with {model_uri} on {device}", log)
     started = time.perf_counter()
     predictions, na_probs = predict_pairs(pairs, model, tokenizer, cfg, device)
@@ -35,7 +34,7 @@ def answer(cfg: AnswerSettings, model_uri: str, data: str) -> tuple[dict[str, st
     console.summary(
         f"qadist predict: {len(predictions):,} questions ({answered:,} answered, "
         f"{len(predictions) - answered:,} no answer) "
-        f"in {elapsed:.1f}s ({len(predictions) / max(elapsed, 1e-9):.1f} questions/s on {device})",
+        f"in {elapsed:.1f}s ({console.rate(len(predictions), elapsed, 'question')} on {device})",
         log,
     )
     return predictions, na_probs

@@ -64,14 +64,16 @@ class Answerer:
     """A model (checkpoint or exported folder) and its tokenizer, and optionally a document index."""
 
     def __init__(self, cfg: ServeConfig):
-        from qadist.inference import pick_device
+        from qadist.inference import place
         from qadist.models import load_qa_model, load_tokenizer, local_model
 
         self.cfg = cfg
         folder = local_model(cfg.model)
         self.tokenizer = load_tokenizer(folder, trust_remote_code=False)  # served models never run shipped code
-        self.device = pick_device(cfg.num_gpus_per_replica > 0 if cfg.use_gpu is None else cfg.use_gpu)
-        self.model = load_qa_model(folder, trust_remote_code=False).to(self.device).eval()
+        # Replicas without GPUs run on the CPU; with GPUs, left to choose (`place`: an exported model
+        # without onnxruntime-gpu stays on the CPU).
+        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else (None if cfg.num_gpus_per_replica > 0 else False)
+        self.model, self.device = place(load_qa_model(folder, trust_remote_code=False), use_gpu)
         self.index = DocumentIndex(cfg.documents, cfg.encoder, cfg.top_k) if cfg.documents else None
 
     def answer_contexts(self, items: list[tuple[str, str]]) -> list[dict]:

@@ -532,8 +532,8 @@ def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
     }
     run["summary"] = (
         f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: "
-        f"{run['pairs_per_s']:.1f} pairs/s, {run['windows_per_s']:.1f} windows/s, "
-        f"{run['real_tokens_per_s']:,.0f} real tokens/s, padding {padding:.1%} of "
+        f"{console.rate(tot['pairs_in'], s, 'pair')}, {console.rate(tot['windows'], s, 'window')}, "
+        f"{console.rate(tot['real_tokens'], s, 'real token')}, padding {padding:.1%} of "
         f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)"
     )
     if tot["projection_seconds"]:

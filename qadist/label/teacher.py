@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from qadist.errors import UserError
-from qadist.inference import length_sorted_batches, pick_device, run_windows
+from qadist.inference import fit_windows, length_sorted_batches, pick_device, place
 from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows_column, tokenizer_groups
 from qadist.shards import list_array, nested_values
 
@@ -128,7 +128,7 @@ class TeacherEnsemble:
         if self.device.type == "cpu" and num_threads:
             torch.set_num_threads(int(num_threads))
         self.models = [
-            load_qa_model(name, None if rev in (None, "local") else rev, trust_remote_code).to(self.device).eval()
+            place(load_qa_model(name, None if rev in (None, "local") else rev, trust_remote_code), use_gpu)[0]
             for name, rev in zip(self.names, revisions)
         ]
         self.combine = combine
@@ -147,13 +147,14 @@ class TeacherEnsemble:
         self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None, group: int = 0
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per window: (start, end) float32 arrays [n teachers of the tokenizer group, real length]."""
-        runs = [
-            run_windows(
+        runs = []
+        for t in self.groups[group]:
+            # A batch size that ran out of GPU memory stays down for this actor's later blocks.
+            windows, self.batch_size = fit_windows(
                 self.models[t], input_ids, token_type_ids, self.pad_ids[group], self.batch_size, self.device,
                 self.precision,
-            )
-            for t in self.groups[group]
-        ]  # fmt: skip
+            )  # fmt: skip
+            runs.append(windows)
         return [(np.stack([r[i][0] for r in runs]), np.stack([r[i][1] for r in runs])) for i in range(len(input_ids))]
 
     def group_logits(

@@ -15,11 +15,12 @@ from dataclasses import asdict
 from typing import Any
 
 import pyarrow.fs as pafs
+from ray.train import UserCallback
 
 from qadist import console, storage
 from qadist.capacity import Demand, check_capacity
 from qadist.config import OptimizerSettings, to_dict
-from qadist.errors import UserError
+from qadist.errors import UserError, user_error_in
 from qadist.outputs import claim
 from qadist.runtime import simulated_gpu_cluster
 from qadist.train.batches import Plan, plan_steps
@@ -56,6 +57,26 @@ RUN_FINGERPRINT_KEYS = (
     "heldout_sequences",
     *WINDOW_KEYS,
 )
+
+
+class StopOnUserError(UserCallback):
+    """A UserError in a worker (bad input, or a step out of GPU memory: `inference.training_memory`)
+    fails the run at once instead of restarting the worker group into the same error.
+
+    Ray 2.60's DefaultFailurePolicy (ray/train/v2/_internal/execution/failure_handling/default.py)
+    retries every WorkerGroupError up to `max_failures`, whatever the worker raised, and offers no
+    public way to plug in another policy. It never retries a ControllerError other than a worker
+    group startup failure, and an exception raised by a callback on the controller becomes one (the
+    controller's control loop wraps it). So this callback, which Ray calls with the workers'
+    exceptions before the failure policy sees them, raises the UserError itself: the driver gets a
+    ControllerError whose `controller_failure` is that UserError (`errors.user_error_in` finds it).
+    """
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for error in worker_exceptions.values():
+            user = user_error_in(error)
+            if user is not None:
+                raise user
 
 
 def quiet(dataset: Any) -> Any:
@@ -215,6 +236,7 @@ def launch(
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            callbacks=[StopOnUserError()],
         ),
         datasets={"train": quiet(dataset)},
         dataset_config=ray.train.DataConfig(execution_options=ingest),

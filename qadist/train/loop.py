@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qadist.inference import to_device, training_memory
 from qadist.train.batches import MODEL_INPUTS, Plan, collate_windows, group_counts, length_grouped
 from qadist.train.checkpoint import load_state, save_checkpoint, unwrap
 from qadist.train.losses import DistillationLoss
@@ -74,13 +75,15 @@ def train_step(
 
     Each term of the loss is normalised by its window count over the whole group, so the summed
     gradients equal those of the concatenated batch; DDP all-reduces only on the last micro-batch.
+    The counts come from the CPU batches and the loss statistics add up on the device: the host
+    waits for the GPU once per step, not once per micro-batch.
     """
     model.train()
     n_kd, n_hard = group_counts(micro_batches)
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = kd_sum = hard_sum = 0.0
+    sums = torch.zeros(3, device=device)  # loss, kd summed over windows, hard summed over windows
     for i, mb in enumerate(micro_batches):
-        mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+        mb = to_device(mb, device)
         last = i == len(micro_batches) - 1
         with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -98,19 +101,18 @@ def train_step(
                 n_hard=n_hard,
             )
             scaler.scale(res.loss).backward()
-        loss_sum += float(res.loss.detach())
-        kd_sum += float(res.kd) * res.n_kd
-        hard_sum += float(res.hard) * res.n_hard
+        sums += torch.stack([res.loss.detach(), res.kd_sum, res.hard_sum]).float()
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    loss_sum, kd_sum, hard_sum, grad_norm = torch.cat([sums, grad_norm.detach().float().reshape(1)]).tolist()
     return {
         "loss": loss_sum,
         "kd_loss": kd_sum / max(n_kd, 1),
         "hard_loss": hard_sum / max(n_hard, 1),
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm,
         "kd_windows": n_kd,
         "gold_windows": n_hard,
     }
@@ -229,7 +231,8 @@ class WorkerTrainer:
     def load_model(self, folder: str) -> torch.nn.Module:
         from qadist.models import load_qa_model
 
-        return load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"])
+        # fp32 master weights whatever dtype the checkpoint was saved in (autocast does the rest).
+        return load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"], dtype=torch.float32)
 
     def setup_task(self) -> None:
         """The distillation loss, and the evaluation pairs on rank 0 (it alone evaluates)."""
@@ -383,7 +386,8 @@ class WorkerTrainer:
         self.report(epoch_end=True)
 
     def optimizer_step(self, group: list[dict[str, torch.Tensor]]) -> None:
-        stats = self.train_step(group)
+        with training_memory(self.plan.batch_size, self.plan.grad_accum):  # out of memory: exit 2, no retries
+            stats = self.train_step(group)
         self.step += 1
         self.window.append(stats)
         self.bar.update(self.epoch, self.step, self.plan.total_steps, stats["loss"])

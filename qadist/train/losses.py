@@ -59,8 +59,18 @@ class LossOutput:
     loss: torch.Tensor
     kd: torch.Tensor  # mean KL term (T^2 (KL_start + KL_end) / 2) over this batch's kd windows
     hard: torch.Tensor  # mean CE term over this batch's gold windows
-    n_kd: int
-    n_hard: int
+    kd_sum: torch.Tensor  # the KL term summed over this batch's kd windows
+    hard_sum: torch.Tensor  # the CE term summed over this batch's gold windows
+    kd_count: torch.Tensor | int  # windows counted, on the logits' device: reading them waits for the GPU
+    hard_count: torch.Tensor | int
+
+    @property
+    def n_kd(self) -> int:
+        return int(self.kd_count)
+
+    @property
+    def n_hard(self) -> int:
+        return int(self.hard_count)
 
 
 class DistillationLoss(nn.Module):
@@ -113,20 +123,27 @@ class DistillationLoss(nn.Module):
                 )
                 / 2
             )
-            kd_sum, kd_count = torch.where(rows, kd, 0.0).sum(), int(rows.sum())
+            kd_sum, kd_count = torch.where(rows, kd, 0.0).sum(), rows.sum()
         hard_sum, hard_count = zero, 0
         if self.alpha_hard > 0 and gold_start is not None and gold_end is not None:
             # Gold only where the window has one (>= 0), at a real position (never padding).
             rows = real_at(mask, gold_start) & real_at(mask, gold_end)
             hard = (ce_per_window(student_start, gold_start, mask) + ce_per_window(student_end, gold_end, mask)) / 2
-            hard_sum, hard_count = torch.where(rows, hard, 0.0).sum(), int(rows.sum())
-        kd_norm = max(n_kd if n_kd is not None else kd_count, 1)
-        hard_norm = max(n_hard if n_hard is not None else hard_count, 1)
+            hard_sum, hard_count = torch.where(rows, hard, 0.0).sum(), rows.sum()
+        # Counts stay tensors (no host sync per batch); the normalisers are the group's when given.
+        kd_norm = max(n_kd, 1) if n_kd is not None else _at_least_one(kd_count)
+        hard_norm = max(n_hard, 1) if n_hard is not None else _at_least_one(hard_count)
         loss = self.alpha_kd * kd_sum / kd_norm + self.alpha_hard * hard_sum / hard_norm
         return LossOutput(
             loss=loss,
-            kd=(kd_sum / max(kd_count, 1)).detach(),
-            hard=(hard_sum / max(hard_count, 1)).detach(),
-            n_kd=kd_count,
-            n_hard=hard_count,
+            kd=(kd_sum / _at_least_one(kd_count)).detach(),
+            hard=(hard_sum / _at_least_one(hard_count)).detach(),
+            kd_sum=kd_sum.detach(),
+            hard_sum=hard_sum.detach(),
+            kd_count=kd_count,
+            hard_count=hard_count,
         )
+
+
+def _at_least_one(count: torch.Tensor | int) -> torch.Tensor | int:
+    return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qadist.inference import to_device
 from qadist.train.domain_masking import choose_tokens
 from qadist.train.loop import WorkerTrainer
 
@@ -136,22 +137,23 @@ class MaskedLMTrainer(WorkerTrainer):
         model.train()
         n_masked = sum(int((mb["labels"] != -100).sum()) for mb in group)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)  # on the device: one host sync per step (loop.train_step)
         for i, mb in enumerate(group):
-            mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+            mb = to_device(mb, device)
             last = i == len(group) - 1
             with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
                 with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
                 loss = masked_lm_loss(logits, mb["labels"], n_masked)
                 self.scaler.scale(loss).backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.train["max_grad_norm"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": loss_sum, "grad_norm": float(grad_norm), "masked_tokens": n_masked}
+        loss_sum, grad_norm = torch.stack([loss_sum, grad_norm.detach().float()]).tolist()
+        return {"loss": loss_sum, "grad_norm": grad_norm, "masked_tokens": n_masked}
 
     @torch.inference_mode()
     def heldout_loss(self) -> float:

@@ -9,7 +9,11 @@ slow-marked.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -553,3 +557,49 @@ def test_killed_job_rerun_continues_from_the_last_checkpoint(tiny_models, labels
         if rerun.poll() is None:
             kill_tree(rerun)
     check_resumed(run, log, committed, before)
+
+
+OOM_MODEL = '''
+import torch
+from transformers import BertForQuestionAnswering
+
+
+class OutOfMemoryBert(BertForQuestionAnswering):
+    """Runs out of GPU memory on every training forward; each attempt leaves a line in ATTEMPTS."""
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            with open(ATTEMPTS, "a") as f:
+                f.write("attempt\\n")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().forward(*args, **kwargs)
+'''
+
+
+def test_training_out_of_memory_exits_2_with_one_line_and_no_restarts(tiny_models, labels, tmp_path):
+    """The real CLI with max_failures=2: a step out of GPU memory (a model shipping its own code, run
+    with trust_remote_code) is exit 2 and one line naming the flags, and the worker group is not
+    restarted into the same error (one attempt, not three)."""
+    student, attempts = tmp_path / "oom-student", tmp_path / "attempts.txt"
+    shutil.copytree(tiny_models["student"], student)
+    (student / "oom_bert.py").write_text(f"ATTEMPTS = {str(attempts)!r}\n" + OOM_MODEL)
+    config = json.loads((student / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForQuestionAnswering": "oom_bert.OutOfMemoryBert"}
+    (student / "config.json").write_text(json.dumps(config))
+    config_file, _ = fault_config(tmp_path, labels, str(student), num_workers=1)
+    settings = json.loads(config_file.read_text())
+    settings["distill"]["trust_remote_code"] = True
+    config_file.write_text(json.dumps(settings))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
+    done = subprocess.run(
+        [sys.executable, "-m", "qadist.cli", "distill", "--config", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("qadist: error:")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and "--batch-size 4" in errors[0] and "--grad-accum" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert attempts.read_text().count("attempt") == 1  # max_failures=2 would have made it three
