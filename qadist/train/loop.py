@@ -302,7 +302,7 @@ class WorkerTrainer:
         torch.manual_seed(
             self.train["seed"] + 1000 * self.rank + self.step
         )  # dropout differs by rank and after a resume
-        return ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model, move_to_device=self.device)  # the simulated cluster: the CPU
 
     def setup_optimizer(self) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
         """AdamW, the schedule and the fp16 loss scaler, with their restored state."""

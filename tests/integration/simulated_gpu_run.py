@@ -56,9 +56,12 @@ def placement(types: dict[str, str]) -> dict[str, list[str]]:
         for key in ("BlockTeacher", "Encoder", "StagedMatcher", "RayTrainWorker"):
             if key in name:
                 seen.setdefault(key, []).append(types.get(a.node_id, a.node_id))
-    for t in list_tasks(detail=True, limit=10_000, raise_on_missing_output=False):
-        if t.name == "answer" and t.state == "FINISHED":
-            seen.setdefault("answer", []).append(types.get(t.node_id, t.node_id))
+    deadline = time.monotonic() + 30  # task events reach the GCS a little after the task ends
+    while "answer" not in seen and time.monotonic() < deadline:
+        for t in list_tasks(detail=True, limit=10_000, raise_on_missing_output=False):
+            if (t.name or "").endswith("answer") and t.node_id:
+                seen.setdefault("answer", []).append(types.get(t.node_id, t.node_id))
+        time.sleep(1)
     return seen
 
 
