@@ -141,3 +141,27 @@ def test_the_one_gpu_config_fits_one_gpu():
     distill = load_config(STAGE_CONFIGS["distill"], "distill", overrides=yaml.safe_load(
         (REPO / "jobs" / "configs" / "one-gpu.yaml").read_text())["distill"])  # fmt: skip
     assert distill.batch_size * distill.grad_accum == 256, "the cluster config's global batch (8 x 32)"
+
+
+def test_every_stage_that_asks_for_gpus_states_its_demand():
+    """pairs, label, distill/finetune/pretrain, serve and predict each refuse GPUs a CPU machine lacks."""
+    cpu_machine = [NodeType("laptop", {"CPU": 8}, 1)]
+    asks = {
+        "pairs": {"questions": "q", "documents": "d", "out": "o", "num_gpus_per_actor": 1},
+        "label": {"pairs": "p", "out": "o", "teachers": ["t"], "num_gpus_per_actor": 1},
+        "distill": {"labels": "l", "student": "s", "out": "o", "use_gpu": True},
+        "finetune": {"train_file": "f", "model": "m", "out": "o", "use_gpu": True},
+        "pretrain": {"documents": "d", "model": "m", "out": "o", "use_gpu": True},
+        "serve": {"model": "m", "num_gpus_per_replica": 0.5, "replicas": 3},
+        "predict": {"model": "m", "data": "d", "out": "p.json", "use_gpu": True},
+    }
+    for stage, values in asks.items():
+        wanted = stage_demands(stage, load_config(STAGE_CONFIGS[stage], stage, overrides=values))
+        assert wanted and shortfall(wanted, cpu_machine) is not None, stage
+        without = {
+            k: v for k, v in values.items() if k not in ("num_gpus_per_actor", "use_gpu", "num_gpus_per_replica")
+        }
+        assert shortfall(stage_demands(stage, load_config(STAGE_CONFIGS[stage], stage, overrides=without)),
+                         cpu_machine) is None, f"{stage} on the CPU fits"  # fmt: skip
+    serve = load_config(STAGE_CONFIGS["serve"], "serve", overrides=asks["serve"])
+    assert shortfall(stage_demands("serve", serve), one_gpu_machine()) is not None, "3 x 0.5 GPU > 1 GPU"
