@@ -55,6 +55,17 @@ def jsonl_rows(data: bytes, first_row: int = 1, max_rows: int | None = None) -> 
             yield n, parse_json_line(text)
 
 
+def read_jsonl(uri: str) -> list[Any]:
+    """Every row of a JSONL file that qadist wrote itself (staging, generations' part files): split on
+    "\n" only, as every JSONL read here; a row that does not parse is a bug, not a user's input."""
+    rows = []
+    for n, row in jsonl_rows(storage.read_bytes(uri)):
+        if isinstance(row, Unparsable):
+            raise RuntimeError(f"{uri}: row {n} written by qadist is {row.reason}")
+        rows.append(row)
+    return rows
+
+
 def _jsonl_file(file_uri: str) -> Iterator[tuple[int, Any]]:
     fs, path = storage.resolve(file_uri)
     n, rest, seen = 1, b"", False

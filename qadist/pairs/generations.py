@@ -11,13 +11,12 @@ earlier id). A file read by a generation must not change afterwards.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from qadist import storage
 from qadist.errors import UserError
 from qadist.outputs import committed_inputs
-from qadist.rows import input_files
+from qadist.rows import input_files, read_jsonl
 
 
 def part_prefix(number: int) -> str:
@@ -68,4 +67,4 @@ def read_rows(uri: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
             return pq.read_table(f, columns=list(columns)).to_pylist()
-    return [{k: row.get(k) for k in columns} for row in map(json.loads, storage.read_text(uri).splitlines())]
+    return [{k: row.get(k) for k in columns} for row in read_jsonl(uri)]

@@ -48,7 +48,7 @@ from qadist.pairs.generations import (
 )
 from qadist.pairs.passages import build_passages, passage_texts
 from qadist.pairs.retrieval import Encoder, Matcher, build_index, log_index, release_memory, resolve_model
-from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
+from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject, read_jsonl
 from qadist.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,7 @@ class QuestionStager:
 def read_staged(uri: str) -> dict[str, list]:
     """A staged file -> its question rows as columns (the filesystem is built where this runs)."""
     cols: dict[str, list] = {k: [] for k in ("slot", "id", "question", "source", "row")}
-    for line in storage.read_text(uri).splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(uri):  # "\n" only: a question may hold U+2028 and other line separators
         for k in cols:
             cols[k].append(row[k])
     return cols

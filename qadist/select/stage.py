@@ -83,7 +83,7 @@ def read_exclude(uri: str) -> set[str]:
     a Label Studio export: the task's `data.id`)."""
     ids: set[str] = set()
     if storage.basename(uri).endswith(".txt"):
-        return {line.strip() for line in storage.read_text(uri).splitlines() if line.strip()}
+        return {line.strip() for line in storage.read_text(uri).split("\n") if line.strip()}
     for source, n, raw in iter_raw_rows(uri, "--exclude"):
         row = raw.get("data") if label_studio.is_task(raw) else raw
         if isinstance(raw, Unparsable) or not isinstance(row, dict) or row.get("id") is None:

@@ -350,3 +350,26 @@ def test_new_question_files_become_a_generation_of_only_their_pairs(collection, 
     put_jsonl(str(qdir / "day-1.jsonl"), questions[:11])
     assert run_cli(*args) == 2
     assert "day-1.jsonl: changed since generation 1 paired it" in capsys.readouterr().err
+
+
+def test_questions_holding_unicode_line_separators_are_paired_row_for_row(collection, tiny_encoder, tmp_path):
+    """U+2028, U+2029, U+0085 and a form feed inside a question (kept raw by JSON written with
+    ensure_ascii=False) are text, not row ends: staged, matched and written back whole, in two
+    generations (the second reads the first's part files to find repeats)."""
+    docs, qdir, out = str(collection["root"] / "documents.jsonl"), tmp_path / "questions", tmp_path / "out"
+    odd = ["\u2028", "\u2029", "\u0085", "\x0c"]
+    questions = [{"id": f"sep-{i}", "question": f"What{sep}is {q['question']}"}
+                 for i, (sep, q) in enumerate(zip(odd * 2, collection["questions"]))]  # fmt: skip
+    qdir.mkdir()
+    for day, rows in (("day-1", questions[:4]), ("day-2", questions[4:])):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (qdir / f"{day}.jsonl").write_text(text, encoding="utf-8")
+        args = ["pairs", "--questions", str(qdir), "--documents", docs, "--out", str(out), "--model", tiny_encoder]
+        assert run_cli(*args) == 0
+    pairs = [json.loads(line) for f in storage.list_files(str(out / "pairs"), (".jsonl",))
+             for line in storage.read_text(f).split("\n") if line.strip()]  # fmt: skip
+    assert sorted((p["question_id"], p["question"]) for p in pairs) == sorted(
+        (q["id"], q["question"]) for q in questions
+    )
+    for generation in ("_manifest.json", "_manifest-000002.json"):
+        assert json.loads((out / generation).read_text())["counts"]["questions_rejected"] == 0
