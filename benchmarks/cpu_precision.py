@@ -3,7 +3,7 @@
 The same model (the packaged all-MiniLM-L6-v2 encoder with a QA head, 6 layers as the demo's
 teachers and its first 2 as the demo's student), the same windows (real SQuAD 2.0 questions and
 contexts from tests/data, cut as the demo cuts them), the same step function
-(`qadist.train_loop.train_step`) and forward pass (`qadist.inference.run_windows`). The two
+(`qadist.train.loop.train_step`) and forward pass (`qadist.inference.run_windows`). The two
 precisions take turns round by round, so a busy machine slows both alike; the ratio is printed.
 
     python benchmarks/cpu_precision.py [--rounds 3] [--threads 2]

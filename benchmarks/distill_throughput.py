@@ -3,7 +3,7 @@
 Online distillation (Hugging Face's `run_squad_w_distillation.py`) runs the teacher's forward pass
 on every training step; qadist labels once (`qadist label`) and trains from the stored logits.
 Both variants here train the same student (same initial weights) on the same batches in the same
-order with the same loss and step function (`qadist.train_loop.train_step`); the only difference
+order with the same loss and step function (`qadist.train.loop.train_step`); the only difference
 is where the teacher logits come from: float16 columns of a Parquet shard (read back from disk),
 or the teacher's forward pass (inference mode, autocast on GPU) inside the step. The variants
 take turns step by step, so a busy machine slows both alike; only the steps after the warm-up

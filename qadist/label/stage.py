@@ -19,7 +19,7 @@ How exactly-once works with an at-least-once engine:
    flat: the driver holds block descriptors and the 16-byte-a-row pre-pass, workers one block.
 4. The generation's manifest is written last with a conditional put, built from this run's results
    and the footers of shards an earlier run finished. Readers (`read`) only read what the
-   committed generations list. Then, and only then, `qadist.commit.sweep` removes old files they
+   committed generations list. Then, and only then, `qadist.label.commit.sweep` removes old files they
    do not list and aborts orphaned multipart uploads (docs/reliability.md).
 
 The output grows by generations (`qadist.label.generations`, docs/formats.md): a run labels only

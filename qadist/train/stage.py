@@ -1,10 +1,10 @@
 """`qadist distill` and `qadist finetune`: the driver side of training on Ray Train.
 
 The driver checks the inputs (soft labels, tokenizer, gold files) before any work starts, builds
-the windows dataset (the manifest-listed soft-label shards through `qadist.labels.read`, plus gold
+the windows dataset (the manifest-listed soft-label shards through `qadist.shards.read`, plus gold
 windows from a train file), prints a banner
 with the step arithmetic and launches a `TorchTrainer` whose workers run
-`qadist.train_loop.train_loop_per_worker`. Checkpoints go to `<out>/<stage>/` (local or
+`qadist.train.loop.train_loop_per_worker`. Checkpoints go to `<out>/<stage>/` (local or
 `s3://`); re-running the same command resumes from the last checkpoint. The final student is
 copied to `<out>/final`, a `save_pretrained` folder for `AutoModelForQuestionAnswering` and
 `qadist predict`.

@@ -1,4 +1,4 @@
-"""`qadist.commit.sweep`: removes what the committed manifest does not list, never a listed file, and
+"""`qadist.label.commit.sweep`: removes what the committed manifest does not list, never a listed file, and
 nothing a concurrent writer may still own (temporary files and multipart uploads younger than the run)."""
 
 from __future__ import annotations
