@@ -2,13 +2,15 @@
 
 Everything else (qadist's own INFO logs, Ray's driver logs, every line a Ray worker prints, Ray
 Data's split bars inside training) goes to a log file beside the output; `--verbose` brings it
-back to the terminal. Warnings and errors always reach the terminal.
+back to the terminal. Warnings and errors always reach the terminal, the raylet's error notices
+included ("a worker died", "killed for memory", "cannot be scheduled").
 
 Ray forwards worker output to the driver through one handler of its stdstream dispatcher
-(`ray_print_logs`); `route_ray_output` swaps it for one that writes those lines to the log file and
-draws, as one plain tqdm bar on the driver, the progress that qadist's own bars in workers report
-(the training bar, `BAR_PREFIXES`; Ray's distributed tqdm redraws every bar whenever any line is
-printed, and keeps bars it has closed).
+(`ray_print_logs`); `route_ray_output` swaps it, for the command's duration, for one that writes
+those lines to the log file and draws, as one plain tqdm bar on the driver, the progress that
+qadist's own bars in workers report (the training bar, `BAR_PREFIXES`; Ray's distributed tqdm
+redraws every bar whenever any line is printed, and keeps bars it has closed). Ray's loggers are
+pointed at the log file with plain `logging` handlers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BAR_PREFIXES = ("epoch ", "train")  # descriptions of qadist's own bars drawn from Ray workers
+RAY_HANDLER, OUR_HANDLER = "ray_print_logs", "qadist_console"  # handlers of Ray's stdstream dispatcher
 # Loggers that keep their own terminal handlers (propagate=False): their output is re-pointed too.
 OWN_HANDLER_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 
@@ -136,6 +139,7 @@ def stop() -> None:
     if handlers:
         root.setLevel(_state.get("root_level", logging.WARNING))
         logging.captureWarnings(False)
+    unroute_ray_output()
     for bar in _bars.values():
         bar.close()
     _bars.clear()
@@ -174,37 +178,49 @@ def ray_init_output():
 
 
 def route_ray_output() -> None:
-    """Once Ray is up on this driver: worker lines to the log file, qadist's bars to the terminal."""
-    from ray._private import worker as ray_worker
+    """Once Ray is up on this driver: worker lines to the log file, qadist's bars to the terminal.
 
+    Ray's supported settings decide whether worker output reaches the driver (`log_to_driver`),
+    its prefix and its level (`ray.LoggingConfig`), not where the driver prints it: that is a handler
+    of Ray's stdstream dispatcher (`ray_print_logs`, which prints to `sys.stdout`/`sys.stderr`).
+    Turning forwarding off would lose what qadist needs from it (the training bar and the workers'
+    `[qadist]` notes), so the handler is swapped for ours while the command runs and put back after.
+    """
     if not quiet():
         return
-    _state["ray_print"] = _state["ray_print"] or ray_worker.print_to_stdstream
     import ray.data  # noqa: F401 (Ray Data configures its loggers on import: quieten them after)
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     quiet_own_handler_loggers()
-    dispatcher = ray_worker.global_worker_stdstream_dispatcher
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.remove_handler("qadist_console")
-    dispatcher.add_handler("qadist_console", _print_worker_lines)
-    # The raylet's error notices ("task failed, retrying") bypass the dispatcher: Ray prints them with
-    # this module-level function, so it is the one place they can be sent to the log file instead.
-    ray_worker.print_to_stdstream = _print_to_stdstream
+    ray_handlers = [h for name, h in list(dispatcher.handlers) if name == RAY_HANDLER]
+    if ray_handlers:  # absent with log_to_driver=False: nothing is forwarded, nothing to route
+        _state["ray_print"] = ray_handlers[0]
+    dispatcher.remove_handler(RAY_HANDLER)
+    dispatcher.remove_handler(OUR_HANDLER)
+    dispatcher.add_handler(OUR_HANDLER, _print_worker_lines)
 
 
-def _print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
-    if quiet():
-        _print_worker_lines(data)
-    else:
-        _state["ray_print"](data, ignore_prefix)
+def unroute_ray_output() -> None:
+    """The command ended: Ray's own handler back, if the Ray lives on (a notebook, a test session)."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler(OUR_HANDLER)
+    ray_print, _state["ray_print"] = _state["ray_print"], None
+    if ray_print is not None and ray.is_initialized():
+        if not any(name == RAY_HANDLER for name, _ in list(dispatcher.handlers)):
+            dispatcher.add_handler(RAY_HANDLER, ray_print)
 
 
 def _print_worker_lines(data: dict) -> None:
     from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
     with _lock:
-        if not quiet():  # the command ended but Ray lives on (a notebook, a test session): Ray's own printing
-            _state["ray_print"](data, ignore_prefix=False)
+        if not quiet():  # between stop() and unroute_ray_output(): Ray's own printing
+            if _state["ray_print"] is not None:
+                _state["ray_print"](data)
             return
         sink = _state["file"]
         name = data.get("actor_name") or data.get("task_name") or ""

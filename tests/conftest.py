@@ -119,11 +119,17 @@ def ray_local(s3_server):
     if not ray.is_initialized():
         # address="local": never join whatever /tmp/ray/ray_current_cluster names (a stale file
         # from an earlier `ray start` on the machine makes ray.init() try to connect to it).
+        # log_to_driver=False: the session's Ray outlives every test, and Ray forwards worker output
+        # late (its log monitor tails the workers' files; its deduplicator holds repeated lines for
+        # RAY_DEDUP_LOGS_AGG_WINDOW_S and prints "[repeated Nx across cluster]" afterwards), so a
+        # Train test's last lines were printed to this process's stderr during whichever test ran
+        # next, inside its captured one-line error. Worker output stays in Ray's session logs.
         ray.init(
             address="local",
             num_cpus=4,
             include_dashboard=False,
             configure_logging=False,
+            log_to_driver=False,
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
         )
     yield ray
