@@ -1,6 +1,6 @@
 """What a student with another tokenizer learns from the demo's soft labels, tuned, 3 seeds.
 
-The labels are the full demo's (`qadist.demo.run.prepare`: the two MiniLM teachers, WordPiece,
+The labels are the full demo's (`qadist.demo.prepare.prepare`: the two MiniLM teachers, WordPiece,
 on the logged pairs). Three rows, each with the budget of `benchmarks/demo_tuning.py` for its kind
 (its grids: a 3 x 3 grid of learning rate x epochs at seed 0, the best dev F1 chosen, rerun at seeds
 1 and 2):
@@ -49,7 +49,8 @@ from demo_tuning import (  # noqa: E402
 
 from qadist import storage  # noqa: E402
 from qadist.config import DemoConfig  # noqa: E402
-from qadist.demo.run import FULL, Stopwatch, prepare  # noqa: E402
+from qadist.demo.plan import FULL  # noqa: E402
+from qadist.demo.prepare import Stopwatch, prepare  # noqa: E402
 
 FEW = 200
 DISTILL_EPOCHS = (0.5, 1.0, 2.0)  # demo_tuning's distilled row

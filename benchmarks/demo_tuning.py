@@ -2,7 +2,7 @@
 
 `../shared/DESIGN.md` ("Evidence"): every row of a comparison gets the same tuning budget, chosen
 on a dev split (never the test set), and a claim about students comes with its spread over seeds.
-This script is how the full demo's student settings (`qadist/demo/run.py`, FULL) were found:
+This script is how the full demo's student settings (`qadist/demo/plan.py`, FULL) were found:
 
 1. the full demo's shared stages at seed 0 (domain with its dev split, both teachers, pairs, the
    ensemble's soft labels), the same functions `qadist demo` runs;
@@ -40,8 +40,9 @@ from multiprocessing import get_context
 
 from qadist import storage
 from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig
+from qadist.demo.plan import FULL
+from qadist.demo.prepare import Stopwatch, finished_model, prepare
 from qadist.demo.report import Row, score
-from qadist.demo.run import FULL, Stopwatch, finished_model, prepare
 from qadist.models import local_model
 from qadist.squad.io import read_pairs
 

@@ -1,6 +1,6 @@
 """What domain-adaptive pre-training (`qadist pretrain`) gives the demo's pipeline: teachers, ensemble, student.
 
-The demo's domain, pairs and settings (`qadist.demo.run.prepare`, FULL) at seed 0, then the original
+The demo's domain, pairs and settings (`qadist.demo.prepare.prepare`, FULL) at seed 0, then the original
 pipeline twice, without and with a masked-LM pass over the 625 logged product pages first:
 
 1. pre-training: MiniLM-L6 (the teachers' encoder) trained by `run_pretrain` on the product pages,
@@ -41,8 +41,9 @@ from demo_tuning import DISTILL_LRS, Grid, Tuning, compare, mean_sd, tuning_args
 
 from qadist import storage  # noqa: E402
 from qadist.config import AnswerSettings, DemoConfig, FinetuneConfig, LabelConfig, PretrainConfig  # noqa: E402
+from qadist.demo.plan import FULL  # noqa: E402
+from qadist.demo.prepare import Stopwatch, finished_model, prepare, save_init_models  # noqa: E402
 from qadist.demo.report import Row, score  # noqa: E402
-from qadist.demo.run import FULL, Stopwatch, finished_model, prepare, save_init_models  # noqa: E402
 from qadist.models import local_model, minilm_path  # noqa: E402
 from qadist.squad.io import read_pairs  # noqa: E402
 

@@ -35,7 +35,8 @@ from demo_tuning import compare, mean_sd, point_dir, run_point, start_worker
 
 from qadist import storage
 from qadist.config import DemoConfig, LabelConfig, SelectConfig
-from qadist.demo.run import FULL, Stopwatch, prepare
+from qadist.demo.plan import FULL
+from qadist.demo.prepare import Stopwatch, prepare
 from qadist.rows import iter_raw_rows
 from qadist.squad.io import read_pairs
 

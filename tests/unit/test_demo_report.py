@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
+from qadist.demo.plan import FULL, QUICK, Train, epochs_for
 from qadist.demo.report import COLUMNS, MeanLogitsEnsemble, Row, checks, markdown_table, report
-from qadist.demo.run import FULL, QUICK, Train, epochs_for
 
 
 def make_rows(distilled_f1: float = 70.0) -> list[Row]:
