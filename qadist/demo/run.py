@@ -41,7 +41,7 @@ from qadist.demo.camera_domain import DomainSizes, generate_domain, write_domain
 from qadist.demo.report import Row, add_speed, report, score
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
-from qadist.outputs import claim, manifest_uri, read_json
+from qadist.outputs import claim, claim_file, manifest_uri, read_json
 from qadist.runtime import ensure_ray
 from qadist.squad.io import read_pairs
 
@@ -174,7 +174,7 @@ def demo_plan(cfg: DemoConfig) -> Plan:
 def check_out(cfg: DemoConfig, plan: Plan) -> None:
     """DIR may hold an earlier run of the same demo (resumed); another demo's output is refused."""
     settings = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan)))}
-    if claim(cfg.out, "_demo.json", settings, what="a demo run", fix="give another --out, or delete it"):
+    if claim(cfg.out, claim_file("demo"), settings, what="a demo run", fix="give another --out, or delete it"):
         print(f"demo: {cfg.out} holds an earlier run with these settings; finished stages are reused", flush=True)
 
 

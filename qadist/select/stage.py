@@ -23,7 +23,7 @@ import pyarrow as pa
 from qadist import console, storage
 from qadist.config import SelectConfig, to_dict
 from qadist.errors import UserError
-from qadist.outputs import claim, manifest_uri
+from qadist.outputs import claim, claim_file, manifest_uri
 from qadist.rows import Unparsable, iter_raw_rows
 from qadist.select import label_studio
 from qadist.select.scores import group_windows, score_pair
@@ -198,7 +198,7 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
     claim(
         cfg.out,
-        "_qadist_select.json",
+        claim_file("select"),
         settings,
         what="a selection",
         fix="give another --out, or --overwrite",

@@ -392,7 +392,7 @@ def test_no_credentials_in_any_output_log_config_or_checkpoint(
         "checkpoints": [k for k in searched if "/checkpoint_" in k],
         "rejects": [k for k in searched if "/rejects/" in k],
         "configs": [
-            k for k in searched if k.endswith(("qadist_config.json", "_run.json", "_fingerprint.json", ".yaml"))
+            k for k in searched if k.endswith(("qadist_config.json", ".yaml")) or "/_qadist_" in k
         ],
         "logs": [k for k in searched if k.endswith((".log", ".out", ".err"))],
     }
