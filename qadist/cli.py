@@ -1,7 +1,8 @@
 """The `qadist` command: one sub-command per stage, and the only door to them.
 
-Each stage's flags are derived from its pydantic config model (`qadist.config`): a flag per key,
-with the key's help text, so a setting is declared once. A command parses its flags, loads the
+The commands are the stages of the registry (`qadist.stages`). Each stage's flags are derived
+from its pydantic config model (`qadist.config`): a flag per key, with the key's help text, so a
+setting is declared once. A command parses its flags, loads the
 config (YAML, then the flags given on top), opens the stage's console and runs the stage.
 
 Exit codes: 0 success; 2 bad usage, config or input (one line naming the file, key or row and the
@@ -24,25 +25,10 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from qadist.config import (
-    DemoConfig,
-    DistillConfig,
-    EvaluateConfig,
-    ExportConfig,
-    FinetuneConfig,
-    LabelConfig,
-    PairsConfig,
-    PredictConfig,
-    PretrainConfig,
-    SelectConfig,
-    ServeConfig,
-    StageConfig,
-    flag_for,
-    load_config,
-)
+from qadist.config import StageConfig, flag_for, load_config
 from qadist.errors import one_line, user_error_in
-from qadist.pipeline import runner
 from qadist.runtime import release_ray
+from qadist.stages import SECTIONS, STAGES, Stage
 
 app = typer.Typer(
     add_completion=False,
@@ -108,18 +94,19 @@ def stage_options(cls: type[StageConfig]) -> dict[str, tuple[Any, Any]]:
     return options
 
 
-def command(name: str, cls: type[StageConfig], help_text: str, show: bool = True) -> None:
-    """Register `qadist <name>`: its flags from `cls`, then load the config and run the stage."""
-    params = {**COMMON, **stage_options(cls)}
+def command(stage: Stage) -> None:
+    """Register `qadist <stage>`: its flags from its config model, then load the config and run it."""
+    params = {**COMMON, **stage_options(stage.config)}
 
     def invoke(**kwargs: Any) -> None:
         from qadist import console
 
         config, verbose = kwargs.pop("config"), kwargs.pop("verbose")
-        cfg = load_config(cls, name, config, {k: v for k, v in kwargs.items() if v is not None and v != []})
-        with console.session(name, getattr(cfg, "out", None), verbose, show=show):
+        given = {k: v for k, v in kwargs.items() if v is not None and v != []}
+        cfg = load_config(stage.config, stage.name, config, given, sections=SECTIONS)
+        with console.session(stage.name, getattr(cfg, "out", None), verbose, show=stage.console):
             try:
-                runner(name)(cfg)
+                stage.entry()(cfg)
             finally:
                 release_ray()
 
@@ -130,49 +117,12 @@ def command(name: str, cls: type[StageConfig], help_text: str, show: bool = True
         ]
     )
     invoke.__annotations__ = {k: kind for k, (kind, _) in params.items()}
-    invoke.__doc__ = help_text
-    app.command(name)(invoke)
+    invoke.__doc__ = stage.help
+    app.command(stage.name)(invoke)
 
 
-command(
-    "pretrain",
-    PretrainConfig,
-    "Continue an encoder's masked-LM training on the domain's documents (Ray Train) -> an initialisation "
-    "for teachers and students.",
-)
-command(
-    "pairs",
-    PairsConfig,
-    "Match logged questions to documents with a bi-encoder -> question-document pairs.",
-)
-command(
-    "label",
-    LabelConfig,
-    "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.",
-)
-command("distill", DistillConfig, "Train the student on the soft labels with Ray Train.")
-command("finetune", FinetuneConfig, "Fine-tune on gold labels (the distill loop with a_kd = 0).")
-command("predict", PredictConfig, "Answer questions with a QA model (batched; CPU or GPU).")
-command(
-    "evaluate",
-    EvaluateConfig,
-    "Score predictions with the official SQuAD 2.0 metric; with --model, predict first "
-    "(on a GPU worker with --use-gpu).",
-    show=False,
-)  # stdout is the metrics JSON
-command(
-    "export",
-    ExportConfig,
-    "A QA model as ONNX (and ONNX Runtime int8 with --int8), scored against PyTorch on --eval-file.",
-)
-command("serve", ServeConfig, "Serve a QA model over HTTP (Ray Serve, FastAPI, dynamic batching).")
-command(
-    "select",
-    SelectConfig,
-    "Rank labelled pairs by what a human label would teach (teacher disagreement, uncertainty) -> "
-    "a ranked JSONL and Label Studio tasks with the ensemble's answer pre-filled.",
-)
-command("demo", DemoConfig, "The whole pipeline, embedded and offline on a CPU, with a results table.")
+for _stage in STAGES:  # a command per stage of the registry
+    command(_stage)
 
 
 @app.command()

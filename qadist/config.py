@@ -8,6 +8,7 @@ fail before any work starts, with a one-line error naming the file and the key.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
@@ -19,18 +20,6 @@ from qadist.errors import UserError
 PRODUCTION_TEACHER = "ahotrod/albert_xxlargev1_squad2_512"
 PRODUCTION_STUDENT = "albert-base-v2"
 PRODUCTION_ENCODER = "sentence-transformers/multi-qa-MiniLM-L6-cos-v1"
-STAGES = (
-    "pretrain",
-    "pairs",
-    "label",
-    "distill",
-    "finetune",
-    "predict",
-    "evaluate",
-    "export",
-    "serve",
-    "demo",
-)  # sections of a config file
 
 
 def Uri(default: Any = ..., help: str = "") -> Any:  # noqa: N802 (a Field factory)
@@ -414,9 +403,10 @@ def read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def stage_section(data: dict[str, Any], stage: str, path: str) -> dict[str, Any]:
-    """The stage's own keys: its section in a pipeline file, or the whole flat file."""
-    if not any(isinstance(data.get(s), dict) for s in STAGES):
+def stage_section(data: dict[str, Any], stage: str, path: str, sections: Collection[str] = ()) -> dict[str, Any]:
+    """The stage's own keys: its section in a sectioned file, or the whole flat file. A file is
+    sectioned when it maps `stage` or one of `sections` (every stage's name: `qadist.stages`) to keys."""
+    if not any(isinstance(data.get(s), dict) for s in (stage, *sections)):
         return data
     section = data.get(stage) or {}
     if not isinstance(section, dict):
@@ -449,12 +439,14 @@ def load_config(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     source: str | None = None,
+    sections: Collection[str] = (),
 ) -> Config:
     """YAML (optional) + flags that were given (not None) -> a validated stage config (`source`
-    names where the values came from in errors, when not the YAML file or the command line)."""
+    names where the values came from in errors, when not the YAML file or the command line;
+    `sections`: the names of a sectioned file's sections, `stage_section`)."""
     values: dict[str, Any] = {}
     if config_path:
-        values.update(stage_section(read_yaml(config_path), stage, config_path))
+        values.update(stage_section(read_yaml(config_path), stage, config_path, sections))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     source = source or config_path or "command line"
     try:
@@ -466,18 +458,3 @@ def load_config(
 def to_dict(cfg: StageConfig) -> dict[str, Any]:
     """The resolved config, for manifests and checkpoints (never holds credentials: URIs only)."""
     return cfg.model_dump(mode="json")
-
-
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    "pretrain": PretrainConfig,
-    "pairs": PairsConfig,
-    "label": LabelConfig,
-    "distill": DistillConfig,
-    "finetune": FinetuneConfig,
-    "predict": PredictConfig,
-    "evaluate": EvaluateConfig,
-    "export": ExportConfig,
-    "serve": ServeConfig,
-    "select": SelectConfig,
-    "demo": DemoConfig,
-}

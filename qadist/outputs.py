@@ -4,6 +4,8 @@ A run claims its `--out` by writing a small JSON file of the settings that shape
 conditional put: two runs racing for an empty folder cannot both claim it). Running again with
 the same settings continues (or finds the work done); other settings are refused with the keys
 that changed, so one output never mixes two runs. `overwrite` deletes the named parts first.
+Every claim file is named by `claim_file` (`_qadist_<stage>.json`); an output claimed under an
+older name (`LEGACY_CLAIMS`) is still read there, so it is neither refused nor claimed again.
 """
 
 from __future__ import annotations
@@ -82,6 +84,35 @@ def read_json(uri: str) -> dict[str, Any]:
     return json.loads(storage.read_text(uri))
 
 
+def claim_file(stage: str, what: str | None = None) -> str:
+    """The name of the file that claims a stage's output: `_qadist_<stage>.json`, or
+    `_qadist_<stage>_<what>.json` for a stage that claims more than one thing."""
+    return f"_qadist_{stage}{f'_{what}' if what else ''}.json"
+
+
+# Claim files written before `claim_file` named them all, by the name they have now. An output
+# claimed under one of these keeps it (older qadist versions read it there too).
+LEGACY_CLAIMS: dict[str, tuple[str, ...]] = {
+    claim_file("label"): ("_fingerprint.json",),
+    claim_file("pairs"): ("_qadist_pairs_run.json",),
+    claim_file("pretrain"): ("_qadist_pretrain_run.json",),
+    claim_file("distill"): ("_qadist_distill_run.json",),
+    claim_file("finetune"): ("_qadist_finetune_run.json",),
+    claim_file("export"): ("_export.json",),
+    claim_file("demo"): ("_demo.json",),
+}
+
+
+def claim_uri(out: str, marker: str) -> str:
+    """Where `out`'s claim `marker` is: under its name, or under an older name (`LEGACY_CLAIMS`)
+    when only that one exists."""
+    uri = storage.join(out, marker)
+    if storage.exists(uri):
+        return uri
+    older = (storage.join(out, name) for name in LEGACY_CLAIMS.get(marker, ()))
+    return next((u for u in older if storage.exists(u)), uri)
+
+
 def claim(
     out: str,
     marker: str,
@@ -95,14 +126,15 @@ def claim(
 ) -> bool:
     """Claim `out` for a run with `settings`; True when an earlier run with the same settings holds it.
 
-    `marker` is the claim's file name inside `out`. `overwrite` first deletes `parts` and the marker.
+    `marker` is the claim's file name inside `out` (`claim_file`; an older name of it is read too).
+    `overwrite` first deletes `parts` and the marker (under every name).
     `foreign` names parts that, present without a claim, mean another tool (or an older qadist)
     wrote the folder: refused; None means any file at all counts.
     """
-    uri = storage.join(out, marker)
     if overwrite:
-        for part in (*parts, marker):
+        for part in (*parts, marker, *LEGACY_CLAIMS.get(marker, ())):
             storage.delete(storage.join(out, part))
+    uri = claim_uri(out, marker)
     mine = json.loads(json.dumps(settings, sort_keys=True))
     if storage.exists(uri):
         held = read_json(uri)
@@ -121,6 +153,7 @@ def claim(
     )
     if taken:
         raise UserError(f"{out}: holds files that no qadist run claimed (no {marker}); {fix}")
-    if not storage.write_if_absent(uri, json.dumps(mine, indent=2, sort_keys=True).encode("utf-8")):
+    text = json.dumps(mine, indent=2, sort_keys=True).encode("utf-8")
+    if not storage.write_if_absent(storage.join(out, marker), text):
         return claim(out, marker, settings, what=what, fix=fix, foreign=())  # a concurrent run claimed it first
     return False

@@ -1,11 +1,11 @@
 """All stages in order from one sectioned config, each skipped when its output is already complete.
 
 A stage runs when its section is present in the config. "Complete" is what each stage commits
-last: `<out>/final/config.json` for pretrain, distill and finetune, the metrics file for evaluate,
-`export_report.json` for export; pairs and label grow by generations, so they are complete when a
-generation is committed and no input file is new. So a second run of the same pipeline does no
-work, and a run that stopped half way picks up at the first incomplete stage (which resumes by
-itself).
+last (`finished` in `qadist.stages`): `<out>/final/config.json` for pretrain, distill and finetune,
+the metrics file for evaluate, `export_report.json` for export; pairs and label grow by generations,
+so they are complete when a generation is committed and no input file is new. So a second run of the same pipeline
+does no work, and a run that stopped half way picks up at the first incomplete stage (which
+resumes by itself).
 
 A daily job (jobs/configs/daily.yaml): new logged questions -> a new pairs generation -> a new label
 generation -> a student distilled on it, continuing from the previous one. Two things make that one
@@ -23,65 +23,20 @@ import time
 from collections.abc import Callable
 
 from qadist import storage
-from qadist.config import STAGE_CONFIGS, StageConfig, load_config, read_yaml
+from qadist.config import StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import committed_generations, committed_inputs
-from qadist.rows import input_files
+from qadist.outputs import committed_generations
+from qadist.stages import BY_NAME, PIPELINE, STAGES
 
 log = logging.getLogger(__name__)
 
-ORDER = ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
-
-
-def has_new_input(stage: str, cfg: StageConfig) -> str | None:
-    """For a stage that grows by generations (pairs, label): why it must run ('no generation yet',
-    'N new input file(s)'), or None when the committed generations hold every input file."""
-    committed = committed_generations(cfg.out)
-    if not committed:
-        return "no generation committed yet"
-    held = committed_inputs(committed)
-    source, flag = (cfg.questions, "--questions") if stage == "pairs" else (cfg.pairs, "--pairs")
-    fresh = [f for f in input_files(source, flag) if held.get(f["uri"], (None,))[0] != f["size"]]
-    return f"{len(fresh)} new or changed input file(s) under {source}" if fresh else None
-
-
-def completion_marker(stage: str, cfg: StageConfig) -> str:
-    """The object whose existence means the stage finished."""
-    if stage in ("pretrain", "distill", "finetune"):
-        return storage.join(cfg.out, "final", "config.json")
-    if stage == "predict":
-        return cfg.out
-    if stage == "evaluate":
-        if not cfg.out:
-            raise UserError("evaluate section: set 'out' (a metrics file) so the pipeline can tell when it is done")
-        return cfg.out
-    if stage == "export":
-        return storage.join(cfg.out, "export_report.json")
-    raise UserError(f"stage {stage!r} cannot run in a pipeline; use one of {', '.join(ORDER)}")
-
-
-# Each stage's entry function, imported when the stage runs (a command loads only what it uses).
-RUNNERS = {
-    "pretrain": "qadist.train.pretrain:run_pretrain",
-    "pairs": "qadist.pairs.stage:run_pairs",
-    "label": "qadist.label.stage:run_label",
-    "distill": "qadist.train.stage:run_distill",
-    "finetune": "qadist.train.stage:run_finetune",
-    "predict": "qadist.answer.predict:run_predict",
-    "evaluate": "qadist.answer.evaluate:run_evaluate",
-    "export": "qadist.answer.export:run_export",
-    "serve": "qadist.answer.serve:run_serve",
-    "select": "qadist.select.stage:run_select",
-    "demo": "qadist.demo.run:run_demo",
-}
+ORDER = tuple(s.name for s in PIPELINE)  # the stages a pipeline runs, in order (`qadist.stages`)
+RUNNERS = {s.name: s.runner for s in STAGES}  # each stage's entry function, "module:function"
 
 
 def runner(stage: str) -> Callable[[StageConfig], object]:
-    """The entry function of `stage`."""
-    import importlib
-
-    module, name = RUNNERS[stage].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The entry function of `stage`, imported now (a command loads only what it uses)."""
+    return BY_NAME[stage].entry()
 
 
 def newest_generation(data: dict) -> int:
@@ -119,7 +74,7 @@ def resolve_section(stage: str, section: dict, generation: int, look: bool = Tru
 def stage_config(stage: str, data: dict, config_path: str, look: bool = True) -> StageConfig:
     generation = max(newest_generation(data), 1) if look else 1  # 1 until label commits one
     section = resolve_section(stage, data[stage], generation, look)
-    return load_config(STAGE_CONFIGS[stage], stage, overrides=section, source=f"{config_path} ({stage} section)")
+    return load_config(BY_NAME[stage].config, stage, overrides=section, source=f"{config_path} ({stage} section)")
 
 
 def run_pipeline(config_path: str) -> dict[str, str]:
@@ -138,19 +93,11 @@ def run_pipeline(config_path: str) -> dict[str, str]:
     outcome: dict[str, str] = {}
     for stage in stages:
         cfg = stage_config(stage, data, config_path)  # after the stages before it: their generation
-        if stage in ("pairs", "label"):
-            why = has_new_input(stage, cfg)
-            if why is None:
-                print(f"qadist pipeline: {stage}: complete (every input file is in a committed generation), "
-                      "skipped", flush=True)  # fmt: skip
-                outcome[stage] = "skipped"
-                continue
-        else:
-            marker = completion_marker(stage, cfg)
-            if storage.exists(marker):
-                print(f"qadist pipeline: {stage}: complete ({marker} exists), skipped", flush=True)
-                outcome[stage] = "skipped"
-                continue
+        done = BY_NAME[stage].finished(cfg)
+        if done is not None:
+            print(f"qadist pipeline: {stage}: complete ({done}), skipped", flush=True)
+            outcome[stage] = "skipped"
+            continue
         started = time.perf_counter()
         print(f"qadist pipeline: {stage}: running", flush=True)
         runner(stage)(cfg)

@@ -27,12 +27,12 @@ from qadist import console, storage
 from qadist.config import ExportConfig, to_dict
 from qadist.errors import UserError
 from qadist.models import QADIST_CONFIG_FILE, exported_graph, load_qa_model, load_tokenizer, local_model
-from qadist.outputs import claim
+from qadist.outputs import claim, claim_file
 
 log = logging.getLogger(__name__)
 
 FP32_GRAPH, INT8_GRAPH, REPORT = "model.onnx", "model.int8.onnx", "export_report.json"
-CLAIM = "_export.json"
+CLAIM = claim_file("export")
 # The fallback's fp32 nodes: query x key and attention x value (both operands are activations, so
 # their int8 scales come from one batch), and the span head the answer is read from.
 KEEP_FP32 = ("attention/self/MatMul", "qa_outputs")

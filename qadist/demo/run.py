@@ -38,7 +38,7 @@ from qadist.demo.plan import Plan, demo_plan
 from qadist.demo.prepare import Stopwatch, distill_model, prepare, train_model
 from qadist.demo.report import add_speed, report
 from qadist.demo.table import score_all, score_curve
-from qadist.outputs import claim
+from qadist.outputs import claim, claim_file
 from qadist.squad.io import read_pairs
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def check_out(cfg: DemoConfig, plan: Plan) -> None:
     """DIR may hold an earlier run of the same demo (resumed); another demo's output is refused."""
     settings = {"config": to_dict(cfg), "plan": json.loads(json.dumps(asdict(plan)))}
-    if claim(cfg.out, "_demo.json", settings, what="a demo run", fix="give another --out, or delete it"):
+    if claim(cfg.out, claim_file("demo"), settings, what="a demo run", fix="give another --out, or delete it"):
         print(f"demo: {cfg.out} holds an earlier run with these settings; finished stages are reused", flush=True)
 
 

@@ -25,7 +25,7 @@ How exactly-once works with an at-least-once engine:
 The output grows by generations (`qadist.label.generations`, docs/formats.md): a run labels only
 the input files no committed generation holds. A fingerprint of everything that changes the labels
 (teachers and their revisions, tokenizer, lengths, combine, rows_per_shard) is stored in
-`<out>/_fingerprint.json` before any shard; a run with another fingerprint refuses to write into
+`<out>/_qadist_label.json` before any shard; a run with another fingerprint refuses to write into
 that output unless `--overwrite`. A writer's lease (`qadist.leases`) keeps `--overwrite` and the
 sweep off a live run's files; `--progress-deadline-s` (`qadist.label.deadline`) ends a stalled run.
 """
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from qadist import console, storage
+from qadist import console, outputs, storage
 from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import LabelConfig, to_dict
 from qadist.errors import UserError, user_error_in
@@ -57,7 +57,7 @@ from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
 
 log = logging.getLogger(__name__)
-FINGERPRINT = "_fingerprint.json"
+FINGERPRINT = outputs.claim_file("label")
 BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a row, with room to spare
 MIN_OBJECT_STORE_BUDGET = 32 << 20
 WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
@@ -110,7 +110,7 @@ def prepare_output(cfg: LabelConfig, settings: dict) -> None:
 
     An output claimed before generations existed holds its input files in the fingerprint; with
     every other setting the same, its fingerprint is rewritten without them, so it can grow."""
-    uri = storage.join(cfg.out, FINGERPRINT)
+    uri = outputs.claim_uri(cfg.out, FINGERPRINT)
     if not cfg.overwrite and storage.exists(uri):
         held = json.loads(storage.read_text(uri))
         same = {k: v for k, v in held.items() if k not in ("inputs", "fingerprint")} == {

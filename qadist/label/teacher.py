@@ -9,7 +9,9 @@ fp32 on CPU. Logits are combined per window over its real positions only:
 - `mean_probs`: the log of the mean of the teachers' softmax probabilities (a log-distribution,
   so a student's softmax over it gives back the averaged probabilities).
 
-Stored as float16, cut to the window's real length; per-teacher logits on request.
+Each mode is one entry of `COMBINES` (name -> [n_teachers, length] logits -> [length]); every mode
+reads only the teachers' logits of a window. `LabelConfig.combine` takes exactly its keys (checked
+by a test). Stored as float16, cut to the window's real length; per-teacher logits on request.
 
 Teachers may use different tokenizers: the windows are the first teacher's, and the others read
 the pairs through their own windows and are projected onto those (`qadist.label.mixed_tokenizers`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,21 +33,29 @@ from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_row
 from qadist.shards import list_array, nested_values
 
 log = logging.getLogger(__name__)
-COMBINES = ("mean_logits", "mean_probs")
+
+
+def mean_logits(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=0)
+
+
+def mean_probs(x: np.ndarray) -> np.ndarray:
+    # log(mean_t softmax(x_t)) = logsumexp_t(x_t - logsumexp(x_t)) - log(n), computed stably.
+    top = x.max(axis=1, keepdims=True)
+    log_probs = x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
+    peak = log_probs.max(axis=0)
+    return (peak + np.log(np.exp(log_probs - peak).mean(axis=0))).astype(np.float32)
+
+
+# The combine modes: [n_teachers, length] float32 logits of one window -> [length] float32.
+COMBINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mean_logits": mean_logits, "mean_probs": mean_probs}
 
 
 def combine_logits(per_teacher: np.ndarray, how: str = "mean_logits") -> np.ndarray:
     """[n_teachers, length] float logits of one window -> [length] float32 combined logits."""
-    x = np.asarray(per_teacher, dtype=np.float32)
-    if how == "mean_logits":
-        return x.mean(axis=0)
-    if how == "mean_probs":
-        # log(mean_t softmax(x_t)) = logsumexp_t(x_t - logsumexp(x_t)) - log(n), computed stably.
-        top = x.max(axis=1, keepdims=True)
-        log_probs = x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
-        peak = log_probs.max(axis=0)
-        return (peak + np.log(np.exp(log_probs - peak).mean(axis=0))).astype(np.float32)
-    raise ValueError(f"combine must be one of {COMBINES}, not {how!r}")
+    if how not in COMBINES:
+        raise ValueError(f"combine must be one of {tuple(COMBINES)}, not {how!r}")
+    return COMBINES[how](np.asarray(per_teacher, dtype=np.float32))
 
 
 def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:

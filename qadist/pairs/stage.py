@@ -38,7 +38,7 @@ from qadist.config import PairsConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
 from qadist.leases import Lease, check_writers
-from qadist.outputs import MANIFEST, claim, committed_generations, delete_generations, generation_uri
+from qadist.outputs import MANIFEST, claim, claim_file, committed_generations, delete_generations, generation_uri
 from qadist.pairs import embedding_cache
 from qadist.pairs.generations import (
     earlier_questions,
@@ -54,7 +54,7 @@ from qadist.runtime import ensure_ray
 log = logging.getLogger(__name__)
 
 PAIRS_FORMAT_VERSION = 1  # of the pairs manifest
-CLAIM = "_qadist_pairs_run.json"
+CLAIM = claim_file("pairs")
 OUTPUT_DIRS = ("pairs", "rejects", "duplicates", "_work")
 STAGE_ROWS = 4096  # unique questions per staged file: the unit of work of a matching actor
 PASSAGE_BLOCK = 4096

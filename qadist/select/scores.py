@@ -15,19 +15,22 @@ window, the [CLS] position, holds the no-answer mass):
   in [0, 1]), the pair's most divergent window; plus, when the teachers' own answers split
   between answering and abstaining, that split (the share of the minority, times 2) if larger.
 - `random`: a seeded hash of the pair's id (the same pick for the same seed).
+
+A strategy is one entry of `STRATEGIES`: its scoring function and what it needs of the label table
+(`per_teacher`: each teacher's logits, so labels made with `--keep-teacher-logits` and at least
+two teachers). `SelectConfig.strategy` takes exactly its keys (checked by a test).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from qadist.squad.postprocess import best_spans
-
-STRATEGIES = ("disagreement", "entropy", "margin", "random")
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -112,6 +115,41 @@ def random_score(pair_id: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def by_entropy(windows: Sequence[dict], null: float, spans: list, seed: int) -> tuple[float, str]:
+    score = max(window_entropy(w["start_logits"], w["end_logits"]) for w in windows)
+    return score, f"the ensemble's start/end distributions are spread (normalised entropy {score:.2f})"
+
+
+def by_margin(windows: Sequence[dict], null: float, spans: list, seed: int) -> tuple[float, str]:
+    score = margin_score(null, spans)
+    second = "abstaining" if spans and not abstains(null, spans) else "its second span"
+    return score, f"the ensemble's best answer leads {second} by a margin of {1 - score:.2f}"
+
+
+def by_disagreement(windows: Sequence[dict], null: float, spans: list, seed: int) -> tuple[float, str]:
+    return disagreement_score(windows)
+
+
+def by_random(windows: Sequence[dict], null: float, spans: list, seed: int) -> tuple[float, str]:
+    return random_score(windows[0]["id"], seed), f"random pick (seed {seed})"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """(a pair's windows, its null score, its best spans, the seed) -> (score in [0, 1], the reason)."""
+
+    score: Callable[[Sequence[dict], float, list, int], tuple[float, str]]
+    per_teacher: bool = False  # reads `teacher_start_logits`/`teacher_end_logits`: --keep-teacher-logits, 2+ teachers
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "disagreement": Strategy(by_disagreement, per_teacher=True),
+    "entropy": Strategy(by_entropy),
+    "margin": Strategy(by_margin),
+    "random": Strategy(by_random),
+}
+
+
 def score_pair(windows: Sequence[dict], context: str | None, strategy: str, seed: int = 0) -> dict:
     """One pair's windows (`id`, `offsets`, `start_logits`, `end_logits`, and per-teacher logits for
     `disagreement`) -> its score, the reason in words, and the ensemble's answer (the pre-fill)."""
@@ -119,19 +157,9 @@ def score_pair(windows: Sequence[dict], context: str | None, strategy: str, seed
     abstain = abstains(null, spans)
     answer = {"start": -1, "end": -1} if abstain else {"start": spans[0][1], "end": spans[0][2]}
     no_answer = 1.0 / (1.0 + math.exp(-max(min(null - (spans[0][0] if spans else -math.inf), 700.0), -700.0)))
-    if strategy == "entropy":
-        score = max(window_entropy(w["start_logits"], w["end_logits"]) for w in windows)
-        reason = f"the ensemble's start/end distributions are spread (normalised entropy {score:.2f})"
-    elif strategy == "margin":
-        score = margin_score(null, spans)
-        second = "abstaining" if spans and not abstain else "its second span"
-        reason = f"the ensemble's best answer leads {second} by a margin of {1 - score:.2f}"
-    elif strategy == "disagreement":
-        score, reason = disagreement_score(windows)
-    elif strategy == "random":
-        score, reason = random_score(windows[0]["id"], seed), f"random pick (seed {seed})"
-    else:
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    score, reason = STRATEGIES[strategy].score(windows, null, spans, seed)
     text = "" if abstain or context is None else context[answer["start"] : answer["end"]]
     return {
         "id": windows[0]["id"],

@@ -23,10 +23,10 @@ import pyarrow as pa
 from qadist import console, storage
 from qadist.config import SelectConfig, to_dict
 from qadist.errors import UserError
-from qadist.outputs import claim, manifest_uri
+from qadist.outputs import claim, claim_file, manifest_uri
 from qadist.rows import Unparsable, iter_raw_rows
 from qadist.select import label_studio
-from qadist.select.scores import group_windows, score_pair
+from qadist.select.scores import STRATEGIES, group_windows, score_pair
 from qadist.shards import list_values, listed_shards, nested_values, read_manifest, read_shard
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def score_shards(batch: pa.Table, strategy: str, seed: int) -> pa.Table:
     """Ray Data task: shard URIs -> one row per pair with its score, reason and the ensemble's answer."""
     out: list[dict] = []
     for uri in batch.column("uri").to_pylist():
-        for windows in group_windows(shard_windows(uri, strategy == "disagreement")):
+        for windows in group_windows(shard_windows(uri, STRATEGIES[strategy].per_teacher)):
             s = score_pair(windows, None, strategy, seed)
             p = s["prediction"]
             out.append(
@@ -93,13 +93,16 @@ def read_exclude(uri: str) -> set[str]:
 
 
 def check_strategy(manifest: dict, cfg: SelectConfig) -> None:
-    if cfg.strategy == "disagreement" and not manifest.get("keep_teacher_logits"):
+    """What the strategy needs of the label table (`Strategy.per_teacher`) is there."""
+    if not STRATEGIES[cfg.strategy].per_teacher:
+        return
+    if not manifest.get("keep_teacher_logits"):
         raise UserError(
             f"{cfg.labels}: these soft labels hold only the ensemble's combined logits, and --strategy "
-            "disagreement needs each teacher's; label with --keep-teacher-logits (into a new --out), or use "
+            f"{cfg.strategy} needs each teacher's; label with --keep-teacher-logits (into a new --out), or use "
             "--strategy entropy or margin"
         )
-    if len(manifest.get("teachers") or []) < 2 and cfg.strategy == "disagreement":
+    if len(manifest.get("teachers") or []) < 2:
         raise UserError(f"{cfg.labels}: one teacher cannot disagree with itself; use --strategy entropy or margin")
 
 
@@ -198,7 +201,7 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     settings = {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
     claim(
         cfg.out,
-        "_qadist_select.json",
+        claim_file("select"),
         settings,
         what="a selection",
         fix="give another --out, or --overwrite",

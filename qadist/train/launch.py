@@ -2,7 +2,7 @@
 
 Checkpoints go to `<out>/<stage>/` (a local folder or an s3:// prefix, Ray Train's storage);
 re-running the same command resumes from the last reported checkpoint; the final model is copied
-to `<out>/final`. The run's settings are claimed in `<out>/_qadist_<stage>_run.json`, so another
+to `<out>/final`. The run's settings are claimed in `<out>/_qadist_<stage>.json`, so another
 job's settings into the same folder are refused instead of corrupting the run.
 """
 
@@ -21,7 +21,7 @@ from qadist import console, storage
 from qadist.capacity import Demand, check_capacity
 from qadist.config import OptimizerSettings, to_dict
 from qadist.errors import UserError, user_error_in
-from qadist.outputs import claim
+from qadist.outputs import claim, claim_file
 from qadist.runtime import simulated_gpu_cluster
 from qadist.train.batches import Plan, plan_steps
 from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
@@ -101,7 +101,7 @@ def check_same_run(cfg: OptimizerSettings, stage: str) -> None:
     settings = {k: v for k, v in to_dict(cfg).items() if k in RUN_FINGERPRINT_KEYS}
     claim(
         cfg.out,
-        f"_qadist_{stage}_run.json",
+        claim_file(stage),
         settings,
         what=f"a {stage} run",
         overwrite=not started,

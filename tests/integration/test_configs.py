@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qadist.config import STAGE_CONFIGS, load_config
+from qadist.config import load_config
+from qadist.stages import STAGE_CONFIGS
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_CONFIGS = sorted((REPO / "jobs" / "configs").rglob("*.yaml"))

@@ -179,8 +179,8 @@ def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket,
         faults.add(
             "lost_reply", method="PUT", path=r"/labels/_manifest\.json$", times=1
         ),  # stored, but the answer is lost
-        faults.add("500", method="HEAD", path=r"/labels/_fingerprint\.json$", times=1),  # the claim: exists?
-        faults.add("503", method="PUT", path=r"/labels/_fingerprint\.json$", times=1),  # and its conditional put
+        faults.add("500", method="HEAD", path=r"/labels/_qadist_label\.json$", times=1),  # the claim: exists?
+        faults.add("503", method="PUT", path=r"/labels/_qadist_label\.json$", times=1),  # and its conditional put
     ]
     assert run_cli(*label_args(f"{s3_bucket}/pairs", out, tiny_models["student"])) == 0
     print(f"\ninjected {faults.count()} faults: {sorted((k, m) for k, m, _ in faults.injected)}")
@@ -188,7 +188,7 @@ def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket,
     manifest, _ = exactly_once(out, pairs)
     assert manifest["run"]["shards_computed"] == 3  # the lost reply's retry found our own manifest (412) and kept it
     assert s3_keys(out) == sorted(
-        ["_fingerprint.json", "_manifest.json", *(s["path"] for s in manifest["shards"])]
+        ["_manifest.json", "_qadist_label.json", *(s["path"] for s in manifest["shards"])]
     )  # no duplicates
     assert client.list_multipart_uploads(Bucket=bucket, Prefix=f"{key}/").get("Uploads", []) == []
 
@@ -406,7 +406,7 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
     )
     assert any(outcome)
     exactly_once(cfg.out, pairs)
-    assert s3_keys(cfg.out) == sorted(["_fingerprint.json", "_manifest.json", *(s["path"] for s in stored["shards"])])
+    assert s3_keys(cfg.out) == sorted(["_manifest.json", "_qadist_label.json", *(s["path"] for s in stored["shards"])])
 
     before = storage.read_bytes(f"{cfg.out}/_manifest.json")
     caplog.clear()
@@ -506,7 +506,7 @@ def test_shard_writes_failing_past_retries_fail_cleanly_and_rerun_succeeds(s3_bu
         f"error: {next((line for line in err.splitlines() if 'SlowDown' in line), '')[:200]}"
     )
     assert code == 1 and "SlowDown" in err and "no manifest written" in err
-    assert s3_keys(out) == ["_fingerprint.json"]
+    assert s3_keys(out) == ["_qadist_label.json"]
     faults.clear()
     code, err = _finish(_cli(args))
     assert code == 0, err[-3000:]

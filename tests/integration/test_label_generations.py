@@ -58,10 +58,11 @@ def test_files_added_one_at_a_time_are_labelled_once_each(tmp_path, squad_pairs,
     seen = []
     for day, rows in enumerate(files, start=1):
         put_jsonl(pairs / f"day-{day}.jsonl", rows)
-        if day == 2:  # an output claimed before generations: its fingerprint held the input files
-            held = json.loads(Path(out, "_fingerprint.json").read_text())
+        if day == 2:  # claimed before generations, under the claim's old name: it held the input files
+            held = json.loads(Path(out, "_qadist_label.json").read_text())
             first_inputs = json.loads(Path(out, "_manifest.json").read_text())["inputs"]
             Path(out, "_fingerprint.json").write_text(json.dumps({**held, "inputs": first_inputs}))
+            Path(out, "_qadist_label.json").unlink()
         assert run_cli(*label) == 0
         printed = capsys.readouterr().out
         manifest = read_manifest(out)

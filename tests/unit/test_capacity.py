@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from qadist.capacity import Demand, NodeType, bootstrap_node_types, bundle, check_capacity, shortfall
-from qadist.config import STAGE_CONFIGS, load_config
+from qadist.config import load_config
 from qadist.errors import UserError
+from qadist.stages import STAGE_CONFIGS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ def test_sweep_local_keeps_listed_and_young_temporary_files(tmp_path):
         "shards/a.r10-20.parquet",
         "rejects/a.r0-10.jsonl",
         "_manifest.json",
-        "_fingerprint.json",
+        "_qadist_label.json",
     ]
     stray = [
         "shards/a.r20-30.parquet",

@@ -8,6 +8,7 @@ import pytest
 
 from qadist.config import EvaluateConfig, LabelConfig, PredictConfig, load_config, to_dict
 from qadist.errors import UserError
+from qadist.stages import SECTIONS
 
 REQUIRED = {"model": "m", "data": "d.json", "out": "p.json"}
 
@@ -112,7 +113,7 @@ def test_window_lengths_that_cannot_work():
 def test_unreadable_config_files(tmp_path, content, message):
     path = yaml_file(tmp_path, content)
     with pytest.raises(UserError, match=message) as e:
-        load_config(PredictConfig, "predict", path, REQUIRED)
+        load_config(PredictConfig, "predict", path, REQUIRED, sections=SECTIONS)  # as the CLI reads it
     assert str(e.value).startswith(path)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qadist.select.scores import group_windows, js_divergence, random_score, score_pair
+from qadist.select.scores import STRATEGIES, group_windows, js_divergence, random_score, score_pair
 
 # One window: [CLS] then 6 context tokens at characters 0-5, 6-11, ... (the question's tokens are
 # left out: offsets (-1, -1) would mark them).
@@ -89,3 +89,23 @@ def test_group_windows_keeps_pairs_together():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="unknown strategy"):
         score_pair([window("q", *SURE)], CONTEXT, "vibes")
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_is_a_choice_of_the_config_and_the_flag_and_scores_a_pair(name):
+    from typing import get_args
+
+    from qadist.cli import metavar
+    from qadist.config import SelectConfig, load_config
+
+    field = SelectConfig.model_fields["strategy"]
+    assert get_args(field.annotation) == tuple(STRATEGIES)  # the config's choices are the table's keys
+    assert name in metavar(field).split("|")  # `qadist select --strategy` offers it
+    assert load_config(SelectConfig, "select", None, {"labels": "l", "out": "o", "budget": 1, "strategy": name})
+    teachers = [SURE, ABSTAIN, UNSURE]
+    pair = [window("q", *SURE, teachers=teachers), window("q", *UNSURE, teachers=teachers)]
+    if not STRATEGIES[name].per_teacher:
+        pair = [{k: v for k, v in w.items() if not k.startswith("teacher_")} for w in pair]
+    s = score_pair(pair, CONTEXT, name, seed=1)
+    assert 0.0 <= s["score"] <= 1.0 and s["reason"] and s["windows"] == 2 and s["id"] == "q"
+    assert set(s["prediction"]) == {"start", "end", "text", "no_answer_probability"}

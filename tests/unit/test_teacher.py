@@ -10,7 +10,7 @@ import torch
 from qadist.errors import UserError
 from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
 from qadist.label.mixed_tokenizers import other_windows, project_onto
-from qadist.label.teacher import TeacherEnsemble, combine_logits, padded_tokens
+from qadist.label.teacher import COMBINES, TeacherEnsemble, combine_logits, padded_tokens
 from qadist.models import load_qa_model, load_tokenizer
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
@@ -25,6 +25,21 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def test_mean_logits_is_the_mean():
     x = np.array([[1.0, 2.0, -3.0], [3.0, 0.0, 1.0]])
     np.testing.assert_allclose(combine_logits(x), [2.0, 1.0, -1.0])
+
+
+@pytest.mark.parametrize("name", list(COMBINES))
+def test_every_combine_mode_is_a_choice_of_the_config_and_the_flag_and_gives_one_row(name):
+    from typing import get_args
+
+    from qadist.cli import metavar
+    from qadist.config import LabelConfig, load_config
+
+    field = LabelConfig.model_fields["combine"]
+    assert get_args(field.annotation) == tuple(COMBINES)  # the config's choices are the table's keys
+    assert name in metavar(field).split("|")  # `qadist label --combine` offers it
+    assert load_config(LabelConfig, "label", None, {"pairs": "p", "out": "o", "teachers": ["t"], "combine": name})
+    got = combine_logits(np.random.default_rng(0).normal(size=(3, 7)), name)
+    assert got.shape == (7,) and got.dtype == np.float32 and np.isfinite(got).all()
 
 
 def test_mean_probs_is_log_of_mean_probabilities():
