@@ -34,6 +34,7 @@ from qadist.config import (
     PairsConfig,
     PredictConfig,
     PretrainConfig,
+    PromoteConfig,
     SelectConfig,
     ServeConfig,
     StageConfig,
@@ -166,6 +167,12 @@ command(
     "A QA model as ONNX (and ONNX Runtime int8 with --int8), scored against PyTorch on --eval-file.",
 )
 command("serve", ServeConfig, "Serve a QA model over HTTP (Ray Serve, FastAPI, dynamic batching).")
+command(
+    "promote",
+    PromoteConfig,
+    "Compare a candidate with the registry's current model on gold (and silver) answers; promote it only when "
+    "it is not worse (exit 4 when refused); --rollback moves current back.",
+)
 command(
     "select",
     SelectConfig,

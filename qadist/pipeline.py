@@ -30,7 +30,7 @@ from qadist.rows import input_files
 
 log = logging.getLogger(__name__)
 
-ORDER = ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
+ORDER = ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export", "promote")
 
 
 def has_new_input(stage: str, cfg: StageConfig) -> str | None:
@@ -57,6 +57,10 @@ def completion_marker(stage: str, cfg: StageConfig) -> str:
         return cfg.out
     if stage == "export":
         return storage.join(cfg.out, "export_report.json")
+    if stage == "promote":  # the verdict file, written whether the candidate was promoted or refused
+        if not cfg.out:
+            raise UserError("promote section: set 'out' (the verdict file) so the pipeline can tell when it is done")
+        return cfg.out
     raise UserError(f"stage {stage!r} cannot run in a pipeline; use one of {', '.join(ORDER)}")
 
 
@@ -71,6 +75,7 @@ RUNNERS = {
     "evaluate": "qadist.answer.evaluate:run_evaluate",
     "export": "qadist.answer.export:run_export",
     "serve": "qadist.answer.serve:run_serve",
+    "promote": "qadist.loop.promote:run_promote",
     "select": "qadist.select.stage:run_select",
     "demo": "qadist.demo.run:run_demo",
 }

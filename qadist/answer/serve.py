@@ -25,6 +25,7 @@ old one serving, and /healthz says why. On a cluster, deploy `jobs/configs/serve
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -93,8 +94,10 @@ async def _count(request: Request, call_next: Any) -> Any:
         status = response.status_code
         return response
     finally:
-        if FIGURES is not None and request.url.path != "/metrics":
-            FIGURES.observe(route_of(request.url.path), status, time.perf_counter() - started)
+        # Through sys.modules: Serve may ship this function to the replica by value, with a copy of globals.
+        figures = getattr(sys.modules[__name__], "FIGURES", None)
+        if figures is not None and not request.url.path.endswith("/metrics"):
+            figures.observe(route_of(request.url.path), status, time.perf_counter() - started)
 
 
 def route_of(path: str) -> str:
@@ -131,7 +134,6 @@ def check_limits(questions: list[Question], cfg: ServeConfig, has_documents: boo
 @serve.ingress(app)
 class QAService:
     def __init__(self, settings: dict[str, Any]):
-        global FIGURES
         import torch
 
         from qadist.answer.metrics import Figures
@@ -140,7 +142,7 @@ class QAService:
         self.cfg = ServeConfig(**settings)
         torch.set_num_threads(max(1, round(self.cfg.num_cpus_per_replica)))  # ONNX Runtime follows torch's count
         self.tag = replica_tag()
-        FIGURES = self.figures = Figures(self.tag)
+        self.figures = sys.modules[__name__].FIGURES = Figures(self.tag)
         self.registry, self.registry_error, self.refused = None, None, None
         if self.cfg.registry:
             from qadist.registry import open_registry
