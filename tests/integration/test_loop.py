@@ -149,3 +149,60 @@ def test_promote_gate_follow_bad_version_and_rollback(loop, tiny_models, squad_p
     back_s, _ = wait_for_version(url, body, "1")
     print(f"[loop] rollback followed in {back_s:.1f}s")
     assert "registry_error" not in get(f"{loop['base']}/healthz")[1]
+
+
+@pytest.mark.slow
+def test_the_log_is_paired_labelled_and_distilled_every_question_accounted_for(
+    tiny_models, squad_sample, squad_pairs, tmp_path, capsys
+):
+    """Serve with --log-questions (its own app), send questions over HTTP, stop cleanly (the log is
+    flushed: 0 lost), then `qadist pairs --questions <log>` -> `label` -> `distill`."""
+    from ray import serve
+
+    from qadist.answer.serve import build_app, kill_collector, wait_ready
+    from qadist.config import ServeConfig
+    from qadist.pairs.retrieval import build_tiny_encoder
+
+    log_uri = str(tmp_path / "log")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = ServeConfig(model=tiny_models["teacher_a"], log_questions=log_uri, log_roll_s=3600, num_cpus_per_replica=0.25,
+                      max_context_chars=20_000, **WINDOWS)  # fmt: skip
+    serve.run(build_app(cfg), name="logonly", route_prefix="/logonly")
+    base = f"http://127.0.0.1:{port}/logonly"
+    wait_ready(base, timeout_s=180)
+    asked = squad_pairs[:40] + squad_pairs[:3]  # three asked twice: merged as identical by pairs
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda p: post(f"{base}/answer", {k: p[k] for k in ("question", "context")}), asked))
+    assert all(status == 200 for status, _ in replies)
+    assert logged_rows(log_uri) == []  # a one-hour roll window: nothing written before the stop
+    serve.delete("logonly")  # a clean stop: the replica's log writes everything it holds
+    kill_collector("logonly")
+    rows = logged_rows(log_uri)
+    assert sorted(r["request_id"] for r in rows) == sorted(r["request_id"] for _, r in replies)  # 0 lost
+
+    articles = json.loads(open(squad_sample).read())["data"]
+    docs = tmp_path / "documents.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"a{a}p{n}", "text": p["context"]}) + "\n"
+                            for a, art in enumerate(articles) for n, p in enumerate(art["paragraphs"])))  # fmt: skip
+    encoder = build_tiny_encoder(str(tmp_path / "encoder"))
+    out = tmp_path / "run"
+    windows = ["--max-seq-len", "128", "--doc-stride", "32"]
+    code, _, err = run_cli(["pairs", "--questions", log_uri, "--documents", str(docs), "--out", f"{out}/pairs",
+                            "--model", encoder, "--top-k", "1"], capsys)  # fmt: skip
+    assert code == 0, err
+    counts = json.loads((out / "pairs" / "_manifest.json").read_text())["counts"]
+    print(f"\n[loop] {len(rows)} logged questions -> pairs: {counts}")
+    assert counts["questions_in"] == len(rows) == len(asked)
+    assert counts["questions_in"] == counts["questions_matched"] + counts["questions_duplicate"] + counts[
+        "questions_rejected"]  # fmt: skip
+    assert counts["questions_duplicate"] == 3
+    code, _, err = run_cli(["label", "--pairs", f"{out}/pairs/pairs", "--out", f"{out}/labels", "--teacher",
+                            tiny_models["teacher_a"], *windows], capsys)  # fmt: skip
+    assert code == 0, err
+    label = json.loads((out / "labels" / "_manifest.json").read_text())["counts"]
+    assert label["pairs_in"] == counts["pairs_out"] == label["pairs_labeled"] + label["pairs_rejected"]
+    code, _, err = run_cli(["distill", "--labels", f"{out}/labels", "--student", tiny_models["student"], "--out",
+                            f"{out}/student", "--epochs", "1", "--batch-size", "8", *windows], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (out / "student" / "final" / "config.json").exists()
