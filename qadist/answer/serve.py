@@ -153,6 +153,8 @@ class QAService:
                 raise RuntimeError(f"{self.cfg.registry}: no current version yet; run qadist promote first")
             self.load(str(pointer["version"]), pointer["model"])
         else:
+            from qadist.answer.service import model_version_of
+
             self.load(model_version_of(self.cfg.model), self.cfg.model)
         self.qlog = None
         if self.cfg.log_questions:
@@ -214,7 +216,8 @@ class QAService:
 
     def __del__(self):
         """Serve calls this on a graceful shutdown: the question log writes what it holds."""
-        self.stopping.set()
+        if getattr(self, "stopping", None) is not None:
+            self.stopping.set()
         if getattr(self, "qlog", None) is not None:
             counts = self.qlog.close()
             log.info("question log closed: %s", counts)
@@ -267,13 +270,6 @@ class QAService:
         except Exception:  # noqa: BLE001 (no collector: this replica's own figures)
             text = render([self.figures.snapshot(self.qlog.counts() if self.qlog else None)])
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def model_version_of(model: str) -> str:
-    """A served folder's version when it is not from a registry: its name and a hash of its path."""
-    import hashlib
-
-    return f"{model.rstrip('/').rsplit('/', 1)[-1]}@{hashlib.sha256(model.encode()).hexdigest()[:8]}"
 
 
 def build_app(cfg: ServeConfig) -> Any:

@@ -70,8 +70,8 @@ def loop(tiny_models, tmp_path_factory):
     base = f"http://127.0.0.1:{port}/loop"
     wait_ready(base, timeout_s=180)
     yield {"base": base, "registry": registry, "log": str(root / "log"), "root": root}
-    serve.delete("loop")
     kill_collector("loop")
+    serve.shutdown()  # the next module's serve.start gets its own port
 
 
 def test_answers_name_their_version_and_are_logged_off_the_request_path(loop, squad_pairs):
@@ -178,6 +178,7 @@ def test_the_log_is_paired_labelled_and_distilled_every_question_accounted_for(
     assert logged_rows(log_uri) == []  # a one-hour roll window: nothing written before the stop
     serve.delete("logonly")  # a clean stop: the replica's log writes everything it holds
     kill_collector("logonly")
+    serve.shutdown()
     rows = logged_rows(log_uri)
     assert sorted(r["request_id"] for r in rows) == sorted(r["request_id"] for _, r in replies)  # 0 lost
 
