@@ -328,7 +328,20 @@ class ExportConfig(AnswerSettings):
 
 
 class ServeConfig(AnswerSettings):
-    model: str = Model(help="QA model folder or exported folder (qadist export) to serve.")
+    model: str | None = Model(None, "QA model folder or exported folder (qadist export) to serve (or --registry).")
+    registry: str | None = Uri(
+        None, "Model registry (qadist promote): serve its current version and follow it without a restart."
+    )
+    registry_poll_s: float = Opt(5.0, "How often each replica looks for a new current version (with --registry).", gt=0)
+    log_questions: str | None = Uri(
+        None, "Question log URI: answered questions as JSONL parts under URI/date=YYYY-MM-DD/ (qadist pairs reads it)."
+    )
+    log_contexts: bool = Opt(True, "Keep each request's context in the question log (--no-log-contexts: keep it out).")
+    log_roll_rows: int = Opt(10_000, "Rows per question-log part file at most.", ge=1)
+    log_roll_s: float = Opt(60.0, "Seconds a question-log part stays open at most (what a crash can lose).", gt=0)
+    log_buffer_rows: int = Opt(
+        10_000, "Rows waiting to be written at most; beyond, rows are dropped and counted.", ge=1
+    )
     documents: str | None = Uri(
         None, "Documents URI (JSONL/Parquet: id, text): questions without a context are matched to them."
     )
@@ -350,6 +363,35 @@ class ServeConfig(AnswerSettings):
     max_queued_requests: int = Opt(64, "Requests waiting for a replica; beyond this the service answers 503.", ge=0)
     max_context_chars: int = Opt(100_000, "Longer contexts get 413.", ge=1)
     max_batch_questions: int = Opt(256, "Questions in one /answer/batch request at most (413 beyond).", ge=1)
+
+    @model_validator(mode="after")
+    def _model_or_registry(self):
+        if (self.model is None) == (self.registry is None):
+            raise ValueError("give --model (a folder to serve) or --registry (serve its current version), one of them")
+        return self
+
+
+class PromoteConfig(AnswerSettings):
+    candidate: str | None = Model(None, "The candidate model folder (e.g. the daily job's <out>/final).")
+    registry: str = Uri(help="Model registry: a folder or s3:// prefix, or mlflow://HOST:PORT/MODEL_NAME.")
+    eval_file: str | None = Uri(None, "Gold SQuAD JSON or pairs with answers: F1 of candidate and current.")
+    silver_file: str | None = Uri(
+        None, "Held-out logged pairs whose 'answers' are the teacher ensemble's: agreement (F1) with the teachers."
+    )
+    min_gain: float = Opt(
+        0.0, "F1 points the candidate must gain over current on each figure (negative: the loss tolerated)."
+    )
+    rollback: bool = Opt(False, "Move current back to the version before it (no candidate, no evaluation).")
+    day_metrics: str | None = Uri(None, "The day's metrics JSON (e.g. the evaluate stage's) logged with the verdict.")
+    out: str | None = Uri(None, "Write the verdict JSON here too.")
+
+    @model_validator(mode="after")
+    def _candidate_or_rollback(self):
+        if self.rollback and self.candidate:
+            raise ValueError("--rollback takes no --candidate")
+        if not self.rollback and not (self.candidate and self.eval_file):
+            raise ValueError("give --candidate and --eval-file (or --rollback)")
+        return self
 
 
 class SelectConfig(StageConfig):

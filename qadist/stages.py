@@ -28,6 +28,7 @@ from qadist.config import (
     PairsConfig,
     PredictConfig,
     PretrainConfig,
+    PromoteConfig,
     SelectConfig,
     ServeConfig,
     StageConfig,
@@ -75,6 +76,13 @@ def written(*parts: str) -> Finished:
 def metrics_written(cfg: StageConfig) -> str | None:
     if not cfg.out:
         raise UserError("evaluate section: set 'out' (a metrics file) so the pipeline can tell when it is done")
+    return written()(cfg)
+
+
+def verdict_written(cfg: StageConfig) -> str | None:
+    """promote's verdict file, written whether the candidate was promoted or refused."""
+    if not cfg.out:
+        raise UserError("promote section: set 'out' (the verdict file) so the pipeline can tell when it is done")
     return written()(cfg)
 
 
@@ -166,6 +174,14 @@ STAGES: tuple[Stage, ...] = (
         "A QA model as ONNX (and ONNX Runtime int8 with --int8), scored against PyTorch on --eval-file.",
         finished=written("export_report.json"),
         claims=True,
+    ),
+    Stage(
+        "promote",
+        PromoteConfig,
+        "qadist.loop.promote:run_promote",
+        "Compare a candidate with the registry's current model on gold (and silver) answers; promote it only when "
+        "it is not worse (exit 4 when refused); --rollback moves current back.",
+        finished=verdict_written,
     ),
     Stage(
         "serve",

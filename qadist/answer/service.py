@@ -116,3 +116,10 @@ def describe(answerer: Answerer) -> dict[str, Any]:
 
     backend = "onnxruntime" if isinstance(answerer.model, OnnxQAModel) else "pytorch"
     return {"model": answerer.cfg.model, "backend": backend, "documents": answerer.cfg.documents}
+
+
+def model_version_of(model: str) -> str:
+    """A served folder's version when it is not from a registry: its name and a hash of its path."""
+    import hashlib
+
+    return f"{model.rstrip('/').rsplit('/', 1)[-1]}@{hashlib.sha256(model.encode()).hexdigest()[:8]}"

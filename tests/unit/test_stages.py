@@ -20,7 +20,9 @@ def test_every_stage_is_a_command_a_config_section_and_a_runner():
 
 
 def test_the_pipeline_order_and_runners_come_from_the_registry():
-    assert pipeline.ORDER == ("pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export")
+    assert pipeline.ORDER == (
+        "pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export", "promote"
+    )  # fmt: skip
     assert pipeline.RUNNERS["select"] == "qadist.select.stage:run_select"
     assert all(stages.BY_NAME[s].finished is not None for s in pipeline.ORDER)
 
