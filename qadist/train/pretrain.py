@@ -4,8 +4,9 @@ The documents are read and validated as `qadist pairs` reads them (`qadist.docum
 them, chosen by a hash of the id (the same documents on every run), is held out to measure the
 masked-LM loss before and after training. The rest are cut into token sequences of at most
 `max_seq_len` (consecutive sequences of a long document sharing `doc_stride` tokens) in Ray Data
-CPU tasks, and trained on Ray Train by the loop distill uses (`qadist.train.masked_lm`): checkpoints
-and resume, gradient accumulation, several workers or one GPU. A document with no token the
+CPU tasks, and trained on Ray Train by the loop distill uses with a masked-LM task
+(`qadist.train.masked_lm`): checkpoints and resume, gradient accumulation, several workers or one
+GPU. A document with no token the
 model's tokenizer knows is rejected with its reason, like an empty or undecodable one, into
 `<out>/rejects/documents.jsonl`; every input row is trained on, held out, or rejected.
 
@@ -33,8 +34,8 @@ from qadist.models import load_tokenizer, local_model
 from qadist.rows import make_reject
 from qadist.runtime import ensure_ray
 from qadist.train.domain_masking import domain_mask_probabilities, token_counts
-from qadist.train.launch import check_workers_fit, launch, quiet
-from qadist.train.masked_lm import pretrain_loop_per_worker
+from qadist.train.launch import TrainJob, check_workers_fit, launch, quiet
+from qadist.train.masked_lm import masked_lm_spec
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +243,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         f"{counts['documents_heldout']:,} held out, {counts['documents_rejected']:,} rejected -> {rejects_uri}) -> "
         f"{count:,} sequences of <= {cfg.max_seq_len} tokens, masking {masking}"
     )
-    task = {
-        "mask_prob": cfg.mask_prob,
-        "whole_word": cfg.whole_word,
-        "heldout": heldout,
-        "eval_batch_size": EVAL_BATCH,
-        "token_mask_prob": None,
-    }
+    task = masked_lm_spec(cfg.mask_prob, cfg.whole_word, heldout, EVAL_BATCH)
     masking_report = {"kind": cfg.masking}
     if cfg.masking == "domain":
         totals = token_totals(dataset)
@@ -256,18 +251,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         probs = domain_mask_probabilities(
             **totals, n_sequences=count, vocab_size=len(tokenizer), mask_prob=cfg.mask_prob, never=never
         )
-        task["token_mask_prob"] = probs.tolist()
+        task.settings["token_mask_prob"] = probs.tolist()
         masking_report.update(most_and_least_masked(probs, totals, count, tokenizer))
         console.summary(
             f"qadist pretrain: domain masking: most masked {', '.join(masking_report['most'][:8])}; "
             f"least masked {', '.join(masking_report['least'][:8])}",
             log,
         )
-    loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 0.0}  # unused: the masked-LM loop has its own
     provenance = {"documents": cfg.documents, "counts": counts}
-    result = launch(
-        "pretrain", cfg, cfg.model, dataset, count, 0, loss, {}, provenance, pretrain_loop_per_worker, task, what
-    )
+    result = launch(TrainJob("pretrain", cfg, cfg.model, dataset, {"sequences": count}, task, what, provenance))
     before, after = result["metrics"].get("eval/mlm_loss_before"), result["metrics"].get("eval/mlm_loss")
     if before is not None and after is not None:
         console.summary(
