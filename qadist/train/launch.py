@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -26,10 +25,23 @@ from qadist.runtime import simulated_gpu_cluster
 from qadist.train.batches import Plan, plan_steps
 from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
 from qadist.train.loop import train_loop_per_worker
+from qadist.train.task import TaskSpec
 
 log = logging.getLogger(__name__)
 
 WINDOW_KEYS = ("max_seq_len", "doc_stride", "max_query_len")
+# The run's settings every worker gets, whatever its task.
+SHARED_SETTINGS = (
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "checkpoint_every",
+    "seed",
+    "shuffle_buffer",
+    "length_group",
+    "precision",
+    "trust_remote_code",
+)
 # What makes two runs into one --out the same run (so the second continues the first).
 RUN_FINGERPRINT_KEYS = (
     "labels",
@@ -158,70 +170,61 @@ def check_workers_fit(ray, stage: str, cfg: OptimizerSettings) -> None:
     check_capacity(ray, stage, demands(cfg))
 
 
-def launch(
-    stage: str,
-    cfg: OptimizerSettings,
-    model: str,
-    dataset: Any,
-    soft: int,
-    gold: int,
-    loss: dict,
-    windows: dict[str, int],
-    provenance: dict,
-    loop: Callable[[dict], None] = train_loop_per_worker,
-    task: dict | None = None,
-    what: str | None = None,
-) -> dict:
-    """Run the TorchTrainer and export the final model; returns final path, metrics and plan.
+@dataclass
+class TrainJob:
+    """One training run as a stage describes it to `launch`."""
 
-    `loop` is the workers' entry point (the QA loop, or `pretrain`'s masked-LM one) and `task` what it
-    needs beyond the shared settings; `what` describes the training rows in the banner."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    stage: str  # distill, finetune, pretrain: the run folder `<out>/<stage>/` and the banner's name
+    cfg: OptimizerSettings
+    model: str  # the start model (a local folder)
+    dataset: Any  # the training rows (a Ray dataset)
+    counts: dict[str, int]  # the training rows by kind; their sum is the plan's
+    task: TaskSpec  # the workers' objective (qadist.train.task)
+    what: str  # the training rows, described for the banner
+    provenance: dict = field(default_factory=dict)  # recorded in every checkpoint's qadist_config.json
+    windows: dict[str, int] = field(default_factory=dict)  # window lengths, recorded likewise (QA)
 
-    plan = plan_steps(soft + gold, cfg.num_workers, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio)
+
+def plan_job(job: TrainJob) -> Plan:
+    cfg = job.cfg
+    rows = sum(job.counts.values())
+    plan = plan_steps(rows, cfg.num_workers, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio)
     if plan.windows_per_worker == 0:
         raise UserError(
             f"{plan.windows} training windows cannot be split across --num-workers {cfg.num_workers}; use fewer workers"
         )
-    check_same_run(cfg, stage)
-    storage_path, filesystem = run_storage(cfg.out)
-    what = what or windows_described(soft, gold)
-    console.banner(banner(stage, plan, cfg, what, storage.join(cfg.out, stage)), log)
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
+    return plan
+
+
+def loop_config(job: TrainJob, plan: Plan) -> dict:
+    """What every worker gets (`qadist.train.loop.TrainLoop`): plain values."""
+    cfg = job.cfg
     qadist_config = {
         "schema_version": QADIST_CONFIG_VERSION,
-        "stage": stage,
+        "stage": job.stage,
         "config": to_dict(cfg),
-        "windows": windows,
-        **provenance,
+        "windows": job.windows,
+        **job.provenance,
     }
-    eval_file = getattr(cfg, "eval_file", None)
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={
-            "model": model,
-            "plan": asdict(plan),
-            "loss": loss,
-            "train": {
-                k: getattr(cfg, k)
-                for k in (
-                    "learning_rate",
-                    "weight_decay",
-                    "max_grad_norm",
-                    "checkpoint_every",
-                    "seed",
-                    "shuffle_buffer",
-                    "length_group",
-                    "precision",
-                    "trust_remote_code",
-                )
-            },
-            "eval": {"file": eval_file, "batch_size": 64, **windows} if eval_file else None,
-            "qadist_config": qadist_config,
-            "task": task or {},
-        },
+    return {
+        "model": job.model,
+        "plan": asdict(plan),
+        "train": {k: getattr(cfg, k) for k in SHARED_SETTINGS},
+        "qadist_config": qadist_config,
+        "task": asdict(job.task),
+    }
+
+
+def torch_trainer(job: TrainJob, plan: Plan, storage_path: str, filesystem: pafs.FileSystem | None) -> Any:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = job.cfg
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # the same order on every run, so a resume skips exactly what was consumed
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(job, plan),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
@@ -230,7 +233,7 @@ def launch(
         ),
         torch_config=simulated_gpu_torch_config(cfg.use_gpu),
         run_config=ray.train.RunConfig(
-            name=stage,
+            name=job.stage,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -238,9 +241,19 @@ def launch(
             worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
             callbacks=[StopOnUserError()],
         ),
-        datasets={"train": quiet(dataset)},
+        datasets={"train": quiet(job.dataset)},
         dataset_config=ray.train.DataConfig(execution_options=ingest),
     )
+
+
+def launch(job: TrainJob) -> dict:
+    """Run the TorchTrainer and export the final model; returns final path, metrics and plan."""
+    stage, cfg = job.stage, job.cfg
+    plan = plan_job(job)
+    check_same_run(cfg, stage)
+    storage_path, filesystem = run_storage(cfg.out)
+    console.banner(banner(stage, plan, cfg, job.what, storage.join(cfg.out, stage)), log)
+    trainer = torch_trainer(job, plan, storage_path, filesystem)
     started = time.perf_counter()
     result = trainer.fit()
     fitted = time.perf_counter()

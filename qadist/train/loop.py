@@ -1,23 +1,22 @@
-"""The per-worker training loop of `qadist distill` / `qadist finetune` (run by Ray Train workers).
+"""The one training loop, run by every Ray Train worker of `distill`, `finetune` and `pretrain`.
 
-Each worker streams its shard of the windows dataset (with `length_group` > 1, that many
-micro-batches at a time, re-cut into micro-batches of similar window length and served in shuffled
-order: less padding), pads each micro-batch to its longest window, and makes one optimizer step
-per `grad_accum` micro-batches (fused AdamW, linear warm-up and decay, gradient clipping, autocast
-at the configured `precision`, DDP through `prepare_model`). Every
-`checkpoint_every` steps and at the end, rank 0 writes a checkpoint: a `save_pretrained` folder
-(model, tokenizer, `qadist_config.json`) with `training_state.pt` beside the weights (optimizer,
-scheduler, scaler, step and data position), reported with `ray.train.report`. A restarted worker
-group (or a re-run of the same job) resumes at the saved step and skips the batches its epoch had
-already consumed.
+The loop holds a task (`qadist.train.task`: QA distillation/fine-tuning in `qa.py`, masked LM in
+`masked_lm.py`), which gives the model, the batches, the loss step and the evaluation; the loop does
+the rest once. Each worker streams its shard of the dataset (with `length_group` > 1, that many
+micro-batches at a time, re-cut into micro-batches of similar length and served in shuffled order:
+less padding) and makes one optimizer step per `grad_accum` micro-batches (fused AdamW, linear
+warm-up and decay, gradient clipping, autocast at the configured `precision` with a GradScaler for
+fp16, DDP through `prepare_model`). Every `checkpoint_every` steps and at the end, rank 0 writes a
+checkpoint: a `save_pretrained` folder (model, tokenizer, `qadist_config.json`) with
+`training_state.pt` beside the weights (optimizer, scheduler, scaler, step and data position, and
+the task's own state), reported with `ray.train.report`. A restarted worker group (or a re-run of
+the same job) resumes at the saved step and skips the batches its epoch had already consumed.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -28,36 +27,59 @@ import numpy as np
 import torch
 
 from qadist.inference import to_device, training_memory
-from qadist.train.batches import MODEL_INPUTS, Plan, collate_windows, group_counts, length_grouped
-from qadist.train.checkpoint import load_state, save_checkpoint, unwrap
+from qadist.train.batches import Plan, length_grouped
+from qadist.train.checkpoint import load_state, save_checkpoint
 from qadist.train.losses import DistillationLoss
+from qadist.train.masked_lm import MaskedLMTask
+from qadist.train.qa import QATask
+from qadist.train.task import Task, WorkerContext
+from qadist.train.worker import ProgressBar, training_device, worker_node_ids
 
-log = logging.getLogger(__name__)
-
-
-def worker_node_ids() -> list[str]:
-    """The Ray node id of every training worker, by rank: shows how workers were placed on nodes."""
-    import ray
-    import torch.distributed as dist
-
-    node = ray.get_runtime_context().get_node_id()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [node]
-    nodes: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(nodes, node)
-    return [str(n) for n in nodes]
+# The objectives, by `TaskSpec.kind`: each builds its task from its settings and the worker's context.
+TASKS = {"qa": QATask.from_settings, "masked_lm": MaskedLMTask.from_settings}
 
 
-def training_device() -> torch.device:
-    """The worker's device: Ray Train's (its GPU, or the CPU); the CPU for a GPU worker of the
-    simulated GPU cluster (qadist/runtime.py's test hook), which has no CUDA device behind it."""
-    import ray.train.torch
+def optimizer_step(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    max_grad_norm: float,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One optimizer step over `grad_accum` micro-batches (the same update as one batch holding them all).
 
-    from qadist.runtime import simulated_gpus
-
-    if simulated_gpus() and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return ray.train.torch.get_device()
+    The task normalises its loss by counts over the whole group (`task.group_counts`, from the CPU
+    batches), so the summed gradients equal those of the concatenated batch; DDP all-reduces only on
+    the last micro-batch. The loss statistics add up on the device: the host waits for the GPU once
+    per step, not once per micro-batch.
+    """
+    model.train()
+    counts = task.group_counts(micro_batches)
+    optimizer.zero_grad(set_to_none=True)
+    sums = None  # the loss and the task's sums, on the device
+    for i, mb in enumerate(micro_batches):
+        mb = to_device(mb, device)
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = task.forward(model, mb)
+            loss, parts = task.loss(out, mb, counts)
+            scaler.scale(loss).backward()
+        stats = torch.stack([loss.detach(), *parts]).float()
+        if sums is None:
+            sums = torch.zeros(len(stats), device=device)
+        sums += stats
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    loss_sum, *part_sums, grad_norm = torch.cat([sums, grad_norm.detach().float().reshape(1)]).tolist()
+    return task.step_stats(loss_sum, part_sums, grad_norm, counts)
 
 
 def train_step(
@@ -71,51 +93,10 @@ def train_step(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """One optimizer step over `grad_accum` micro-batches (the same update as one batch holding them all).
-
-    Each term of the loss is normalised by its window count over the whole group, so the summed
-    gradients equal those of the concatenated batch; DDP all-reduces only on the last micro-batch.
-    The counts come from the CPU batches and the loss statistics add up on the device: the host
-    waits for the GPU once per step, not once per micro-batch.
-    """
-    model.train()
-    n_kd, n_hard = group_counts(micro_batches)
-    optimizer.zero_grad(set_to_none=True)
-    sums = torch.zeros(3, device=device)  # loss, kd summed over windows, hard summed over windows
-    for i, mb in enumerate(micro_batches):
-        mb = to_device(mb, device)
-        last = i == len(micro_batches) - 1
-        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(**{k: mb[k] for k in MODEL_INPUTS if k in mb})
-            res = loss_fn(
-                out.start_logits,
-                out.end_logits,
-                mb["attention_mask"],
-                mb["teacher_start"],
-                mb["teacher_end"],
-                mb["has_teacher"],
-                mb["start_positions"],
-                mb["end_positions"],
-                n_kd=n_kd,
-                n_hard=n_hard,
-            )
-            scaler.scale(res.loss).backward()
-        sums += torch.stack([res.loss.detach(), res.kd_sum, res.hard_sum]).float()
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    loss_sum, kd_sum, hard_sum, grad_norm = torch.cat([sums, grad_norm.detach().float().reshape(1)]).tolist()
-    return {
-        "loss": loss_sum,
-        "kd_loss": kd_sum / max(n_kd, 1),
-        "hard_loss": hard_sum / max(n_hard, 1),
-        "grad_norm": grad_norm,
-        "kd_windows": n_kd,
-        "gold_windows": n_hard,
-    }
+    """`optimizer_step` of the QA task with `loss_fn` (the distillation/fine-tuning step, for
+    benchmarks and tests that drive it without a worker)."""
+    task = QATask(loss_fn)
+    return optimizer_step(model, micro_batches, task, optimizer, scheduler, scaler, max_grad_norm, device, amp_dtype)
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
@@ -141,60 +122,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, plan: Plan) -> Any:
     return get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
 
 
-def evaluate_model(
-    model: torch.nn.Module, tokenizer: Any, pairs: list[dict], eval_cfg: dict, device: torch.device
-) -> dict[str, float]:
-    """SQuAD 2.0 EM/F1 of the model on labelled pairs, with the shared windows and post-processing."""
-    from qadist.config import AnswerSettings
-    from qadist.inference import predict_pairs
-    from qadist.squad.io import gold_answers
-    from qadist.squad.metrics import squad_v2_metrics
+class TrainLoop:
+    """One Ray Train worker: its task, model, optimizer and data shard, restored from the last
+    checkpoint if any.
 
-    settings = AnswerSettings(**{k: eval_cfg[k] for k in ("max_seq_len", "doc_stride", "max_query_len", "batch_size")})
-    inner = unwrap(model)
-    inner.eval()
-    try:
-        predictions, na_probs = predict_pairs(pairs, inner, tokenizer, settings, device)
-    finally:
-        inner.train()
-    metrics = squad_v2_metrics(gold_answers(pairs, eval_cfg["file"]), predictions, na_probs)
-    return {f"eval/{k}": float(v) for k, v in metrics.items()}
-
-
-class _Bar:
-    """Rank 0's progress bar (Ray's tqdm inside a Ray worker, so the driver renders it)."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
-        try:
-            import ray
-            from ray.experimental.tqdm_ray import tqdm as bar_cls
-
-            if not ray.is_initialized():
-                raise ImportError
-        except ImportError:
-            from tqdm import tqdm as bar_cls
-        self.bar = bar_cls(total=total, desc="train")
-        self.bar.update(initial)
-
-    def update(self, epoch: int, step: int, total: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.set_description(f"epoch {epoch} step {step}/{total} loss {loss:.4f}")
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            sys.stdout.flush()  # Ray's bar travels through stdout; the worker may exit right after
-
-
-class WorkerTrainer:
-    """One Ray Train worker: model, optimizer and data shard, restored from the last checkpoint if any.
-
-    `config` holds plain values (see `qadist.train.launch.launch`): model, plan, loss, train, eval,
-    qadist_config.
+    `config` holds plain values (see `qadist.train.launch.launch`): model, plan, train, task
+    (a `TaskSpec` as a dict), qadist_config.
     """
 
     def __init__(self, config: dict):
@@ -203,14 +136,15 @@ class WorkerTrainer:
         checkpoint_model = self.restore_state()
         self.model = self.setup_model(checkpoint_model)
         self.optimizer, self.scheduler, self.scaler = self.setup_optimizer()
-        self.setup_task()
+        self.task.setup(self.model, self.state)
         self.window: list[dict[str, float]] = []  # step stats since the last report
         self.timings = {"setup_s": time.perf_counter() - started, "steps_s": 0.0, "checkpoint_s": 0.0}
 
+    # --- setup -----------------------------------------------------------------------------------
+
     def setup_context(self, config: dict) -> None:
-        """Rank, device, precision, the run's settings and the tokenizer."""
+        """Rank, device, precision, the run's settings, the tokenizer and the task."""
         import ray.train
-        import ray.train.torch
 
         from qadist.inference import autocast_dtype
         from qadist.models import load_tokenizer, local_model
@@ -223,53 +157,8 @@ class WorkerTrainer:
         self.amp_dtype = autocast_dtype(self.device, self.train["precision"])
         self.start_model = local_model(config["model"])
         self.tokenizer = load_tokenizer(self.start_model, self.train["trust_remote_code"])
-
-    # --- what the task decides: the model class, batches, the step's loss, evaluation ---------------
-
-    STAT_KEYS = ("loss", "kd_loss", "hard_loss", "grad_norm")  # step stats averaged into each report
-
-    def load_model(self, folder: str) -> torch.nn.Module:
-        from qadist.models import load_qa_model
-
-        # fp32 master weights whatever dtype the checkpoint was saved in (autocast does the rest).
-        return load_qa_model(folder, trust_remote_code=self.train["trust_remote_code"], dtype=torch.float32)
-
-    def setup_task(self) -> None:
-        """The distillation loss, and the evaluation pairs on rank 0 (it alone evaluates)."""
-        from qadist.squad.io import read_pairs
-
-        loss = self.config["loss"]
-        self.loss_fn = DistillationLoss(loss["temperature"], loss["alpha_kd"], loss["alpha_hard"])
-        self.eval_cfg = self.config.get("eval")
-        on_rank0 = self.eval_cfg and self.rank == 0
-        self.eval_pairs = read_pairs(self.eval_cfg["file"], strict=True)[0] if on_rank0 else None
-
-    def collate(self, raw: dict[str, Any], index: int) -> dict[str, torch.Tensor]:
-        """Micro-batch `index` of the epoch (numpy rows) -> tensors."""
-        return collate_windows(raw, self.tokenizer.pad_token_id)
-
-    def train_step(self, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        return train_step(
-            self.model,
-            group,
-            self.loss_fn,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-            self.train["max_grad_norm"],
-            self.device,
-            self.amp_dtype,
-        )
-
-    def evaluate(self, epoch_end: bool, done: bool) -> dict[str, float]:
-        """SQuAD EM/F1 on the evaluation file after each epoch and at the end (rank 0)."""
-        if self.eval_pairs is None or not (epoch_end or done):
-            return {}
-        metrics = evaluate_model(self.model, self.tokenizer, self.eval_pairs, self.eval_cfg, self.device)
-        self.log(f"step {self.step}: eval exact {metrics['eval/exact']:.2f} f1 {metrics['eval/f1']:.2f}")
-        return metrics
-
-    # --- the run ---------------------------------------------------------------------------------
+        ctx = WorkerContext(self.rank, self.device, self.amp_dtype, self.tokenizer, self.train, self.log)
+        self.task: Task = TASKS[config["task"]["kind"]](config["task"]["settings"], ctx)
 
     def restore_state(self) -> Any:
         """The training state of the last reported checkpoint (step, data position, optimizer, ...), and
@@ -280,7 +169,7 @@ class WorkerTrainer:
         checkpoint, model = ray.train.get_checkpoint(), None
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                model = self.load_model(folder)
+                model = self.task.load_model(folder)
                 self.state = load_state(folder)
             if self.state["step"] < self.plan.total_steps:
                 self.state["resumed_at"] = [*self.state.get("resumed_at", []), self.state["step"]]
@@ -298,7 +187,7 @@ class WorkerTrainer:
         model = checkpoint_model
         if model is None:
             torch.manual_seed(self.train["seed"])
-            model = self.load_model(self.start_model)
+            model = self.task.load_model(self.start_model)
         torch.manual_seed(
             self.train["seed"] + 1000 * self.rank + self.step
         )  # dropout differs by rank and after a resume
@@ -321,6 +210,8 @@ class WorkerTrainer:
         if self.rank == 0:
             print(f"[qadist] {message}", flush=True)
 
+    # --- the run ---------------------------------------------------------------------------------
+
     def run(self) -> None:
         import ray.train
 
@@ -328,7 +219,7 @@ class WorkerTrainer:
             self.log(f"the run already finished its {self.plan.total_steps} steps; nothing to train")
             return
         shard = ray.train.get_dataset_shard("train")
-        self.bar = _Bar(self.plan.total_steps, self.step, self.rank == 0)
+        self.bar = ProgressBar(self.plan.total_steps, self.step, self.rank == 0)
         started, first = time.perf_counter(), self.step
         try:
             while self.step < self.plan.total_steps:
@@ -345,32 +236,34 @@ class WorkerTrainer:
                 flush=True,
             )
 
-    def run_epoch(self, shard: Any) -> None:
-        """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
-        plan, group, seen = self.plan, [], 0
+    def epoch_batches(self, shard: Any) -> Any:
+        """The current epoch's micro-batches (numpy rows), in the same order on every run."""
         # A seeded local shuffle over an ordered stream: the same order again after a resume.
         shuffle = {
             "local_shuffle_buffer_size": self.train["shuffle_buffer"],
             "local_shuffle_seed": self.train["seed"] + self.epoch,
         }
-        group_size = self.train["length_group"]
         chunks = shard.iter_batches(
-            batch_size=plan.batch_size * group_size,
+            batch_size=self.plan.batch_size * self.train["length_group"],
             batch_format="numpy",
             prefetch_batches=2,
             drop_last=False,
             **(shuffle if self.train["shuffle_buffer"] else {}),
         )
         rng = np.random.default_rng([self.train["seed"], self.epoch])  # the same micro-batch order after a resume
-        batches = (mb for chunk in chunks for mb in length_grouped(chunk, plan.batch_size, rng))
-        for i, raw in enumerate(batches):
+        return (mb for chunk in chunks for mb in length_grouped(chunk, self.plan.batch_size, rng))
+
+    def run_epoch(self, shard: Any) -> None:
+        """The rest of the current epoch (from `position` micro-batches in), or up to the last step."""
+        plan, group, seen = self.plan, [], 0
+        for i, raw in enumerate(self.epoch_batches(shard)):
             seen += 1
             if i < self.position:  # consumed before the checkpoint we resumed from
                 continue
-            group.append(self.collate(raw, i))
+            group.append(self.task.collate(raw, self.epoch, i))
             if len(group) < plan.grad_accum and i + 1 < plan.micro_batches_per_epoch:
                 continue
-            self.optimizer_step(group)
+            self.take_step(group)
             group, self.position = [], i + 1
             epoch_end = self.position >= plan.micro_batches_per_epoch
             if epoch_end or self.step % self.train["checkpoint_every"] == 0 or self.step >= plan.total_steps:
@@ -382,25 +275,30 @@ class WorkerTrainer:
                 f"worker {self.rank} got no training data in epoch {self.epoch}; use fewer workers or more data"
             )
         if group:  # the shard held fewer rows than planned: the short group still makes a step
-            self.optimizer_step(group)
+            self.take_step(group)
         self.report(epoch_end=True)
 
-    def optimizer_step(self, group: list[dict[str, torch.Tensor]]) -> None:
+    def take_step(self, group: list[dict[str, torch.Tensor]]) -> None:
         with training_memory(self.plan.batch_size, self.plan.grad_accum):  # out of memory: exit 2, no retries
-            stats = self.train_step(group)
+            stats = optimizer_step(
+                self.model,
+                group,
+                self.task,
+                self.optimizer,
+                self.scheduler,
+                self.scaler,
+                self.train["max_grad_norm"],
+                self.device,
+                self.amp_dtype,
+            )
         self.step += 1
         self.window.append(stats)
         self.bar.update(self.epoch, self.step, self.plan.total_steps, stats["loss"])
 
-    def task_state(self) -> dict[str, Any]:
-        """What the task keeps in a checkpoint's training state beyond the loop's own."""
-        return {}
+    # --- reports and checkpoints -------------------------------------------------------------------
 
-    def report(self, epoch_end: bool) -> None:
-        """Metrics (and at checkpoint steps a checkpoint, written by rank 0); every worker reports."""
-        import ray.train
-
-        done = self.step >= self.plan.total_steps
+    def metrics(self, epoch_end: bool, done: bool) -> dict[str, Any]:
+        """The step, the schedule, the step statistics since the last report, and the task's evaluation."""
         metrics = {
             "train/step": self.step,
             "train/epoch": round(self.step / self.plan.steps_per_epoch, 4),
@@ -408,9 +306,17 @@ class WorkerTrainer:
             "workers/node_ids": ",".join(self.worker_nodes),
         }
         if self.window:
-            metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in self.STAT_KEYS})
+            metrics.update({f"train/{k}": float(np.mean([w[k] for w in self.window])) for k in self.task.stat_keys})
         self.window.clear()
-        metrics.update(self.evaluate(epoch_end, done))
+        metrics.update(self.task.evaluate(self.model, self.step, epoch_end, done))
+        return metrics
+
+    def report(self, epoch_end: bool) -> None:
+        """Metrics (and at checkpoint steps a checkpoint, written by rank 0); every worker reports."""
+        import ray.train
+
+        done = self.step >= self.plan.total_steps
+        metrics = self.metrics(epoch_end, done)
         if self.step % self.train["checkpoint_every"] != 0 and not done:
             ray.train.report(metrics)
             return
@@ -418,32 +324,31 @@ class WorkerTrainer:
         started = time.perf_counter()
         try:
             if folder:
-                epoch, position = (self.epoch + 1, 0) if epoch_end else (self.epoch, self.position)
-                save_checkpoint(
-                    folder,
-                    self.model,
-                    self.tokenizer,
-                    self.config["qadist_config"],
-                    {
-                        "step": self.step,
-                        "epoch": epoch,
-                        "batches_in_epoch": position,
-                        "plan": asdict(self.plan),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(),
-                        "scaler": self.scaler.state_dict() if self.use_scaler else None,
-                        "metrics": metrics,
-                        "resumed_at": self.state["resumed_at"],
-                        **self.task_state(),
-                    },
-                )
+                state = self.training_state(epoch_end, metrics)
+                save_checkpoint(folder, self.model, self.tokenizer, self.config["qadist_config"], state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
         finally:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
             self.timings["checkpoint_s"] += time.perf_counter() - started
 
+    def training_state(self, epoch_end: bool, metrics: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint's training_state.pt holds: where to resume, the optimizer's state, the task's."""
+        epoch, position = (self.epoch + 1, 0) if epoch_end else (self.epoch, self.position)
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "batches_in_epoch": position,
+            "plan": asdict(self.plan),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_scaler else None,
+            "metrics": metrics,
+            "resumed_at": self.state["resumed_at"],
+            **self.task.state(),
+        }
+
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point."""
-    WorkerTrainer(config).run()
+    """Ray Train's entry point (every training stage)."""
+    TrainLoop(config).run()

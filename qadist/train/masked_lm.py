@@ -1,8 +1,8 @@
-"""The worker side of `qadist pretrain`: the training loop of `qadist.train.loop` with a masked-LM task.
+"""The masked-LM task of `qadist pretrain` (a task of `qadist.train.loop`, see `task.py`).
 
-Everything about the run is the QA loop's (streaming, gradient accumulation, AdamW and schedule,
-autocast, DDP, checkpoints every `checkpoint_every` steps, resume at the saved step and batch);
-what differs is the model class (`AutoModelForMaskedLM`), the batches (token sequences masked by
+Everything about the run is the loop's, as for distillation (streaming, gradient accumulation,
+AdamW and schedule, autocast, DDP, checkpoints every `checkpoint_every` steps, resume at the saved
+step and batch); what differs is the model class (`AutoModelForMaskedLM`), the batches (token sequences masked by
 transformers' `DataCollatorForLanguageModeling`) and the loss (cross-entropy over the masked tokens).
 
 Masking is seeded per micro-batch (seed, rank, epoch, index in the epoch), so a resumed run masks
@@ -12,17 +12,36 @@ with a fixed seed, so the loss before training and after each epoch is measured 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 
-from qadist.inference import to_device
+from qadist.train.checkpoint import unwrap
 from qadist.train.domain_masking import choose_tokens
-from qadist.train.loop import WorkerTrainer
+from qadist.train.task import TaskSpec, WorkerContext
 
 EVAL_MASK_SEED = 0  # the held-out masks: the same for every run, so runs compare
+
+
+def masked_lm_spec(
+    mask_prob: float,
+    whole_word: bool,
+    heldout: dict[str, list],
+    eval_batch_size: int,
+    token_mask_prob: list[float] | None = None,
+) -> TaskSpec:
+    """The driver's description of a masked-LM run (`token_mask_prob`: domain masking's per-token odds)."""
+    return TaskSpec(
+        "masked_lm",
+        {
+            "mask_prob": mask_prob,
+            "whole_word": whole_word,
+            "heldout": heldout,
+            "eval_batch_size": eval_batch_size,
+            "token_mask_prob": token_mask_prob,
+        },
+    )
 
 
 def mask_collator(tokenizer: Any, mask_prob: float, whole_word: bool) -> Any:
@@ -96,77 +115,78 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_masked: int) ->
     return loss / max(n_masked, 1)
 
 
-class MaskedLMTrainer(WorkerTrainer):
-    STAT_KEYS = ("loss", "grad_norm", "masked_tokens")
+class MaskedLMTask:
+    """Masked-LM training (a task of `qadist.train.loop`, see `task.py`); `settings`: mask_prob,
+    whole_word, token_mask_prob (domain masking, or None), heldout (sequence rows), eval_batch_size."""
+
+    stat_keys = ("loss", "grad_norm", "masked_tokens")
+
+    def __init__(self, settings: dict[str, Any], ctx: WorkerContext):
+        self.settings, self.ctx = settings, ctx
+        self.heldout: dict[str, torch.Tensor] | None = None
+        self.before: float | None = None  # the held-out loss before training (rank 0)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], ctx: WorkerContext) -> MaskedLMTask:
+        return cls(settings, ctx)
 
     def load_model(self, folder: str) -> torch.nn.Module:
         from qadist.models import load_masked_lm
 
-        return load_masked_lm(folder, trust_remote_code=self.train["trust_remote_code"])
+        return load_masked_lm(folder, trust_remote_code=self.ctx.train["trust_remote_code"])
 
-    def setup_task(self) -> None:
-        task = self.config["task"]
+    def setup(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """The collators, and on rank 0 (it alone evaluates) the held-out batch and its loss before
+        training (measured once: a resumed run keeps the checkpoint's)."""
+        task, pad_id = self.settings, self.ctx.tokenizer.pad_token_id
         # The held-out masks are random whatever the training masking, so every run's loss compares.
-        random_masks = mask_collator(self.tokenizer, task["mask_prob"], task["whole_word"])
+        random_masks = mask_collator(self.ctx.tokenizer, task["mask_prob"], task["whole_word"])
         self.token_probs = None
         self.collator = random_masks
         if task.get("token_mask_prob") is not None:  # domain masking: tokens chosen by their own probability
             self.token_probs = torch.tensor(task["token_mask_prob"], dtype=torch.float32)
-            self.collator = mask_collator(self.tokenizer, 1.0, whole_word=False)
-        self.heldout = None
-        if self.rank == 0:  # it alone evaluates
-            self.heldout = masked_batch(
-                task["heldout"],
-                random_masks,
-                self.tokenizer.pad_token_id,
-                torch.Generator().manual_seed(EVAL_MASK_SEED),
-            )
-            self.eval_batch_size = task["eval_batch_size"]
-            if "heldout_before" not in self.state:
-                self.state["heldout_before"] = self.heldout_loss()
-                self.log(f"held-out masked-LM loss before training: {self.state['heldout_before']:.4f}")
+            self.collator = mask_collator(self.ctx.tokenizer, 1.0, whole_word=False)
+        if self.ctx.rank != 0:
+            return
+        generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
+        self.heldout = masked_batch(task["heldout"], random_masks, pad_id, generator)
+        if "heldout_before" in state:
+            self.before = state["heldout_before"]
+        else:
+            self.before = self.heldout_loss(model)
+            self.ctx.log(f"held-out masked-LM loss before training: {self.before:.4f}")
 
-    def collate(self, raw: dict[str, Any], index: int) -> dict[str, torch.Tensor]:
-        seed = [self.train["seed"], self.rank, self.epoch, index]
+    def collate(self, raw: dict[str, Any], epoch: int, index: int) -> dict[str, torch.Tensor]:
+        seed = [self.ctx.train["seed"], self.ctx.rank, epoch, index]
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        return masked_batch(raw, self.collator, self.tokenizer.pad_token_id, generator, self.token_probs)
+        return masked_batch(raw, self.collator, self.ctx.tokenizer.pad_token_id, generator, self.token_probs)
 
-    def train_step(self, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step over `grad_accum` micro-batches of masked sequences."""
-        model, device = self.model, self.device
-        model.train()
-        n_masked = sum(int((mb["labels"] != -100).sum()) for mb in group)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=device)  # on the device: one host sync per step (loop.train_step)
-        for i, mb in enumerate(group):
-            mb = to_device(mb, device)
-            last = i == len(group) - 1
-            with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
-                loss = masked_lm_loss(logits, mb["labels"], n_masked)
-                self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.train["max_grad_norm"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        loss_sum, grad_norm = torch.stack([loss_sum, grad_norm.detach().float()]).tolist()
-        return {"loss": loss_sum, "grad_norm": grad_norm, "masked_tokens": n_masked}
+    def group_counts(self, group: list[dict[str, torch.Tensor]]) -> dict[str, int]:
+        """The masked tokens of the group (from the CPU batches)."""
+        return {"masked": sum(int((mb["labels"] != -100).sum()) for mb in group)}
+
+    def forward(self, model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> Any:
+        return model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+
+    def loss(
+        self, out: Any, mb: dict[str, torch.Tensor], counts: dict[str, int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return masked_lm_loss(out, mb["labels"], counts["masked"]), []
+
+    def step_stats(self, loss: float, sums: list[float], grad_norm: float, counts: dict[str, int]) -> dict[str, float]:
+        return {"loss": loss, "grad_norm": grad_norm, "masked_tokens": counts["masked"]}
 
     @torch.inference_mode()
-    def heldout_loss(self) -> float:
+    def heldout_loss(self, model: torch.nn.Module) -> float:
         """Mean cross-entropy over the held-out sequences' masked tokens (their fixed masks)."""
-        from qadist.train.checkpoint import unwrap
-
-        model = unwrap(self.model)
+        device, amp_dtype = self.ctx.device, self.ctx.amp_dtype
+        model = unwrap(model)
         model.eval()
         total, count = 0.0, 0
-        held = self.heldout
-        for i in range(0, held["input_ids"].shape[0], self.eval_batch_size):
-            part = {k: v[i : i + self.eval_batch_size].to(self.device) for k, v in held.items()}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        held, size = self.heldout, self.settings["eval_batch_size"]
+        for i in range(0, held["input_ids"].shape[0], size):
+            part = {k: v[i : i + size].to(device) for k, v in held.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
             n = int((part["labels"] != -100).sum())
             total += float(masked_lm_loss(logits, part["labels"], 1))
@@ -174,19 +194,15 @@ class MaskedLMTrainer(WorkerTrainer):
         model.train()
         return total / max(count, 1)
 
-    def evaluate(self, epoch_end: bool, done: bool) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, step: int, epoch_end: bool, done: bool) -> dict[str, float]:
+        """The held-out loss before training in every report; after each epoch and at the end, now's."""
         if self.heldout is None:
             return {}
-        metrics = {"eval/mlm_loss_before": self.state["heldout_before"]}
+        metrics = {"eval/mlm_loss_before": self.before}
         if epoch_end or done:
-            metrics["eval/mlm_loss"] = self.heldout_loss()
-            self.log(f"step {self.step}: held-out masked-LM loss {metrics['eval/mlm_loss']:.4f}")
+            metrics["eval/mlm_loss"] = self.heldout_loss(model)
+            self.ctx.log(f"step {step}: held-out masked-LM loss {metrics['eval/mlm_loss']:.4f}")
         return metrics
 
-    def task_state(self) -> dict[str, Any]:
-        return {"heldout_before": self.state.get("heldout_before")}
-
-
-def pretrain_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point for `qadist pretrain`."""
-    MaskedLMTrainer(config).run()
+    def state(self) -> dict[str, Any]:
+        return {"heldout_before": self.before}

@@ -4,8 +4,9 @@ The documents are read and validated as `qadist pairs` reads them (`qadist.docum
 them, chosen by a hash of the id (the same documents on every run), is held out to measure the
 masked-LM loss before and after training. The rest are cut into token sequences of at most
 `max_seq_len` (consecutive sequences of a long document sharing `doc_stride` tokens) in Ray Data
-CPU tasks, and trained on Ray Train by the loop distill uses (`qadist.train.masked_lm`): checkpoints
-and resume, gradient accumulation, several workers or one GPU. A document with no token the
+CPU tasks, and trained on Ray Train by the loop distill uses with a masked-LM task
+(`qadist.train.masked_lm`): checkpoints and resume, gradient accumulation, several workers or one
+GPU. A document with no token the
 model's tokenizer knows is rejected with its reason, like an empty or undecodable one, into
 `<out>/rejects/documents.jsonl`; every input row is trained on, held out, or rejected.
 
@@ -33,8 +34,8 @@ from qadist.models import load_tokenizer, local_model
 from qadist.rows import make_reject
 from qadist.runtime import ensure_ray
 from qadist.train.domain_masking import domain_mask_probabilities, token_counts
-from qadist.train.launch import check_workers_fit, launch, quiet
-from qadist.train.masked_lm import pretrain_loop_per_worker
+from qadist.train.launch import TrainJob, check_workers_fit, launch, quiet
+from qadist.train.masked_lm import masked_lm_spec
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +183,9 @@ def most_and_least_masked(
     return {"most": [name(t) for t in ranked[:n]], "least": [name(t) for t in ranked[::-1][:n]]}
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
-    model = local_model(cfg.model)
-    tokenizer = load_tokenizer(model, cfg.trust_remote_code)
-    if tokenizer.mask_token is None:
-        raise UserError(f"{cfg.model}: its tokenizer has no mask token, so it cannot be trained as a masked LM")
-    docs, rejects = load_documents(cfg.documents)
-    documents_in = len(docs) + len(rejects)
-    train_docs, heldout_docs = split_documents(docs, cfg.heldout_share)
-    heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
-    if not heldout["input_ids"]:
-        raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
-    check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "pretrain", cfg)
+def training_sequences(train_docs: list[dict], cfg: PretrainConfig) -> tuple[Any, set[str]]:
+    """The training documents' sequences (tokenised in Ray Data tasks, materialised), and the ids of
+    the documents that have none (to be rejected)."""
     import ray.data
     from ray.data.expressions import col
 
@@ -216,9 +208,66 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         .materialize()
     )
     empty_ids = {row["id"] for row in sequences.filter(expr=col("tokens") == 0).take_all()}  # few: rejects
+    return sequences.filter(expr=col("tokens") > 0).drop_columns(["id", "tokens"]).materialize(), empty_ids
+
+
+def domain_masking(dataset: Any, count: int, tokenizer: Any, cfg: PretrainConfig) -> tuple[list[float], dict]:
+    """Domain masking's per-token probabilities (by idf over the training sequences), and for the
+    report the tokens masked most and least."""
+    totals = token_totals(dataset)
+    never = frozenset(tokenizer.all_special_ids)
+    probs = domain_mask_probabilities(
+        **totals, n_sequences=count, vocab_size=len(tokenizer), mask_prob=cfg.mask_prob, never=never
+    )
+    ranked = most_and_least_masked(probs, totals, count, tokenizer)
+    console.summary(
+        f"qadist pretrain: domain masking: most masked {', '.join(ranked['most'][:8])}; "
+        f"least masked {', '.join(ranked['least'][:8])}",
+        log,
+    )
+    return probs.tolist(), ranked
+
+
+def described(counts: dict[str, int], rejects_uri: str, cfg: PretrainConfig) -> str:
+    """The training rows, for the banner."""
+    masking = f"{cfg.mask_prob:.0%} of {'words' if cfg.whole_word else 'tokens'}" + (
+        " (by domain idf)" if cfg.masking == "domain" else ""
+    )
+    return (
+        f"{counts['documents_in']:,} documents ({counts['documents_trained']:,} trained on, "
+        f"{counts['documents_heldout']:,} held out, {counts['documents_rejected']:,} rejected -> {rejects_uri}) -> "
+        f"{counts['sequences']:,} sequences of <= {cfg.max_seq_len} tokens, masking {masking}"
+    )
+
+
+def report_losses(result: dict, counts: dict[str, int]) -> tuple[float | None, float | None]:
+    """The held-out masked-LM loss before and after training, said on the console."""
+    before, after = result["metrics"].get("eval/mlm_loss_before"), result["metrics"].get("eval/mlm_loss")
+    if before is not None and after is not None:
+        console.summary(
+            f"qadist pretrain: held-out masked-LM loss {before:.4f} -> {after:.4f} (perplexity "
+            f"{math.exp(before):,.1f} -> {math.exp(after):,.1f}) on {counts['heldout_sequences']:,} sequences of "
+            f"{counts['documents_heldout']:,} held-out documents",
+            log,
+        )
+    return before, after
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    model = local_model(cfg.model)
+    tokenizer = load_tokenizer(model, cfg.trust_remote_code)
+    if tokenizer.mask_token is None:
+        raise UserError(f"{cfg.model}: its tokenizer has no mask token, so it cannot be trained as a masked LM")
+    docs, rejects = load_documents(cfg.documents)
+    documents_in = len(docs) + len(rejects)
+    train_docs, heldout_docs = split_documents(docs, cfg.heldout_share)
+    heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
+    if not heldout["input_ids"]:
+        raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
+    check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "pretrain", cfg)
+    dataset, empty_ids = training_sequences(train_docs, cfg)
     by_id = {d["id"]: d for d in train_docs}
     rejects += [no_token_reject(by_id[i]) for i in sorted(empty_ids)] + [no_token_reject(d) for d in heldout_empty]
-    dataset = sequences.filter(expr=col("tokens") > 0).drop_columns(["id", "tokens"]).materialize()
     count = dataset.count()
     if not count:
         raise UserError(f"{cfg.documents}: no training document has a token of {cfg.model}'s tokenizer")
@@ -234,48 +283,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         counts[k] for k in ("documents_trained", "documents_heldout", "documents_rejected")
     )
     rejects_uri = write_rejects(cfg.out, rejects)
-    masking = f"{cfg.mask_prob:.0%} of {'words' if cfg.whole_word else 'tokens'}" + (
-        " (by domain idf)" if cfg.masking == "domain" else ""
-    )
-    what = (
-        f"{counts['documents_in']:,} documents ({counts['documents_trained']:,} trained on, "
-        f"{counts['documents_heldout']:,} held out, {counts['documents_rejected']:,} rejected -> {rejects_uri}) -> "
-        f"{count:,} sequences of <= {cfg.max_seq_len} tokens, masking {masking}"
-    )
-    task = {
-        "mask_prob": cfg.mask_prob,
-        "whole_word": cfg.whole_word,
-        "heldout": heldout,
-        "eval_batch_size": EVAL_BATCH,
-        "token_mask_prob": None,
-    }
+    task = masked_lm_spec(cfg.mask_prob, cfg.whole_word, heldout, EVAL_BATCH)
     masking_report = {"kind": cfg.masking}
     if cfg.masking == "domain":
-        totals = token_totals(dataset)
-        never = frozenset(tokenizer.all_special_ids)
-        probs = domain_mask_probabilities(
-            **totals, n_sequences=count, vocab_size=len(tokenizer), mask_prob=cfg.mask_prob, never=never
-        )
-        task["token_mask_prob"] = probs.tolist()
-        masking_report.update(most_and_least_masked(probs, totals, count, tokenizer))
-        console.summary(
-            f"qadist pretrain: domain masking: most masked {', '.join(masking_report['most'][:8])}; "
-            f"least masked {', '.join(masking_report['least'][:8])}",
-            log,
-        )
-    loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 0.0}  # unused: the masked-LM loop has its own
+        task.settings["token_mask_prob"], ranked = domain_masking(dataset, count, tokenizer, cfg)
+        masking_report.update(ranked)
+    what = described(counts, rejects_uri, cfg)
     provenance = {"documents": cfg.documents, "counts": counts}
-    result = launch(
-        "pretrain", cfg, cfg.model, dataset, count, 0, loss, {}, provenance, pretrain_loop_per_worker, task, what
-    )
-    before, after = result["metrics"].get("eval/mlm_loss_before"), result["metrics"].get("eval/mlm_loss")
-    if before is not None and after is not None:
-        console.summary(
-            f"qadist pretrain: held-out masked-LM loss {before:.4f} -> {after:.4f} (perplexity "
-            f"{math.exp(before):,.1f} -> {math.exp(after):,.1f}) on {counts['heldout_sequences']:,} sequences of "
-            f"{counts['documents_heldout']:,} held-out documents",
-            log,
-        )
+    result = launch(TrainJob("pretrain", cfg, cfg.model, dataset, {"sequences": count}, task, what, provenance))
+    before, after = report_losses(result, counts)
     report = {
         "config": to_dict(cfg),
         "counts": counts,

@@ -2,12 +2,11 @@
 
 The driver checks the inputs (soft labels, tokenizer, gold files) before any work starts, builds
 the windows dataset (the manifest-listed soft-label shards through `qadist.shards.read`, plus gold
-windows from a train file), prints a banner
-with the step arithmetic and launches a `TorchTrainer` whose workers run
-`qadist.train.loop.train_loop_per_worker`. Checkpoints go to `<out>/<stage>/` (local or
-`s3://`); re-running the same command resumes from the last checkpoint. The final student is
-copied to `<out>/final`, a `save_pretrained` folder for `AutoModelForQuestionAnswering` and
-`qadist predict`.
+windows from a train file), prints a banner with the step arithmetic and launches a `TorchTrainer`
+whose workers run the loop of `qadist.train.loop` with the QA task (`qadist.train.qa`). Checkpoints
+go to `<out>/<stage>/` (local or `s3://`); re-running the same command resumes from the last
+checkpoint. The final student is copied to `<out>/final`, a `save_pretrained` folder for
+`AutoModelForQuestionAnswering` and `qadist predict`.
 
 Fine-tuning is the same loop with a_kd = 0 on gold windows only.
 """
@@ -30,7 +29,8 @@ from qadist.shards import check_header, read, read_footer, read_manifest
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs
 from qadist.train.checkpoint import recorded_windows
-from qadist.train.launch import WINDOW_KEYS, check_workers_fit, launch, quiet
+from qadist.train.launch import WINDOW_KEYS, TrainJob, check_workers_fit, launch, quiet, windows_described
+from qadist.train.qa import qa_spec
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,19 @@ def run_distill(cfg: DistillConfig) -> dict:
         }
     }
     loss = {"temperature": cfg.temperature, "alpha_kd": cfg.alpha_kd, "alpha_hard": cfg.alpha_hard}
-    return launch("distill", cfg, cfg.student, dataset, soft, gold, loss, windows, provenance)
+    return launch(
+        TrainJob(
+            "distill",
+            cfg,
+            cfg.student,
+            dataset,
+            {"soft": soft, "gold": gold},
+            qa_spec(loss, windows, cfg.eval_file),
+            windows_described(soft, gold),
+            provenance,
+            windows,
+        )
+    )
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
@@ -260,4 +272,17 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     # all-to-all shuffle at every epoch's start (the same seeded order either way).
     dataset = quiet(ray.data.from_arrow(blocks)).random_shuffle(seed=cfg.seed).materialize()
     loss = {"temperature": 1.0, "alpha_kd": 0.0, "alpha_hard": 1.0}
-    return launch("finetune", cfg, cfg.model, dataset, 0, table.num_rows, loss, windows, {"train_file": cfg.train_file})
+    gold = table.num_rows
+    return launch(
+        TrainJob(
+            "finetune",
+            cfg,
+            cfg.model,
+            dataset,
+            {"soft": 0, "gold": gold},
+            qa_spec(loss, windows, cfg.eval_file),
+            windows_described(0, gold),
+            {"train_file": cfg.train_file},
+            windows,
+        )
+    )

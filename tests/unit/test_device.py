@@ -128,11 +128,12 @@ def fp16_student(tiny_models, tmp_path_factory) -> str:
 def test_a_half_precision_checkpoint_trains_on_fp32_weights(fp16_student):
     from qadist.models import load_tokenizer
     from qadist.train.batches import collate_windows, plan_steps
-    from qadist.train.loop import WorkerTrainer, build_optimizer, build_scheduler, train_step
+    from qadist.train.loop import build_optimizer, build_scheduler, train_step
     from qadist.train.losses import DistillationLoss
+    from qadist.train.qa import QATask
 
-    trainer = SimpleNamespace(train={"trust_remote_code": False})
-    model = WorkerTrainer.load_model(trainer, fp16_student)  # the loop's own load
+    ctx = SimpleNamespace(train={"trust_remote_code": False})
+    model = QATask(DistillationLoss(), ctx).load_model(fp16_student)  # the task's own load, as the loop runs it
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     tok = load_tokenizer(fp16_student)
     ids = [tok("who?", "someone did it")["input_ids"], tok("what?", "nothing at all here")["input_ids"]]
@@ -220,6 +221,7 @@ def test_a_training_step_syncs_with_the_device_once_per_step_not_per_micro_batch
     (the CPU-side group counts, made before the copy to the device, are not counted; nor is
     transformers' SDPA mask check, `padding_mask.all()`, which is not ours)."""
     import qadist.train.loop as loop
+    import qadist.train.qa as qa
     from qadist.models import load_qa_model, load_tokenizer
     from qadist.train.batches import collate_windows, plan_steps
     from qadist.train.losses import DistillationLoss
@@ -233,7 +235,7 @@ def test_a_training_step_syncs_with_the_device_once_per_step_not_per_micro_batch
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, spy)
-    real_counts = loop.group_counts
+    real_counts = qa.group_counts
 
     def cpu_counts(micro_batches):
         counting["on"] = False
@@ -242,7 +244,7 @@ def test_a_training_step_syncs_with_the_device_once_per_step_not_per_micro_batch
         finally:
             counting["on"] = True
 
-    monkeypatch.setattr(loop, "group_counts", cpu_counts)
+    monkeypatch.setattr(qa, "group_counts", cpu_counts)
     tok = load_tokenizer(tiny_models["student"])
     ids = [tok("who?", "someone did it")["input_ids"], tok("what?", "nothing at all here")["input_ids"]]
     raw = {
