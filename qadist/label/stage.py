@@ -22,7 +22,7 @@ How exactly-once works with an at-least-once engine:
    committed generations list. Then, and only then, `qadist.commit.sweep` removes old files they
    do not list and aborts orphaned multipart uploads (docs/reliability.md).
 
-The output grows by generations (`qadist.label.generations`, docs/formats.md): a run labels only
+The output grows by generations (`qadist.label.generations` and `qadist.outputs`, docs/formats.md): a run labels only
 the input files no committed generation holds. A fingerprint of everything that changes the labels
 (teachers and their revisions, tokenizer, lengths, combine, rows_per_shard) is stored in
 `<out>/_fingerprint.json` before any shard; a run with another fingerprint refuses to write into
@@ -47,11 +47,19 @@ from qadist.errors import UserError, user_error_in
 from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
 from qadist.label.commit import sweep
 from qadist.label.deadline import stall_cause, within_deadline
-from qadist.label.generations import labelled_id_hashes, union
+from qadist.label.generations import labelled_id_hashes
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
 from qadist.leases import Lease, check_writers
-from qadist.outputs import MANIFEST, claim, committed_generations, committed_inputs, delete_generations, generation_uri
+from qadist.outputs import (
+    MANIFEST,
+    claim,
+    committed_generations,
+    committed_inputs,
+    delete_generations,
+    generation_uri,
+    union,
+)
 from qadist.rows import input_files
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION, read_footer
