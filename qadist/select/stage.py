@@ -144,7 +144,7 @@ def drop_near_duplicates(
     candidates: list[dict], pairs: dict[str, dict], budget: int, cfg: SelectConfig
 ) -> tuple[list[dict], list[dict]]:
     """Greedy down the ranking: a question closer than `similarity` (cosine) to one already kept is dropped."""
-    from qadist.pairs.retrieval import Encoder
+    from qadist.encoder import Encoder
 
     emb = Encoder(cfg.encoder).embed([pairs[c["id"]]["question"] for c in candidates])
     kept: list[int] = []
