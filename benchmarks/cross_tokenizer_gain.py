@@ -9,7 +9,7 @@ on the logged pairs). Three rows, each with the budget of `benchmarks/demo_tunin
   WordPiece), distilled from the labels: the demo's "distilled" row, rerun here;
 - `cross_tokenizer`: the same encoder with a byte-level BPE tokenizer (RoBERTa's kind: `<s>`,
   `</s></s>`, no token_type_ids) trained on the domain's product pages, distilled from the same
-  labels through the character projection (`qadist.train.projection`);
+  labels through the character projection (`qadist.projection`);
 - `cross_tokenizer_labels_only_200`: that BPE student trained on the 200 student labels alone.
 
 Both students start from the same pretrained encoder. The BPE student cannot reuse MiniLM's

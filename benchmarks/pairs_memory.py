@@ -182,7 +182,7 @@ def main() -> None:
         child(args)
         return
 
-    from qadist.pairs.retrieval import build_tiny_encoder
+    from qadist.encoder import build_tiny_encoder
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def recall(ranked: dict[str, list[str]], questions: list[dict]) -> tuple[float, 
 
 
 def baseline(model: str, docs: list[dict], questions: list[dict]) -> dict[str, list[str]]:
-    from qadist.pairs.retrieval import Encoder
+    from qadist.encoder import Encoder
 
     enc = Encoder(model, batch_size=64)
     d = enc.embed([x["text"] for x in docs])

@@ -6,6 +6,7 @@ the same settings continues (or finds the work done); other settings are refused
 that changed, so one output never mixes two runs. `overwrite` deletes the named parts first.
 Every claim file is named by `claim_file` (`_qadist_<stage>.json`); an output claimed under an
 older name (`LEGACY_CLAIMS`) is still read there, so it is neither refused nor claimed again.
+Outputs that grow (pairs, label) commit generations; a label output's readers see their `union`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,55 @@ def generation_files(out: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))  # this folder only
     names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
     return [storage.join(out, n) for n in sorted(names) if GENERATION_NAME.fullmatch(n)]
+
+
+# ---- a label output's generations, as readers see them ---------------------------------------------
+# Every committed generation together (`union`), or one (`select_generation`): what `qadist.shards`
+# reads and what `qadist label` answers with.
+
+SUMMED = ("pairs_in", "pairs_labeled", "pairs_rejected", "windows")  # a label generation's counts
+
+
+def union(generations: list[dict[str, Any]]) -> dict[str, Any]:
+    """What readers see: generation 1's header, every generation's shards and rejects, summed counts,
+    and one entry per generation (its number, inputs, counts, run summary)."""
+    if len(generations) == 1:
+        return {**generations[0], "generations": [summary_of(generations[0])]}
+    first, last = generations[0], generations[-1]
+    return {
+        **first,
+        "config": last["config"],
+        "counts": {k: sum(g["counts"][k] for g in generations) for k in SUMMED},
+        "shards": [s for g in generations for s in g["shards"]],
+        "rejects": [r for g in generations for r in g.get("rejects") or []],
+        "inputs": [i for g in generations for i in g.get("inputs") or []],
+        "run": last["run"],
+        "generation": last["generation"],
+        "generations": [summary_of(g) for g in generations],
+    }
+
+
+def summary_of(generation: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "generation": generation.get("generation", 1),
+        "inputs": generation.get("inputs"),
+        "counts": generation["counts"],
+        "teacher_seconds": (generation.get("run") or {}).get("teacher_seconds"),
+        "committed_at": generation.get("committed_at"),
+    }
+
+
+def select_generation(generations: list[dict[str, Any]], number: int | None, out: str) -> dict[str, Any]:
+    """The union (number None) or generation `number` alone, as a reader's manifest."""
+    if not generations:
+        raise UserError(f"{out}: no {MANIFEST}; the label run has not finished (re-run `qadist label` to resume it)")
+    if number is None:
+        return union(generations)
+    if not 1 <= number <= len(generations):
+        raise UserError(
+            f"{out}: has generations 1..{len(generations)}, not {number}; pass --generation between them, or omit it"
+        )
+    return {**generations[number - 1], "generations": [summary_of(generations[number - 1])]}
 
 
 def read_json(uri: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ batch with a model or an exported graph, and, with documents, find the contexts 
 The answers are those of `qadist predict` for the same model and settings: the same windows,
 batched forward passes and post-processing (`inference.predict_spans`). With documents, each
 question without a context is matched to passages by the pairing stage's encoder and index
-(dense + BM25, `pairs.retrieval`), every one of its top passages (widened as the pairing stage
+(dense + BM25, `qadist.encoder` and `qadist.retrieval`), every one of its top passages (widened as the pairing stage
 widens them) is answered, and the best-scoring answer wins; when every passage abstains, so does
 the reply, naming the best-matched document.
 """
@@ -24,9 +24,9 @@ class DocumentIndex:
 
     def __init__(self, uri: str, encoder: str, top_k: int):
         from qadist.documents import load_documents
-        from qadist.pairs.passages import build_passages, passage_texts
-        from qadist.pairs.retrieval import Encoder, SearchIndex, build_index
-        from qadist.pairs.stage import load_tokenizer_for
+        from qadist.encoder import Encoder, load_tokenizer_for
+        from qadist.passages import build_passages, passage_texts
+        from qadist.retrieval import SearchIndex, build_index
 
         defaults = PairsConfig.model_fields
         self.docs, rejects = load_documents(uri)

@@ -3,7 +3,7 @@
 Generations are committed as `qadist.outputs` says (`_manifest.json`, then `_manifest-<n:06d>.json`,
 each a conditional put: a run that finds its number taken plans again against the newcomer and
 tries the next one). A generation lists its own shards, rejects, inputs and counts; readers see the
-union of every committed generation (`union`), or one (`--generation N`).
+union of every committed generation (`qadist.outputs.union`), or one (`--generation N`).
 
 Each pair is in at most one generation: a run labels only the input files no generation holds, and
 rejects a row whose id a committed generation already labelled (read back from the committed
@@ -19,52 +19,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from qadist import storage
-from qadist.errors import UserError
-from qadist.outputs import MANIFEST
-
-SUMMED = ("pairs_in", "pairs_labeled", "pairs_rejected", "windows")
-
-
-def union(generations: list[dict[str, Any]]) -> dict[str, Any]:
-    """What readers see: generation 1's header, every generation's shards and rejects, summed counts,
-    and one entry per generation (its number, inputs, counts, run summary)."""
-    if len(generations) == 1:
-        return {**generations[0], "generations": [summary_of(generations[0])]}
-    first, last = generations[0], generations[-1]
-    return {
-        **first,
-        "config": last["config"],
-        "counts": {k: sum(g["counts"][k] for g in generations) for k in SUMMED},
-        "shards": [s for g in generations for s in g["shards"]],
-        "rejects": [r for g in generations for r in g.get("rejects") or []],
-        "inputs": [i for g in generations for i in g.get("inputs") or []],
-        "run": last["run"],
-        "generation": last["generation"],
-        "generations": [summary_of(g) for g in generations],
-    }
-
-
-def summary_of(generation: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "generation": generation.get("generation", 1),
-        "inputs": generation.get("inputs"),
-        "counts": generation["counts"],
-        "teacher_seconds": (generation.get("run") or {}).get("teacher_seconds"),
-        "committed_at": generation.get("committed_at"),
-    }
-
-
-def select_generation(generations: list[dict[str, Any]], number: int | None, out: str) -> dict[str, Any]:
-    """The union (number None) or generation `number` alone, as a reader's manifest."""
-    if not generations:
-        raise UserError(f"{out}: no {MANIFEST}; the label run has not finished (re-run `qadist label` to resume it)")
-    if number is None:
-        return union(generations)
-    if not 1 <= number <= len(generations):
-        raise UserError(
-            f"{out}: has generations 1..{len(generations)}, not {number}; pass --generation between them, or omit it"
-        )
-    return {**generations[number - 1], "generations": [summary_of(generations[number - 1])]}
 
 
 def shard_id_hashes(uri: str) -> np.ndarray:

@@ -4,7 +4,7 @@ The shards store the windows of the first teacher's tokenizer (the ensemble's "s
 A teacher with another tokenizer reads the same pairs through its own windows, cut with its
 tokenizer and the run's window lengths in the CPU windowing stage (`other_windows`); after it has
 run, its start and end distributions are carried through characters onto the stored windows
-(`project_onto`: `qadist.train.projection` at T = 1, the teacher's windows of a pair combined),
+(`project_onto`: `qadist.projection` at T = 1, the teacher's windows of a pair combined),
 and stored as log-probabilities. The configured combine then treats them as that teacher's
 logits: `mean_probs` averages the distributions, `mean_logits` takes their geometric mean (a
 position one teacher gives no mass, such as a word-internal token it cannot start an answer on,
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from qadist.projection import log_targets, project_pair
 from qadist.shards import list_array, nested_values
-from qadist.train.projection import log_targets, project_pair
 
 
 def tokenizer_groups(fingerprints: Sequence[str]) -> list[list[int]]:

@@ -8,8 +8,8 @@ How exactly-once works with an at-least-once engine:
    is complete; blocks whose shard exists are skipped, which is all that resuming is.
 2. A cheap pre-pass (Ray tasks, 16 bytes a row back to the driver) finds duplicate ids across the
    whole input, so "keep the first, reject the rest" means the same rows on every run.
-3. One streaming Ray Data pipeline over the pending blocks, one row per block (the stages are in
-   `qadist.label.stages`): read + validate + window (CPU tasks; bad rows ->
+3. One streaming Ray Data pipeline over the pending blocks, one row per block (`qadist.label.pipeline`;
+   the stages are in `qadist.label.stages`): read + validate + window (CPU tasks; bad rows ->
    `rejects/<block>.jsonl`) -> the teacher ensemble (`ActorPoolStrategy` actors, `num_gpus`
    each) -> write the shard (CPU tasks).
    A block's windows travel as one Arrow IPC cell, so Ray Data's batching can never split or
@@ -17,13 +17,13 @@ How exactly-once works with an at-least-once engine:
    block run in length-sorted GPU batches of `batch_size` windows, each padded only to its own
    longest window. A retried task rewrites the same shard name with the same content. Memory stays
    flat: the driver holds block descriptors and the 16-byte-a-row pre-pass, workers one block.
-4. The generation's manifest is written last with a conditional put, built from this run's results
-   and the footers of shards an earlier run finished. Readers (`read`) only read what the
+4. The generation's manifest (`qadist.label.manifest`) is written last with a conditional put, built
+   from this run's results and the footers of shards an earlier run finished. Readers (`read`) only read what the
    committed generations list. Then, and only then, `qadist.label.commit.sweep` removes old files they
    do not list and aborts orphaned multipart uploads (docs/reliability.md).
 
-The output grows by generations (`qadist.label.generations`, docs/formats.md): a run labels only
-the input files no committed generation holds. A fingerprint of everything that changes the labels
+The output grows by generations (`qadist.label.generations`, `qadist.outputs`, docs/formats.md): a run
+labels only the input files no committed generation holds. A fingerprint of everything that changes the labels
 (teachers and their revisions, tokenizer, lengths, combine, rows_per_shard) is stored in
 `<out>/_qadist_label.json` before any shard; a run with another fingerprint refuses to write into
 that output unless `--overwrite`. A writer's lease (`qadist.leases`) keeps `--overwrite` and the
@@ -36,32 +36,34 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any
-
-import numpy as np
 
 from qadist import console, outputs, storage
 from qadist.capacity import Demand, bundle, check_capacity
-from qadist.config import LabelConfig, to_dict
+from qadist.config import LabelConfig
 from qadist.errors import UserError, user_error_in
-from qadist.label.blocks import Block, find_duplicates, name_by_content, plan_blocks, scan_block
+from qadist.label.blocks import Block, name_by_content, plan_blocks
 from qadist.label.commit import sweep
 from qadist.label.deadline import stall_cause, within_deadline
-from qadist.label.generations import labelled_id_hashes, union
+from qadist.label.generations import labelled_id_hashes
+from qadist.label.manifest import build_manifest, first_with_answers
 from qadist.label.mixed_tokenizers import tokenizer_groups
-from qadist.label.stages import BlockTeacher, memory_mb, window_blocks, write_shards
+from qadist.label.pipeline import build_pipeline, pre_pass
 from qadist.leases import Lease, check_writers
-from qadist.outputs import MANIFEST, claim, committed_generations, committed_inputs, delete_generations, generation_uri
+from qadist.outputs import (
+    MANIFEST,
+    claim,
+    committed_generations,
+    committed_inputs,
+    delete_generations,
+    generation_uri,
+    union,
+)
 from qadist.rows import input_files
 from qadist.runtime import ensure_ray
-from qadist.shards import SCHEMA_VERSION, read_footer
+from qadist.shards import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 FINGERPRINT = outputs.claim_file("label")
-BLOCK_BYTES_PER_TOKEN = 24  # packed windows + logits per max_seq_len token of a row, with room to spare
-MIN_OBJECT_STORE_BUDGET = 32 << 20
-WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured ~320 MiB)
-WINDOW_BYTES_PER_ROW = 16 << 10  # a pair's raw row plus its windows, generously
 COMMIT_ATTEMPTS = 5  # generations other runs may commit during this one before it gives up
 SETTINGS = (
     "pairs",
@@ -130,112 +132,6 @@ def prepare_output(cfg: LabelConfig, settings: dict) -> None:
     )
 
 
-def pre_pass(ray, blocks: list[Block], max_context_chars: int, labelled: np.ndarray | None = None) -> bool:
-    """Scan every block (Ray tasks, bounded in flight): marks duplicate ids, within the input and of
-    pairs an earlier generation labelled (`labelled`: their id hashes); True when any pair has answers."""
-    task = ray.remote(num_cpus=1)(scan_block)
-    window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
-    scans: list[dict | None] = [None] * len(blocks)
-    pending: dict[Any, int] = {}
-    for i, block in enumerate(blocks + [None] * window):
-        if block is not None:
-            pending[task.remote(block.to_json(), max_context_chars)] = i
-        if len(pending) >= window or (block is None and pending):
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            scans[pending.pop(ready[0])] = ray.get(ready[0])
-    if not sum(s["rows_in"] for s in scans):
-        raise UserError("no pairs found in the input; give SQuAD JSON, JSONL or Parquet pairs with --pairs")
-    marked = find_duplicates(blocks, scans, labelled)
-    if marked:
-        log.info("pre-pass: %d rows repeat an earlier id and will be rejected (the first is kept)", marked)
-    return any(s["has_answers"] for s in scans)
-
-
-def object_store_budget(cfg: LabelConfig) -> int:
-    """Bytes of Ray's object store the pipeline may fill: a few blocks per actor, not the corpus.
-
-    Without a cap Ray Data lets the (fast) windowing stage run ahead into a budget sized from
-    the store, i.e. up to gigabytes of queued windows; with it, memory stays flat as the corpus grows.
-    """
-    block = BLOCK_BYTES_PER_TOKEN * cfg.max_seq_len * cfg.rows_per_shard * (2 if cfg.keep_teacher_logits else 1)
-    return max(MIN_OBJECT_STORE_BUDGET, 4 * (cfg.num_actors + 1) * block)
-
-
-def build_pipeline(
-    ray,
-    cfg: LabelConfig,
-    teachers: list[dict],
-    pending: list[Block],
-    header: dict,
-    groups: list[list[int]],
-):
-    items = [{"block": b.to_json()} for b in pending]
-    mixed = (
-        {"groups": groups, "combine": cfg.combine, "keep_teacher_logits": cfg.keep_teacher_logits}
-        if len(groups) > 1
-        else None
-    )
-    lengths = (cfg.max_seq_len, cfg.doc_stride, cfg.max_query_len)
-    actor_args: dict[str, Any] = {"num_gpus": cfg.num_gpus_per_actor} if cfg.num_gpus_per_actor > 0 else {}
-    if cfg.resources_per_actor:
-        actor_args["resources"] = dict(cfg.resources_per_actor)
-    if cfg.spread_actors:
-        actor_args["scheduling_strategy"] = "SPREAD"
-    ds = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        # The memory request (a block's rows and windows) also keeps Ray Data from fusing this CPU
-        # stage into the teacher actors, where tokenizing would leave the GPU idle.
-        .map_batches(
-            window_blocks,
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=1,
-            memory=WINDOW_WORKER_BYTES + cfg.rows_per_shard * WINDOW_BYTES_PER_ROW,
-            fn_kwargs=dict(
-                out=cfg.out,
-                tokenizer_name=cfg.teachers[0],
-                lengths=lengths,
-                max_context_chars=cfg.max_context_chars,
-                trust_remote_code=cfg.trust_remote_code,
-                other_tokenizers=[cfg.teachers[g[0]] for g in groups[1:]],
-            ),
-        )
-        .map_batches(
-            BlockTeacher,
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=cfg.num_cpus_per_actor,
-            **actor_args,
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=2),
-            fn_constructor_kwargs=dict(
-                teachers=[t["name"] for t in teachers],
-                revisions=[t["revision"] for t in teachers],
-                combine=cfg.combine,
-                keep_teacher_logits=cfg.keep_teacher_logits,
-                batch_size=cfg.batch_size,
-                use_gpu=cfg.num_gpus_per_actor > 0,
-                num_threads=max(1, int(cfg.num_cpus_per_actor)),
-                precision=cfg.precision,
-                trust_remote_code=cfg.trust_remote_code,
-                lengths=lengths,
-            ),
-        )
-        .map_batches(
-            write_shards,
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=0.5,
-            fn_kwargs=dict(out=cfg.out, header=header, mixed=mixed),
-        )
-    )
-    # A dataset carries its own copy of the DataContext: these settings apply to this pipeline only.
-    ds.context.enable_operator_progress_bars = False  # one bar for the run, not one per stage
-    ds.context.execution_options.resource_limits = ds.context.execution_options.resource_limits.copy(
-        object_store_memory=object_store_budget(cfg)
-    )
-    return ds
-
-
 def demands(cfg: LabelConfig) -> list[Demand]:
     """What the teacher actor pool asks Ray for, all at once."""
     each = bundle(cfg.num_cpus_per_actor, cfg.num_gpus_per_actor, cfg.resources_per_actor)
@@ -265,6 +161,26 @@ def run_label(cfg: LabelConfig) -> dict:
     storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now
     storage.check_s3_access(cfg.out, "--out")
     teachers, tokenizer, projected, groups = resolve_teachers(cfg)
+    settings, header = settings_and_header(cfg, teachers, tokenizer, projected)
+    with Lease(cfg.out, "label", overwrite=cfg.overwrite) as lease:
+        check_writers(cfg.out, lease)
+        if cfg.overwrite:
+            delete_generations(cfg.out)
+        prepare_output(cfg, settings)
+        ray = ensure_ray()
+        check_resources(ray, cfg)
+        view = label_and_commit(ray, cfg, header, settings, groups)
+        # Only now, and against the generations committed by now (leases looked at first: a run that
+        # commits and leaves in between is in the table re-read after): what to keep is committed.
+        others_writing = bool(lease.others())
+        sweep(cfg.out, union(committed_generations(cfg.out)), started_at, others_writing=others_writing)
+    return view
+
+
+def settings_and_header(
+    cfg: LabelConfig, teachers: list[dict], tokenizer: dict, projected: list[dict]
+) -> tuple[dict, dict]:
+    """The settings that claim the output (with their fingerprint) and the header every shard carries."""
     settings = {k: getattr(cfg, k) for k in SETTINGS} | {
         "teachers": teachers,
         "tokenizer": tokenizer,
@@ -283,57 +199,48 @@ def run_label(cfg: LabelConfig) -> dict:
         # onto these (docs/formats.md); absent when the ensemble shares one tokenizer.
         **({"projected_tokenizers": projected} if projected else {}),
     }
-    with Lease(cfg.out, "label", overwrite=cfg.overwrite) as lease:
-        check_writers(cfg.out, lease)
-        if cfg.overwrite:
-            delete_generations(cfg.out)
-        prepare_output(cfg, settings)
-        ray = ensure_ray()
-        check_resources(ray, cfg)
-        for _ in range(COMMIT_ATTEMPTS):
-            committed = committed_generations(cfg.out)
-            manifest = label_generation(ray, cfg, committed, header, settings, groups)
-            if manifest is None:  # nothing new
-                view = union(committed)
-                console.summary(
-                    f"qadist label: {cfg.out} is already complete: it holds every pair of {cfg.pairs} "
-                    f"({len(committed)} generation(s), "
-                    f"{view['counts']['pairs_labeled']:,} pairs, {view['counts']['windows']:,} windows); nothing to do",
-                    log,
-                )
-                break
-            number = manifest["generation"]
-            if storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode()):
-                console.summary(f"qadist {manifest['run']['summary']}", log)
-                view = union([*committed, manifest])
-                break
-            stored = json.loads(storage.read_text(generation_uri(cfg.out, number)))
-            if stored.get("plan") == manifest["plan"]:
-                # The same job, run twice at once, committed the same generation first (or this run's own
-                # commit succeeded and its reply was lost): the stored one counts.
-                log.warning(
-                    "%s: a manifest appeared while this run worked (generation %d, with the same rows); kept it",
-                    cfg.out,
-                    number,
-                )
-                view = union([*committed, stored])
-                break
+    return settings, header
+
+
+def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups: list[list[int]]) -> dict:
+    """Label a generation and commit it with a conditional put; when another run took its number,
+    plan again against the newcomer (up to COMMIT_ATTEMPTS times). What readers see afterwards."""
+    for _ in range(COMMIT_ATTEMPTS):
+        committed = committed_generations(cfg.out)
+        manifest = label_generation(ray, cfg, committed, header, settings, groups)
+        if manifest is None:  # nothing new
+            view = union(committed)
+            console.summary(
+                f"qadist label: {cfg.out} is already complete: it holds every pair of {cfg.pairs} "
+                f"({len(committed)} generation(s), "
+                f"{view['counts']['pairs_labeled']:,} pairs, {view['counts']['windows']:,} windows); nothing to do",
+                log,
+            )
+            return view
+        number = manifest["generation"]
+        if storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode()):
+            console.summary(f"qadist {manifest['run']['summary']}", log)
+            return union([*committed, manifest])
+        stored = json.loads(storage.read_text(generation_uri(cfg.out, number)))
+        if stored.get("plan") == manifest["plan"]:
+            # The same job, run twice at once, committed the same generation first (or this run's own
+            # commit succeeded and its reply was lost): the stored one counts.
             log.warning(
-                "%s: another run committed generation %d while this one labelled; planning again against it "
-                "(shards whose rows it does not change are reused)",
+                "%s: a manifest appeared while this run worked (generation %d, with the same rows); kept it",
                 cfg.out,
                 number,
             )
-        else:
-            raise UserError(
-                f"{cfg.out}: other runs committed {COMMIT_ATTEMPTS} generations while this one labelled; "
-                "re-run when they are done (finished shards are reused)"
-            )
-        # Only now, and against the generations committed by now (leases looked at first: a run that
-        # commits and leaves in between is in the table re-read after): what to keep is committed.
-        others_writing = bool(lease.others())
-        sweep(cfg.out, union(committed_generations(cfg.out)), started_at, others_writing=others_writing)
-    return view
+            return union([*committed, stored])
+        log.warning(
+            "%s: another run committed generation %d while this one labelled; planning again against it "
+            "(shards whose rows it does not change are reused)",
+            cfg.out,
+            number,
+        )
+    raise UserError(
+        f"{cfg.out}: other runs committed {COMMIT_ATTEMPTS} generations while this one labelled; "
+        "re-run when they are done (finished shards are reused)"
+    )
 
 
 def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], list[dict]]:
@@ -357,14 +264,6 @@ def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], li
     return blocks, fresh
 
 
-def first_with_answers(out: str, first: dict, default: bool) -> bool:
-    """Whether generation 1's shards carry answers (read from a shard when its manifest predates the key)."""
-    if "with_answers" in first:
-        return bool(first["with_answers"])
-    listed = [s for s in first["shards"] if s["rows"]]
-    return "answers" in read_footer(storage.join(out, listed[0]["path"]))[2].names if listed else default
-
-
 def label_generation(
     ray, cfg: LabelConfig, committed: list[dict], header: dict, settings: dict, groups: list
 ) -> dict | None:
@@ -375,6 +274,25 @@ def label_generation(
     if not blocks:
         return None
     number = len(committed) + 1
+    with_answers = plan_generation(ray, cfg, committed, blocks, started)
+    done, pending = pending_blocks(cfg, blocks)
+    announce(cfg, number, header, blocks, inputs, done, pending)
+    results = label_blocks(ray, cfg, header, groups, pending)
+    manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
+    plan = hashlib.sha256(json.dumps(sorted(b.name for b in blocks)).encode("utf-8")).hexdigest()[:16]
+    return {
+        **manifest,
+        "generation": number,
+        "inputs": inputs,
+        "with_answers": with_answers,
+        "plan": plan,
+        "committed_at": time.time(),
+    }
+
+
+def plan_generation(ray, cfg: LabelConfig, committed: list[dict], blocks: list[Block], started: float) -> bool:
+    """The pre-pass over the new blocks' ids, then each block named by its content; whether the
+    shards carry answers (generation 1 decided it for the whole output)."""
     labelled = labelled_id_hashes(ray, cfg.out, committed)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
@@ -382,7 +300,7 @@ def label_generation(
         with_answers = first_with_answers(cfg.out, committed[0], with_answers)
     log.info(
         "generation %d: planned %d blocks in %.1fs; pre-pass over the ids (%d labelled earlier) in %.1fs",
-        number,
+        len(committed) + 1,
         len(blocks),
         planned - started,
         len(labelled),
@@ -397,10 +315,21 @@ def label_generation(
                 f"{b.source}: its shard name {b.name} is taken by generation {holder}'s shard of another file "
                 "(names differ only in punctuation); rename the new file"
             )
+    return with_answers
+
+
+def pending_blocks(cfg: LabelConfig, blocks: list[Block]) -> tuple[set[str], list[Block]]:
+    """The names of the blocks whose shard exists already (an earlier run finished them), and the rest."""
     shards = storage.join(cfg.out, "shards")
     existing = set(storage.list_files(shards, (".parquet",))) if storage.exists(shards) else set()
     done = {b.name for b in blocks if storage.join(shards, f"{b.name}.parquet") in existing}
-    pending = [b for b in blocks if b.name not in done]
+    return done, [b for b in blocks if b.name not in done]
+
+
+def announce(
+    cfg: LabelConfig, number: int, header: dict, blocks: list[Block], inputs: list[dict], done: set, pending: list
+) -> None:
+    """The banners before the pipeline runs: what a resume skips, the run's shape, each projection."""
     if done:
         console.banner(
             f"qadist label: resume: {len(done)} of {len(blocks)} shards already finished; skipping them, "
@@ -423,6 +352,10 @@ def label_generation(
             f"(tokenizer {header['tokenizer']['hash']})",
             log,
         )
+
+
+def label_blocks(ray, cfg: LabelConfig, header: dict, groups: list, pending: list[Block]) -> dict[str, dict]:
+    """The pending blocks through the pipeline (`qadist.label.pipeline`); each block's shard stats by name."""
     results: dict[str, dict] = {}
     try:
         rows = build_pipeline(ray, cfg, header["teachers"], pending, header, groups).iter_rows() if pending else ()
@@ -453,92 +386,4 @@ def label_generation(
             len(pending),
         )
         raise
-    manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
-    plan = hashlib.sha256(json.dumps(sorted(b.name for b in blocks)).encode("utf-8")).hexdigest()[:16]
-    return {
-        **manifest,
-        "generation": number,
-        "inputs": inputs,
-        "with_answers": with_answers,
-        "plan": plan,
-        "committed_at": time.time(),
-    }
-
-
-def build_manifest(
-    cfg: LabelConfig, blocks: list[Block], results: dict, done: set, header: dict, settings: dict, seconds: float
-) -> dict:
-    shards, counts = [], {"pairs_in": 0, "pairs_labeled": 0, "pairs_rejected": 0, "windows": 0}
-    for b in blocks:
-        stats = results.get(b.name) or read_footer(storage.join(cfg.out, "shards", f"{b.name}.parquet"))[1]
-        for k in counts:
-            counts[k] += stats[k]
-        shards.append(
-            {
-                "path": f"shards/{b.name}.parquet",
-                "rows": stats["windows"],
-                "pairs": stats["pairs_labeled"],
-                **{k: stats[k] for k in ("source", "row_start", "row_end", "pairs_in", "pairs_rejected", "rejects")},
-                "node_id": stats.get("node_id"),
-            }
-        )
-    assert counts["pairs_in"] == counts["pairs_labeled"] + counts["pairs_rejected"], counts
-    run = summarize(list(results.values()), sorted(done), seconds)
-    return {
-        **header,
-        "config": to_dict(cfg),
-        "fingerprint": settings["fingerprint"],
-        "keep_teacher_logits": cfg.keep_teacher_logits,
-        "counts": counts,
-        "shards": shards,
-        "rejects": [s["rejects"] for s in shards if s["rejects"]],
-        "run": run,
-    }
-
-
-def summarize(results: list[dict], skipped: list[str], seconds: float) -> dict:
-    """This run's throughput: pairs/s, windows/s, real tokens/s, the padding fraction, peak RSS."""
-    tot = {
-        k: sum(r.get(k, 0) for r in results)
-        for k in (
-            "pairs_in",
-            "windows",
-            "real_tokens",
-            "padded_tokens",
-            "teacher_seconds",
-            "teacher_cpu_seconds",
-            "projection_seconds",
-        )
-    }
-    padding = 1 - tot["real_tokens"] / tot["padded_tokens"] if tot["padded_tokens"] else 0.0
-    rss = {
-        f"{stage}_{kind}_mb": max((r.get(f"{stage}_{kind}_mb", 0.0) for r in results), default=0.0)
-        for stage in ("window", "teacher", "writer")
-        for kind in ("rss", "private", "shared")
-    }
-    s = max(seconds, 1e-9)
-    run = {
-        "seconds": round(seconds, 3),
-        "shards_computed": len(results),
-        "shards_skipped": len(skipped),
-        "skipped": skipped,
-        **tot,
-        "pairs_per_s": tot["pairs_in"] / s,
-        "windows_per_s": tot["windows"] / s,
-        "real_tokens_per_s": tot["real_tokens"] / s,
-        "padding_fraction": padding,
-        **memory_mb("driver"),
-        **rss,
-    }
-    run["summary"] = (
-        f"label: {tot['pairs_in']:,} pairs -> {tot['windows']:,} windows in {seconds:.1f}s: "
-        f"{console.rate(tot['pairs_in'], s, 'pair')}, {console.rate(tot['windows'], s, 'window')}, "
-        f"{console.rate(tot['real_tokens'], s, 'real token')}, padding {padding:.1%} of "
-        f"computed tokens; {len(results)} shards written, {len(skipped)} skipped (finished earlier)"
-    )
-    if tot["projection_seconds"]:
-        run["summary"] += (
-            f"; projecting the other tokenizers' teachers took {tot['projection_seconds']:.1f} CPU s in the write "
-            f"tasks (the actors: {tot['teacher_seconds']:.1f}s)"
-        )
-    return run
+    return results

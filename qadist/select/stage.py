@@ -23,9 +23,10 @@ import pyarrow as pa
 from qadist import console, storage
 from qadist.config import SelectConfig, to_dict
 from qadist.errors import UserError
+from qadist.label_studio import LABEL_CONFIG, is_task
 from qadist.outputs import claim, claim_file, manifest_uri
 from qadist.rows import Unparsable, iter_raw_rows
-from qadist.select import label_studio
+from qadist.select.label_studio import task
 from qadist.select.scores import STRATEGIES, group_windows, score_pair
 from qadist.shards import list_values, listed_shards, nested_values, read_manifest, read_shard
 
@@ -85,7 +86,7 @@ def read_exclude(uri: str) -> set[str]:
     if storage.basename(uri).endswith(".txt"):
         return {line.strip() for line in storage.read_text(uri).split("\n") if line.strip()}
     for source, n, raw in iter_raw_rows(uri, "--exclude"):
-        row = raw.get("data") if label_studio.is_task(raw) else raw
+        row = raw.get("data") if is_task(raw) else raw
         if isinstance(raw, Unparsable) or not isinstance(row, dict) or row.get("id") is None:
             raise UserError(f"{source}: row {n} has no 'id'; --exclude takes rows with an 'id' or a .txt of ids")
         ids.add(str(row["id"]))
@@ -146,7 +147,7 @@ def drop_near_duplicates(
     candidates: list[dict], pairs: dict[str, dict], budget: int, cfg: SelectConfig
 ) -> tuple[list[dict], list[dict]]:
     """Greedy down the ranking: a question closer than `similarity` (cosine) to one already kept is dropped."""
-    from qadist.pairs.retrieval import Encoder
+    from qadist.encoder import Encoder
 
     emb = Encoder(cfg.encoder).embed([pairs[c["id"]]["question"] for c in candidates])
     kept: list[int] = []
@@ -231,12 +232,12 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     chosen = candidates[: cfg.budget]
     rows = selected_rows(chosen, pairs, cfg.strategy)
     storage.write_bytes(storage.join(cfg.out, "selected.jsonl"), jsonl(rows))
-    tasks = [label_studio.task(pairs[r["id"]], r) for r in rows]
+    tasks = [task(pairs[r["id"]], r) for r in rows]
     storage.write_bytes(
         storage.join(cfg.out, "label_studio_tasks.json"),
         json.dumps(tasks, indent=1, ensure_ascii=False).encode("utf-8"),
     )
-    storage.write_bytes(storage.join(cfg.out, "label_studio_config.xml"), label_studio.LABEL_CONFIG.encode("utf-8"))
+    storage.write_bytes(storage.join(cfg.out, "label_studio_config.xml"), LABEL_CONFIG.encode("utf-8"))
     if dropped:
         storage.write_bytes(storage.join(cfg.out, "near_duplicates.jsonl"), jsonl(dropped))
     counts.update({"near_duplicates_dropped": len(dropped), "selected": len(rows)})

@@ -13,8 +13,8 @@ from typing import Any
 
 from qadist import storage
 from qadist.errors import UserError
+from qadist.label_studio import is_task, pair_from_task
 from qadist.rows import Unparsable, bad_unicode, check_id, check_text, iter_raw_rows, make_reject
-from qadist.select.label_studio import is_task, pair_from_task
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Runs where the shards are read (`qadist.shards.read(transform=...)`, Ray Data CP
 distillation (the result is materialised), never on the training step. Per pair of the shard: its
 windows are re-cut from the stored `question` and `context` with the student's tokenizer and
 window lengths (`make_windows`), and the teacher's start/end distributions of every window of the
-pair are carried through characters onto each student window (`qadist.train.projection`), at the
+pair are carried through characters onto each student window (`qadist.projection`), at the
 loss's temperature, and stored back as "logits" that `DistillationLoss` at that temperature turns
 into exactly the projected targets (`log_targets`).
 
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from qadist.projection import log_targets, project_pair
 from qadist.shards import LOGITS_TYPE, list_array, list_values, nested_values
 from qadist.squad.features import make_windows
-from qadist.train.projection import log_targets, project_pair
 
 log = logging.getLogger(__name__)
 

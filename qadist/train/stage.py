@@ -18,13 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from qadist import console, storage
+from qadist import console, label_studio, storage
 from qadist.config import DistillConfig, FinetuneConfig, TrainSettings
 from qadist.errors import UserError
 from qadist.models import load_tokenizer, local_model, tokenizer_fingerprint
 from qadist.outputs import manifest_uri
 from qadist.runtime import ensure_ray
-from qadist.select import label_studio
 from qadist.shards import check_header, read, read_footer, read_manifest
 from qadist.squad.features import make_windows
 from qadist.squad.io import read_pairs

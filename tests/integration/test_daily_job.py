@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
-    from qadist.pairs.retrieval import build_tiny_encoder
+    from qadist.encoder import build_tiny_encoder
 
     return build_tiny_encoder(str(tmp_path_factory.mktemp("daily-encoder")))
 

@@ -76,7 +76,7 @@ def collection(squad_sample, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
-    from qadist.pairs.retrieval import build_tiny_encoder
+    from qadist.encoder import build_tiny_encoder
 
     return build_tiny_encoder(str(tmp_path_factory.mktemp("tiny-encoder")))
 
@@ -275,7 +275,7 @@ def test_bad_input_is_a_one_line_error(collection, tiny_encoder, tmp_path, capsy
 
 def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_path, monkeypatch, caplog):
     """faiss installed: HNSW candidates; not installed: a warning and exact search, same output layout."""
-    import qadist.pairs.retrieval
+    import qadist.retrieval
 
     args = [
         "pairs",
@@ -302,7 +302,7 @@ def test_approximate_index_above_the_threshold(collection, tiny_encoder, tmp_pat
             manifest["search"].startswith("approximate")
             and manifest["counts"]["pairs_out"] == 3 * manifest["counts"]["questions_matched"]
         )
-    monkeypatch.setattr(qadist.pairs.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
+    monkeypatch.setattr(qadist.retrieval, "build_ann", lambda emb: None)  # as if faiss were missing
     assert run_cli(*args, "--out", str(tmp_path / "exact")) == 0
     manifest = json.loads((tmp_path / "exact" / "_manifest.json").read_text())
     assert manifest["search"] == "exact" and "faiss is not installed" in caplog.text

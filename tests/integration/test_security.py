@@ -124,9 +124,9 @@ def test_remote_code_runs_in_no_stage_unless_the_config_turns_it_on(remote_code_
 
     from qadist.answer.predict import run_predict
     from qadist.config import LabelConfig, PredictConfig
+    from qadist.encoder import load_tokenizer_for
     from qadist.label.stage import run_label
     from qadist.models import load_qa_model, load_tokenizer, model_revision
-    from qadist.pairs.stage import load_tokenizer_for
 
     folder, marker = remote_code_model
     model = str(folder)

@@ -108,7 +108,7 @@ def tiny_daily_config(tmp_path: Path, squad_sample: str, squad_pairs, tiny_model
 
 @pytest.mark.slow
 def test_daily_pipeline_places_every_gpu_unit_on_its_node_type(tmp_path, squad_sample, squad_pairs, tiny_models):
-    from qadist.pairs.retrieval import build_tiny_encoder
+    from qadist.encoder import build_tiny_encoder
 
     encoder = build_tiny_encoder(str(tmp_path / "encoder"))
     config = tiny_daily_config(tmp_path, squad_sample, squad_pairs, tiny_models, encoder)

@@ -189,7 +189,7 @@ def test_validate_pair_accepts_or_gives_a_reason(raw):
 def test_pairs_stage_question_and_document_validation_accept_or_give_a_reason(raw):
     """`qadist pairs` validates its own rows (questions, documents): the same property."""
     from qadist.documents import validate_document
-    from qadist.pairs.stage import validate_question
+    from qadist.pairs.staging import validate_question
 
     for validate in (validate_question, validate_document):
         row, reason = validate(raw)

@@ -2,7 +2,8 @@
 
 import json
 
-from qadist.select.label_studio import LABEL_CONFIG, pair_from_task, task, utf16_to_index
+from qadist.label_studio import LABEL_CONFIG, pair_from_task, utf16_to_index
+from qadist.select.label_studio import task
 from qadist.squad.io import read_pairs
 
 CONTEXT = "The Orion Q-570 weighs 420 g and shoots 24.2 megapixels."

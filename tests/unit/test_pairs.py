@@ -13,18 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadist.documents import load_documents, validate_document
+from qadist.encoder import resolve_model
 from qadist.errors import UserError
-from qadist.pairs.passages import build_passages, split_document, token_windows, widen
-from qadist.pairs.retrieval import (
+from qadist.pairs.staging import PartWriter, QuestionStager, normalize_question, validate_question
+from qadist.passages import build_passages, split_document, token_windows, widen
+from qadist.retrieval import (
     LexicalBatch,
     SearchIndex,
     build_ann,
     build_lexical_index,
     lexical_matrix,
     lexical_terms,
-    resolve_model,
 )
-from qadist.pairs.stage import PartWriter, QuestionStager, normalize_question, validate_question
 from qadist.rows import iter_raw_rows
 
 

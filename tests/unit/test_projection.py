@@ -1,4 +1,4 @@
-"""Cross-tokenizer soft labels (qadist.train.projection): hand cases, properties on synthetic windows
+"""Cross-tokenizer soft labels (qadist.projection): hand cases, properties on synthetic windows
 (hypothesis), and windows of real SQuAD pairs cut by WordPiece, Unigram (ALBERT style) and
 byte-level BPE (RoBERTa style, offsets trimmed and not) tokenizers."""
 
@@ -12,9 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qadist.squad.features import make_windows
-from qadist.squad.io import read_pairs
-from qadist.train.projection import (
+from qadist.projection import (
     char_mass,
     combine_windows,
     log_targets,
@@ -22,6 +20,8 @@ from qadist.train.projection import (
     student_targets,
     window_span,
 )
+from qadist.squad.features import make_windows
+from qadist.squad.io import read_pairs
 
 DATA = Path(__file__).parents[2] / "tests/data/squad-v2-dev-sample.json"
 LENGTHS = [(384, 128), (128, 32)]  # (max_seq_len, doc_stride): one window per pair mostly, and several

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from qadist.label.blocks import plan_blocks, read_block
-from qadist.pairs.stage import validate_question
+from qadist.pairs.staging import validate_question
 from qadist.rows import iter_raw_rows
 from qadist.squad.io import validate_pair
 

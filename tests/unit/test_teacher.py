@@ -12,9 +12,9 @@ from qadist.inference import autocast_dtype, collate, cpu_has_bf16, qa_logits
 from qadist.label.mixed_tokenizers import other_windows, project_onto
 from qadist.label.teacher import COMBINES, TeacherEnsemble, combine_logits, padded_tokens
 from qadist.models import load_qa_model, load_tokenizer
+from qadist.projection import project_pair
 from qadist.shards import LOGITS_TYPE, TEACHER_LOGITS_TYPE, list_values, windows_table
 from qadist.squad.features import make_windows
-from qadist.train.projection import project_pair
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

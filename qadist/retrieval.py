@@ -15,6 +15,9 @@ Search is exact by default (a matrix multiply over passage chunks aligned to doc
 embeddings plus the top BM25 passages, and are then scored exactly. Terms are hashed into a fixed
 number of buckets, so the index needs no vocabulary dict and is a handful of numpy arrays that
 `ray.put` shares between the actors of a node without copies.
+
+Shared by the pairs stage (its matching actors), serving with documents (`qadist.answer.service`)
+and anything else that searches passages; the embeddings come from `qadist.encoder`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,8 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from qadist.errors import UserError
-
 log = logging.getLogger(__name__)
 
-PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 N_BUCKETS = 1 << 20
 K1, B = 1.2, 0.75
 CHUNK_PASSAGES = 65_536
@@ -44,20 +44,6 @@ STOPWORDS = frozenset(
     "you we our your us me my s t about after before during over under again such any all some".split()
 )
 _WORD = re.compile(r"\w+")
-
-
-def resolve_model(name: str) -> str:
-    """A config's model value -> a sentence-transformers name or path."""
-    if name == PACKAGED_MINILM:
-        from qadist.models import minilm_path
-
-        return minilm_path()
-    if name.startswith("packaged:"):
-        raise UserError(
-            f"model {name!r}: the only packaged model is {PACKAGED_MINILM!r}; "
-            "or give a sentence-transformers name or path"
-        )
-    return name
 
 
 def lexical_terms(text: str) -> list[str]:
@@ -281,17 +267,6 @@ class SearchIndex:
         return exact_search(q_emb, lex, self.arrays, self.top_k, self.lexical_weight, self.chunks)
 
 
-def release_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and a long-running actor's
-    or driver's RSS creeps up with the number of batches it has seen)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def build_ann(emb: np.ndarray) -> np.ndarray | None:
     """An HNSW inner-product index over the embeddings, serialised (None when faiss is missing)."""
     try:
@@ -346,104 +321,3 @@ def build_index(
         else:
             log.info("approximate search: HNSW over %d passages (faiss), candidates rescored exactly", emb.shape[0])
     return index
-
-
-class Encoder:
-    """Ray Data actor: texts -> L2-normalised sentence embeddings (GPU when the actor was given one)."""
-
-    def __init__(self, model: str, batch_size: int = 64, use_gpu: bool = False):
-        import os
-
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        if use_gpu and device == "cpu":
-            log.warning("num_gpus_per_actor > 0 but this actor sees no CUDA device; embedding on CPU")
-        self.model = SentenceTransformer(resolve_model(model), device=device)
-        self.batch_size = batch_size
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            emb = self.model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(emb, dtype=np.float32)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"pidx": batch["pidx"], "embedding": self.embed(batch["text"])}
-
-
-class Matcher(Encoder):
-    """Ray Data actor: unique questions -> their top-k documents (one row per question and rank).
-
-    The passage index is fetched once per actor from the object store (zero-copy numpy arrays).
-    Output columns: the input's `slot`, `id`, `question`, `source`, `row`, then `rank` (1 = best;
-    0 = no document reached min_score), `doc`, `passage` (indices), `score`, `dense`, `lexical`.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        index: Any,
-        top_k: int,
-        min_score: float | None,
-        lexical_weight: float,
-        batch_size: int = 64,
-        use_gpu: bool = False,
-    ):
-        import ray
-
-        super().__init__(model, batch_size, use_gpu)
-        arrays = ray.get(index) if isinstance(index, ray.ObjectRef) else index
-        self.index = SearchIndex(arrays, top_k, lexical_weight)
-        self.min_score = -np.inf if min_score is None else min_score
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.match(batch)
-
-    def match(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        found = self.index.search(self.embed(batch["question"]), list(batch["question"]))
-        keep = (found["doc"] >= 0) & (found["score"] >= self.min_score)
-        q_idx, ranks = np.nonzero(keep)
-        missed = np.flatnonzero(~keep.any(axis=1))
-        q_all = np.concatenate([q_idx, missed])
-        out = {k: np.asarray(batch[k])[q_all] for k in ("slot", "id", "question", "source", "row")}
-        out["rank"] = np.concatenate([ranks + 1, np.zeros(len(missed), np.int64)]).astype(np.int32)
-        for k in ("doc", "passage", "score", "dense", "lexical"):
-            out[k] = np.concatenate([found[k][q_idx, ranks], found[k][missed, 0]])
-        return out
-
-
-def build_tiny_encoder(out_dir: str, hidden: int = 64, num_layers: int = 2, seed: int = 0) -> str:
-    """A randomly initialised sentence-transformers model (BERT + mean pooling + normalisation) with
-    the packaged MiniLM WordPiece tokenizer, offline: fast embeddings for scale tests and benchmarks."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from qadist.models import minilm_path
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    bert_dir = f"{out_dir}/bert"
-    BertModel(
-        BertConfig(
-            vocab_size=len(tok),
-            hidden_size=hidden,
-            num_hidden_layers=num_layers,
-            num_attention_heads=max(1, hidden // 32),
-            intermediate_size=4 * hidden,
-        )
-    ).save_pretrained(bert_dir)
-    tok.save_pretrained(bert_dir)
-    word = models.Transformer(bert_dir, max_seq_length=256)
-    SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu").save(out_dir)
-    return out_dir

@@ -1,5 +1,9 @@
 """Cross-tokenizer soft labels (DESIGN.md): teacher start/end distributions carried through characters.
 
+One module for both users, below the stages: the label stage carries teachers of another tokenizer
+onto the stored windows (`qadist.label.mixed_tokenizers`), distillation carries the soft labels onto
+a student's windows (`qadist.train.cross_tokenizer`).
+
 Per pair, for the start and the end distribution separately:
 
     char_mass        each teacher window: softmax(logits / T) -> (no-answer mass, mass per context character)
