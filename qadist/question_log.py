@@ -22,7 +22,6 @@ what was accepted but not yet in a written part: at most the rows of the last `r
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import queue
@@ -33,6 +32,7 @@ import uuid
 from typing import Any
 
 from qadist import storage
+from qadist.rows import jsonl_bytes
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class QuestionLog:
     def _write(self, day: str | None, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        data = jsonl_bytes(rows)
         uri = storage.join(self.uri, f"date={day}", f"part-{self.tag}-{self.parts:06d}.jsonl")
         for attempt in range(3):
             try:

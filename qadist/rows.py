@@ -15,7 +15,7 @@ by every stage:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,18 @@ def jsonl_rows(data: bytes, first_row: int = 1, max_rows: int | None = None) -> 
         text = line.decode("utf-8", errors="replace").rstrip("\r")
         if text.strip():
             yield n, parse_json_line(text)
+
+
+def jsonl_line(row: Any) -> bytes:
+    """One row as every JSONL file qadist writes holds it: UTF-8 with non-ASCII text kept readable,
+    ending in "\n". U+2028, U+0085 and the like stay raw inside strings, which is why every reader
+    here splits on "\n" only (`jsonl_rows`)."""
+    return (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def jsonl_bytes(rows: Iterable[Any]) -> bytes:
+    """Rows -> a JSONL file's bytes (`jsonl_line` each): the one JSONL writer."""
+    return b"".join(jsonl_line(r) for r in rows)
 
 
 def read_jsonl(uri: str) -> list[Any]:

@@ -17,13 +17,13 @@ them). Splits use disjoint products and ids:
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass
 
 from qadist import storage
 from qadist.demo.camera_text import ATTRIBUTES, BRANDS, DISTRACTORS, FILLERS, PREFIXES, QUESTIONS, STATEMENTS, SUFFIXES
+from qadist.rows import jsonl_bytes
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def generate_domain(seed: int = 0, sizes: DomainSizes = DomainSizes()) -> dict[s
 
 
 def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    return jsonl_bytes(rows)
 
 
 def write_domain(domain: dict[str, list[dict]], out: str) -> dict[str, str]:

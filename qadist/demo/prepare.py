@@ -4,7 +4,6 @@ model (`train_model`, `distill_model`). The benchmarks that build on the demo ca
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from qadist.demo.plan import Plan, Train, epochs_for
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
 from qadist.outputs import manifest_uri, read_json
+from qadist.rows import jsonl_bytes
 from qadist.runtime import ensure_ray
 from qadist.squad.io import read_pairs
 
@@ -148,7 +148,7 @@ def prepare(
         subsets = {}
         for n in sorted(set(plan.curve) | {plan.few} | set(subset_sizes)):
             subsets[n] = p("data", f"student-{n}.jsonl")
-            storage.write_bytes(subsets[n], "".join(json.dumps(r) + "\n" for r in student_pool[:n]).encode("utf-8"))
+            storage.write_bytes(subsets[n], jsonl_bytes(student_pool[:n]))
         subsets["all"] = all_labels_file(data, subsets[plan.few], p("data", f"all-labels-{plan.few}.jsonl"))
         pages = storage.read_text(data["documents"]).count("\n")
         few_sets = sorted(k for k in subsets if k != "all")

@@ -28,7 +28,7 @@ from qadist import storage
 from qadist.label.blocks import Block, read_block
 from qadist.label.mixed_tokenizers import carry_over, other_windows, teacher_rows_column
 from qadist.label.teacher import TeacherEnsemble, padded_tokens, target_windows, with_labels
-from qadist.rows import Unparsable, make_reject
+from qadist.rows import Unparsable, jsonl_bytes, make_reject
 from qadist.shards import nested_values, pack, shard_bytes, unpack, window_fields, windows_table, with_metadata
 from qadist.squad.io import validate_pair
 
@@ -152,9 +152,7 @@ def window_block(
     if rejects:
         rel = f"rejects/{block.name}.jsonl"
         rejects.sort(key=lambda r: r["row"])
-        storage.write_bytes(
-            storage.join(out, rel), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8")
-        )
+        storage.write_bytes(storage.join(out, rel), jsonl_bytes(rejects))
     stats = {
         "block": block.name,
         "source": block.source,

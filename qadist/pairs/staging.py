@@ -10,7 +10,6 @@ distinct question. `PartWriter` writes every part file of the stage's output.
 from __future__ import annotations
 
 import io
-import json
 from array import array
 from typing import Any
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.pairs.generations import question_key
-from qadist.rows import Unparsable, bad_unicode, check_id, check_text, make_reject, read_jsonl
+from qadist.rows import Unparsable, bad_unicode, check_id, check_text, jsonl_line, make_reject, read_jsonl
 
 STAGE_ROWS = 4096  # unique questions per staged file: the unit of work of a matching actor
 
@@ -80,7 +79,7 @@ class PartWriter:
         self.rows = 0
 
     def add(self, row: dict) -> None:
-        line = (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        line = jsonl_line(row)
         self.buffer.append(row if self.fmt == "parquet" else line)
         self.buffered_bytes += len(line)
         self.rows += 1

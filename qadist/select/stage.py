@@ -25,7 +25,7 @@ from qadist.config import SelectConfig, to_dict
 from qadist.errors import UserError
 from qadist.label_studio import LABEL_CONFIG, is_task
 from qadist.outputs import claim, claim_file, manifest_uri
-from qadist.rows import Unparsable, iter_raw_rows
+from qadist.rows import Unparsable, iter_raw_rows, jsonl_bytes
 from qadist.select.label_studio import task
 from qadist.select.scores import STRATEGIES, group_windows, score_pair
 from qadist.shards import list_values, listed_shards, nested_values, read_manifest, read_shard
@@ -189,8 +189,7 @@ def selected_rows(chosen: list[dict], pairs: dict[str, dict], strategy: str) -> 
     return rows
 
 
-def jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+jsonl = jsonl_bytes  # selected.jsonl and the tasks: the one JSONL writer
 
 
 def run_select(cfg: SelectConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from qadist.config import PretrainConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
 from qadist.models import load_tokenizer, local_model
-from qadist.rows import make_reject
+from qadist.rows import jsonl_bytes, make_reject
 from qadist.runtime import ensure_ray
 from qadist.train.domain_masking import domain_mask_probabilities, token_counts
 from qadist.train.launch import TrainJob, check_workers_fit, launch, quiet
@@ -148,7 +148,7 @@ def heldout_sequences(docs: list[dict], tokenizer: Any, cfg: PretrainConfig) -> 
 
 def write_rejects(out: str, rejects: list[dict]) -> str:
     uri = storage.join(out, "rejects", "documents.jsonl")
-    storage.write_bytes(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
+    storage.write_bytes(uri, jsonl_bytes(rejects))
     return uri
 
 
