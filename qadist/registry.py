@@ -12,7 +12,8 @@ else moved it since; locally an exclusive lock around read, compare and an atomi
 promotions at once exactly one moves the pointer; a reader sees the old pointer or the new, whole.
 `previous` is the stack of versions `current` pointed to before, so a rollback pops it.
 
-An `mlflow://HOST:PORT/NAME` URI is meant for MLflow's Model Registry (not built yet: refused).
+An `mlflow://HOST:PORT/NAME` URI is MLflow's Model Registry instead, with the same interface
+(qadist/registry_mlflow.py: versions of a registered model, `current` = the alias `champion`).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ class RegistryConflict(UserError):
 def open_registry(uri: str) -> Any:
     """The registry behind `uri`: object storage, or MLflow for mlflow:// URIs."""
     if uri.startswith(("mlflow://", "mlflows://")):
-        from qadist.errors import UserError
+        from qadist.registry_mlflow import MlflowRegistry
 
-        raise UserError(f"{uri}: an MLflow registry is not supported yet; give a folder or an s3:// prefix")
+        return MlflowRegistry(uri)
     return ObjectRegistry(uri)
 
 

@@ -73,7 +73,7 @@ def verdict_of(candidate: dict[str, float], current: dict[str, float] | None, mi
 
 def run_promote(cfg: PromoteConfig) -> dict[str, Any]:
     from qadist import console
-    from qadist.registry import open_registry
+    from qadist.registry import RegistryConflict, open_registry
 
     registry = open_registry(cfg.registry)
     if cfg.rollback:
@@ -105,7 +105,12 @@ def run_promote(cfg: PromoteConfig) -> dict[str, Any]:
     if promote:
         version = registry.publish(cfg.candidate, {"figures": candidate, "verdict": verdict})
         verdict["version"] = version
-        registry.move(pointer["version"] if pointer else None, version, why)
+        try:
+            registry.move(pointer["version"] if pointer else None, version, why)
+        except RegistryConflict as e:  # lost the race: the verdict is kept (and the MLflow run closed) all the same
+            verdict["conflict"] = str(e)
+            registry.write_verdict(verdict)
+            raise
     verdict["verdict_uri"] = registry.write_verdict(verdict)
     if cfg.out:
         storage.write_bytes(cfg.out, json.dumps(verdict, indent=1).encode())

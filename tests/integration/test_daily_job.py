@@ -1,7 +1,9 @@
 """The daily job (jobs/configs/daily.yaml's shape) run twice: day 1, then day 2 with new questions.
 
-Day 2 pairs only the new question file, labels only the new pairs (label generation 2) and
-distils generation 2 starting from day 1's student; a third run with nothing new does no work.
+Day 2 pairs only the new question file, labels only the new pairs (label generation 2), distils
+generation 2 starting from day 1's student, evaluates it and promotes it behind the gate (the
+registry's version 2, day 1's being version 1); a third run with nothing new does no work. The
+same job with a running service that follows the promotion: tests/integration/test_loop_walkthrough.py.
 Tiny models throughout (a random sentence encoder for pairs, tiny BERT teacher and student).
 """
 
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from qadist.pipeline import run_pipeline
+from qadist.registry import ObjectRegistry
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -55,12 +58,18 @@ def test_daily_job_twice_day_two_labels_only_new_pairs_and_continues_the_student
                     "out": f"{out}/eval/{gen}/predictions.json", "na_probs": f"{out}/eval/{gen}/na.json", **windows},
         "evaluate": {"data": str(tmp_path / "eval.jsonl"), "predictions": f"{out}/eval/{gen}/predictions.json",
                      "na_probs": f"{out}/eval/{gen}/na.json", "out": f"{out}/eval/{gen}/metrics.json"},
+        "promote": {"candidate": f"{out}/students/{gen}/final", "registry": f"{out}/registry",
+                    "eval_file": str(tmp_path / "eval.jsonl"), "min_gain": -100,
+                    "day_metrics": f"{out}/eval/{gen}/metrics.json", "out": f"{out}/eval/{gen}/verdict.json",
+                    **windows},
     }  # fmt: skip
     path = tmp_path / "daily.yaml"
     path.write_text(yaml.safe_dump(config))
 
     day_1 = run_pipeline(str(path))
     assert set(day_1.values()) == {"ran"}
+    registry = ObjectRegistry(f"{out}/registry")
+    assert registry.current()["version"] == 1  # the first promotion has nothing to compare with
     write_jsonl(tmp_path / "logged" / "questions" / "day-2.jsonl", questions[20:])
     capsys.readouterr()
     day_2 = run_pipeline(str(path))
@@ -82,5 +91,10 @@ def test_daily_job_twice_day_two_labels_only_new_pairs_and_continues_the_student
     assert started_from["config"]["student"] == f"{out}/students/gen-1/final"
     assert started_from["config"]["generation"] == 2
     assert (out / "eval" / "gen-2" / "metrics.json").exists() and (out / "eval" / "gen-1" / "metrics.json").exists()
+    verdict = json.loads((out / "eval" / "gen-2" / "verdict.json").read_text())
+    assert verdict["promoted"] and verdict["current_version"] == 1 and verdict["version"] == 2
+    assert set(verdict["figures"]["candidate"]) == {"f1"} and verdict["day_metrics"]["total"] == 30
+    assert registry.current()["version"] == 2 and registry.current()["previous"] == [1]
+    assert registry.record(2)["source"] == f"{out}/students/gen-2/final"
 
     assert set(run_pipeline(str(path)).values()) == {"skipped"}  # nothing new: no work
