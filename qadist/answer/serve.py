@@ -63,7 +63,7 @@ class QAService:
             pointer = self.registry.current()
             if pointer is None:
                 raise RuntimeError(f"{self.cfg.registry}: no current version yet; run qadist promote first")
-            self.load(str(pointer["version"]), pointer["model"])
+            self.load_newest(pointer)
         else:
             from qadist.answer.service import model_version_of
 
@@ -89,6 +89,26 @@ class QAService:
         self.current = (answerer, version)  # one assignment: a batch sees the old pair or the new
         self.about = about
         log.info("serving model version %s (%s), loaded in %.2fs", version, model, about["load_s"])
+
+    def load_newest(self, pointer: dict[str, Any]) -> None:
+        """Serve `current`; when it cannot load, the newest of `previous` that can (a replica that
+        starts after a bad promotion, e.g. one replacing a dead replica, serves what the others
+        still serve instead of failing to start for ever), saying why on /healthz."""
+        tried = [str(pointer["version"]), *map(str, reversed(pointer.get("previous", [])))]
+        errors = []
+        for version in tried:
+            model = pointer["model"] if version == tried[0] else self.registry.model_uri(int(version))
+            try:
+                self.load(version, model)
+                break
+            except Exception as e:  # noqa: BLE001 (a bad version must not keep the replica from starting)
+                errors.append(f"version {version} failed to load: {e}")
+                log.warning("registry: %s", errors[-1])
+        else:
+            raise RuntimeError(f"{self.cfg.registry}: no version loads ({'; '.join(errors)})")
+        if errors:
+            self.refused = tried[0]
+            self.registry_error = f"{errors[0]}, serving {self.current[1]}"
 
     def background(self) -> None:
         """Every second: counts to the metrics collector; every --registry-poll-s: a new current?"""

@@ -30,11 +30,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 APP, ROLL_S = "faults", 2.0
 BODY = {"question": "Which mount does the camera use?", "context": "The camera uses the RF mount and a 24 MP sensor."}
+# A long context (many windows): each request stays in its replica long enough that a kill finds some in flight.
+LONG = {
+    **BODY,
+    "context": " ".join(["The camera uses the RF mount and a 24 MP sensor; its battery lasts 450 shots."] * 60),
+}
 
 
-def ask(url: str) -> tuple[int, dict, dict]:
+def ask(url: str, body: dict = BODY) -> tuple[int, dict, dict]:
     """(status, reply, headers); a connection failure is status -1."""
-    request = urllib.request.Request(url, json.dumps(BODY).encode(), {"content-type": "application/json"})
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, json.loads(r.read()), dict(r.headers)
@@ -48,8 +53,8 @@ class Load:
     """`clients` threads asking back to back until `stop()` (or `max_requests`, or `limit_s`). A
     client whose request fails retries it once, after the reply's Retry-After (at most 2 s)."""
 
-    def __init__(self, url: str, clients: int = 4, max_requests: int = 4000, limit_s: float = 150.0):
-        self.url, self.max_requests, self.deadline = url, max_requests, time.monotonic() + limit_s
+    def __init__(self, url: str, clients: int = 4, body: dict = BODY, max_requests: int = 4000, limit_s: float = 300):
+        self.url, self.body, self.max_requests, self.deadline = url, body, max_requests, time.monotonic() + limit_s
         self.lock, self.stopping = threading.Lock(), threading.Event()
         self.first: dict[int, int] = {}  # status of each request's first attempt -> count
         self.failed_after_retry: list[int] = []
@@ -65,12 +70,12 @@ class Load:
                 if self.sent >= self.max_requests:
                     return
                 self.sent += 1
-            status, reply, headers = ask(self.url)
+            status, reply, headers = ask(self.url, self.body)
             with self.lock:
                 self.first[status] = self.first.get(status, 0) + 1
             if status != 200:
                 time.sleep(min(2.0, float(headers.get("Retry-After", headers.get("retry-after", 0)) or 0)))
-                status, reply, _ = ask(self.url)
+                status, reply, _ = ask(self.url, self.body)
                 if status != 200:
                     with self.lock:
                         self.failed_after_retry.append(status)
@@ -171,12 +176,12 @@ def test_a_replica_sigkilled_under_load(faults):
     before = model_replicas()
     assert len(before) == 2 and running_replicas() == 2, before
     victim_actor, victim = sorted(before.items())[0]
-    load = Load(f"{base}/answer")
+    load = Load(f"{base}/answer", clients=6, body=LONG)
     time.sleep(4)
     os.kill(victim, signal.SIGKILL)  # that replica's process only
     killed = time.monotonic()
     whole_s = None
-    while time.monotonic() - killed < 120:
+    while time.monotonic() - killed < 240:
         alive = model_replicas()
         if len(alive) == 2 and victim_actor not in alive and running_replicas() == 2:
             whole_s = time.monotonic() - killed
@@ -188,13 +193,15 @@ def test_a_replica_sigkilled_under_load(faults):
 
     retried = metric(metrics_text(base), "qadist_requests_retried_total")
     codes = dict(sorted(load.first.items()))
-    print(f"\n[faults] replica pid {victim} SIGKILLed under 4 closed-loop clients, 2 replicas: {load.sent} sent, "
-          f"first attempts {codes}, re-sent by the ingress {retried:.0f}, failed after one client retry "
-          f"{len(load.failed_after_retry)}; whole again (2 replicas running) {whole_s and round(whole_s, 1)}s "
+    print(f"\n[faults] replica pid {victim} SIGKILLed under 6 closed-loop clients (long contexts), 2 replicas: "
+          f"{load.sent} sent, first attempts {codes}, re-sent by the ingress {retried:.0f}, failed after one client "
+          f"retry {len(load.failed_after_retry)}; whole again (2 replicas running) {whole_s and round(whole_s, 1)}s "
           f"after the kill")  # fmt: skip
     assert codes.get(500, 0) == 0 and set(codes) <= {200, 503}
     assert not load.failed_after_retry
     assert whole_s is not None
+    # current still names the version that cannot load: the replacement serves what the others serve
+    assert {reply["model_version"] for _, reply in load.answered} == {"1"}
 
     serve.delete(APP)  # a clean stop: the surviving and new replicas write everything they hold
     kill_collector(APP)
