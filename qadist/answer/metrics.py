@@ -1,8 +1,9 @@
 """`GET /metrics`: the service's figures in Prometheus text format, summed over its replicas.
 
-Each replica counts what it answers (`Figures`: requests by path and status, latency histogram,
-errors, question-log rows written / dropped / failed) and pushes its cumulative counts to one small
-named Ray actor per application (`Collector`, no CPU) every second and before rendering. `/metrics`,
+Each replica counts (`Figures`): the ingress replica the requests by path and status, their latency
+histogram and errors (a 503 for a replica that died included); each model replica its question-log
+rows written / dropped / failed. Each pushes its cumulative counts (`Pusher`) to one small named Ray
+actor per application (`Collector`, no CPU) every second and before rendering. `/metrics`,
 whichever replica it reaches, renders the sum over every replica that ever reported (a replaced
 replica's last counts stay in: counters never go down). Requests the proxy turns away itself (503
 when every queue is full) never reach a replica and are not counted here; Ray Serve's own metrics
@@ -29,6 +30,7 @@ class Figures:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.errors = 0
+        self.retried = 0  # requests sent again because the replica answering them died
         self.log = {"written": 0, "dropped": 0, "failed": 0}
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -40,6 +42,10 @@ class Figures:
             if status >= 500:
                 self.errors += 1
 
+    def retry(self) -> None:
+        with self.lock:
+            self.retried += 1
+
     def snapshot(self, log_counts: dict[str, int] | None) -> dict[str, Any]:
         with self.lock:
             if log_counts:
@@ -49,6 +55,7 @@ class Figures:
                 "buckets": list(self.buckets),
                 "latency_sum": self.latency_sum,
                 "errors": self.errors,
+                "retried": self.retried,
                 "log": dict(self.log),
             }
 
@@ -74,6 +81,38 @@ def collector(app: str) -> Any:
     ).remote()
 
 
+class Pusher:
+    """A replica's `figures` (plus its question log's counts, `log_counts()`, or None) pushed to the
+    application's collector; `render` gives the sum over the application's replicas."""
+
+    def __init__(self, figures: Figures, log_counts: Any):
+        self.figures, self.log_counts, self.collector = figures, log_counts, None
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.figures.snapshot(self.log_counts())
+
+    def push(self) -> None:
+        try:
+            if self.collector is None:
+                from ray import serve
+
+                self.collector = collector(serve.get_replica_context().app_name)
+            self.collector.report.remote(self.figures.replica, self.snapshot())
+        except Exception:  # noqa: BLE001 (metrics never fail the replica)
+            pass
+
+    def every_second(self, stopping: threading.Event) -> None:
+        while not stopping.wait(1.0):
+            self.push()
+
+    async def render(self) -> bytes:
+        self.push()
+        try:
+            return await self.collector.render.remote()
+        except Exception:  # noqa: BLE001 (no collector: this replica's own figures)
+            return render([self.snapshot()])
+
+
 def render(snapshots: list[dict]) -> bytes:
     """Snapshots -> Prometheus text exposition (prometheus_client's own format writer)."""
     from prometheus_client import CollectorRegistry, generate_latest
@@ -81,7 +120,7 @@ def render(snapshots: list[dict]) -> bytes:
 
     requests: dict[tuple[str, str], int] = {}
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-    latency_sum, errors = 0.0, 0
+    latency_sum, errors, retried = 0.0, 0, 0
     log = {"written": 0, "dropped": 0, "failed": 0}
     for snap in snapshots:
         for path, status, n in snap["requests"]:
@@ -89,6 +128,7 @@ def render(snapshots: list[dict]) -> bytes:
         buckets = [a + b for a, b in zip(buckets, snap["buckets"])]
         latency_sum += snap["latency_sum"]
         errors += snap["errors"]
+        retried += snap.get("retried", 0)
         for k in log:
             log[k] += snap["log"].get(k, 0)
 
@@ -108,6 +148,9 @@ def render(snapshots: list[dict]) -> bytes:
             h.add_metric([], cumulative, latency_sum)
             yield h
             yield CounterMetricFamily("qadist_request_errors", "Requests answered with a 5xx", value=errors)
+            yield CounterMetricFamily(
+                "qadist_requests_retried", "Requests sent to another replica because theirs died", value=retried
+            )
             for key, text in (
                 ("written", "Question-log rows written to part files"),
                 ("dropped", "Question-log rows dropped because the buffer was full"),

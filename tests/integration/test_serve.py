@@ -228,7 +228,7 @@ def plain_replicas() -> list[str]:
     return sorted(
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["name"].startswith("SERVE_REPLICA::plain#")
+        if a["name"].startswith("SERVE_REPLICA::plain#QAService#")  # the model replicas, not the ingress
     )
 
 
