@@ -65,8 +65,11 @@ def test_every_cited_qadist_module_exists():
         *(REPO / "tests").rglob("*.py"),
         REPO / "README.md",
     ]
+    # MLflow tag keys that qadist sets (qadist/registry_mlflow.py) are dotted like modules, not modules.
+    tags = {"qadist.moves", "qadist.previous", "qadist.reason", "qadist.record", "qadist.source",
+            "qadist.moved_to", "qadist.verdict"}  # fmt: skip
     for path in files:
-        for ref in set(CITED.findall(path.read_text(encoding="utf-8"))):
+        for ref in set(CITED.findall(path.read_text(encoding="utf-8"))) - tags:
             parts = ref.split(".")
             for i in range(len(parts), 1, -1):
                 stem = REPO.joinpath(*parts[:i])
