@@ -75,7 +75,7 @@ def test_two_writers_never_collide(tmp_path):
 
 
 def test_a_pairs_reader_accepts_the_rows(tmp_path):
-    from qadist.pairs.stage import validate_question  # the check `qadist pairs --questions` applies
+    from qadist.pairs.staging import validate_question  # the check `qadist pairs --questions` applies
 
     qlog = QuestionLog(str(tmp_path))
     qlog.append(log_row("r1", "Which mount?", "ctx", {"answer": "RF"}, "1"))
