@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from qadist import storage
 from qadist.config import (
+    CompactConfig,
     DemoConfig,
     DistillConfig,
     EvaluateConfig,
@@ -220,6 +221,13 @@ STAGES: tuple[Stage, ...] = (
         "Rank labelled pairs by what a human label would teach (teacher disagreement, uncertainty) -> "
         "a ranked JSONL and Label Studio tasks with the ensemble's answer pre-filled.",
         claims=True,
+    ),
+    Stage(
+        "compact",
+        CompactConfig,
+        "qadist.label.compact:run_compact",
+        "Rewrite a label table's many small generations into fewer, larger shards as one committed snapshot; "
+        "remove replaced shards past retention (--keep-generations, --retain-hours).",
     ),
     Stage(
         "demo",
