@@ -4,24 +4,19 @@ commits merged shards as one snapshot, exactly once; retention; label sees commi
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pyarrow as pa
 import pytest
+from table_factory import add_generation, all_ids, make_table
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-
-from table_factory import add_generation, all_ids, make_table  # noqa: E402
-
-from qadist import storage  # noqa: E402
-from qadist.config import CompactConfig, LabelConfig  # noqa: E402
-from qadist.errors import UserError  # noqa: E402
-from qadist.label.compact import run_compact  # noqa: E402
-from qadist.label.generations import labelled_id_hashes  # noqa: E402
-from qadist.label.inputs import fresh_files  # noqa: E402
-from qadist.outputs import committed_generations, read_view, union  # noqa: E402
-from qadist.shards import read_manifest, read_shard, snapshot_paths  # noqa: E402
+from qadist import storage
+from qadist.config import CompactConfig, LabelConfig
+from qadist.errors import UserError
+from qadist.label.compact import run_compact
+from qadist.label.generations import labelled_id_hashes
+from qadist.label.inputs import fresh_files
+from qadist.outputs import committed_generations, read_view, union
+from qadist.shards import read_manifest, read_shard, snapshot_paths
 
 
 class InlineRay:
