@@ -54,56 +54,71 @@ def shard_table(ids: list[str], tokens: int = 24, seed: int = 0) -> pa.Table:
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
-def add_generation(out: str, number: int, ids: list[str], source: str, summaries: bool = True) -> dict:
+def add_generation(
+    out: str, number: int, ids: list[str], source: str, summaries: bool = True, size: int | None = None
+) -> dict:
     """Write and commit generation `number` holding `ids` (one shard), as `qadist label` would."""
-    name = f"{storage.basename(source)}.r000000000-{len(ids):09d}"
-    shard = {"block": name, "source": source, "row_start": 0, "row_end": len(ids), "pairs_in": len(ids),
-             "pairs_labeled": len(ids), "pairs_rejected": 0, "windows": len(ids), "rejects": None}  # fmt: skip
-    storage.write_bytes(storage.join(out, "shards", f"{name}.parquet"),
-                        shard_bytes(with_metadata(shard_table(ids, seed=number), HEADER, shard)))  # fmt: skip
-    plan = f"{number:016x}"
-    manifest = {
-        **HEADER,
-        "config": {"pairs": source.rsplit("/", 1)[0], "out": out},
-        "fingerprint": "synthetic",
-        "keep_teacher_logits": False,
-        "counts": {"pairs_in": len(ids), "pairs_labeled": len(ids), "pairs_rejected": 0, "windows": len(ids)},
-        "shards": [
-            {
-                "path": f"shards/{name}.parquet",
-                "rows": len(ids),
-                "pairs": len(ids),
-                "source": source,
-                "row_start": 0,
-                "row_end": len(ids),
-                "pairs_in": len(ids),
-                "pairs_rejected": 0,
-                "rejects": None,
-                "node_id": None,
-            }
-        ],  # fmt: skip
-        "rejects": [],
-        "run": {"seconds": 0.0, "teacher_seconds": 0.0, "summary": "synthetic"},
-        "generation": number,
-        "inputs": [{"uri": source, "size": 100 * len(ids)}],
-        "with_answers": False,
-        "plan": plan,
-        "committed_at": time.time(),
-    }
+    manifest = generation_manifest(out, number, ids, source, size)
     if summaries:
-        manifest["ids"] = write_ids(
-            out, f"ids/g{number:06d}-{plan}.u64", np.array([id_hash(i) for i in ids], np.uint64)
-        )
+        hashes = np.array([id_hash(i) for i in ids], np.uint64)
+        manifest["ids"] = write_ids(out, f"ids/g{number:06d}-{manifest['plan']}.u64", hashes)
     assert storage.write_if_absent(generation_uri(out, number), json.dumps(manifest).encode("utf-8"))
     return manifest
 
 
-def make_table(out: str, generations: int, pairs: int, summaries: bool = True, snapshots: bool = True) -> None:
-    """`generations` daily generations of `pairs` pairs each (ids `d<day>-<i>`), committed in order."""
+def generation_manifest(out: str, number: int, ids: list[str], source: str, size: int | None = None) -> dict:
+    """Write generation `number`'s shard; its manifest, not yet committed and without its id summary."""
+    name = f"{storage.basename(source)}.r000000000-{len(ids):09d}"
+    n = len(ids)
+    shard = {"block": name, "source": source, "row_start": 0, "row_end": n, "pairs_in": n,
+             "pairs_labeled": n, "pairs_rejected": 0, "windows": n, "rejects": None}  # fmt: skip
+    storage.write_bytes(storage.join(out, "shards", f"{name}.parquet"),
+                        shard_bytes(with_metadata(shard_table(ids, seed=number), HEADER, shard)))  # fmt: skip
+    entry = {"path": f"shards/{name}.parquet", "rows": n, "pairs": n, "source": source, "row_start": 0,
+             "row_end": n, "pairs_in": n, "pairs_rejected": 0, "rejects": None, "node_id": None}  # fmt: skip
+    return {
+        **HEADER,
+        "config": {"pairs": source.rsplit("/", 1)[0], "out": out},
+        "fingerprint": "synthetic",
+        "keep_teacher_logits": False,
+        "counts": {"pairs_in": n, "pairs_labeled": n, "pairs_rejected": 0, "windows": n},
+        "shards": [entry],
+        "rejects": [],
+        "run": {"seconds": 0.0, "teacher_seconds": 0.0, "summary": "synthetic"},
+        "generation": number,
+        "inputs": [{"uri": source, "size": size if size is not None else 100 * n}],
+        "with_answers": False,
+        "plan": f"{number:016x}",
+        "committed_at": time.time(),
+    }
+
+
+def day_ids(day: int, pairs: int) -> list[str]:
+    return [f"d{day:05d}-{i:06d}" for i in range(pairs)]
+
+
+def write_day_pairs(pairs_dir: str, day: int, pairs: int) -> tuple[str, int]:
+    """Day `day`'s pairs file (JSONL); its URI and size."""
+    uri = storage.join(pairs_dir, f"day-{day:05d}.jsonl")
+    data = "".join(
+        json.dumps({"id": i, "question": f"question {i}?", "context": f"context of {i}."}) + "\n"
+        for i in day_ids(day, pairs)
+    ).encode("utf-8")
+    storage.write_bytes(uri, data)
+    return uri, len(data)
+
+
+def make_table(
+    out: str, generations: int, pairs: int, summaries: bool = True, snapshots: bool = True, pairs_dir: str | None = None
+) -> None:
+    """`generations` daily generations of `pairs` pairs each (ids `d<day>-<i>`), committed in order;
+    with `pairs_dir`, each day's pairs file is written there too (recorded with its real size)."""
     view = None
     for day in range(1, generations + 1):
-        ids = [f"d{day:05d}-{i:06d}" for i in range(pairs)]
-        manifest = add_generation(out, day, ids, f"{out}-pairs/pairs/day-{day:05d}.jsonl", summaries)
+        source, size = f"{out}-pairs/pairs/day-{day:05d}.jsonl", None
+        if pairs_dir is not None:
+            source, size = write_day_pairs(pairs_dir, day, pairs)
+        manifest = add_generation(out, day, day_ids(day, pairs), source, summaries, size)
         view = start(manifest) if view is None else extend(view, manifest)
         view = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **view}
         if snapshots and summaries and snapshot_due(view):
