@@ -20,7 +20,7 @@ from qadist.errors import UserError
 
 MANIFEST = "_manifest.json"  # written last: its presence means the output is complete
 GENERATION_NAME = re.compile(r"_manifest(?:-(\d{6}))?\.json$")
-SNAPSHOT_NAME = re.compile(r"_snapshot-(\d{6})\.json$")  # a label table's snapshots (`qadist.table`)
+SNAPSHOT_NAME = re.compile(r"_snapshot-(\d{6})\.json$")  # a label table's snapshots (`qadist.outputs.read_view`)
 
 
 def manifest_uri(out: str) -> str:
@@ -69,7 +69,7 @@ def read_generation(out: str, number: int) -> dict[str, Any]:
 def committed_generations(out: str, after: int = 0, names: list[str] | None = None) -> list[dict[str, Any]]:
     """Every committed generation's manifest after number `after`, in order: one listing finds them
     (no probe per number), then one read each. Readers of a label table read its snapshot instead of
-    the whole history (`qadist.table`)."""
+    the whole history (`qadist.outputs.read_view`)."""
     return [read_generation(out, n) for n in generation_numbers(out, names) if n > after]
 
 
@@ -97,7 +97,7 @@ def generation_files(out: str) -> list[str]:
 # ---- a label output's generations, as readers see them ---------------------------------------------
 # Every committed generation together (`union`, built one generation at a time by `extend`, so a
 # snapshot of generations 1..b extended by b+1..n is the same view), or one (`select_generation`):
-# what `qadist.shards` reads and what `qadist label` answers with. Snapshots: `qadist.table`.
+# what `qadist.shards` reads and what `qadist label` answers with. Snapshots: `read_view`, `qadist.label.generations`.
 
 SUMMED = ("pairs_in", "pairs_labeled", "pairs_rejected", "windows")  # a label generation's counts
 
