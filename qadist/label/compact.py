@@ -59,7 +59,8 @@ def plan_groups(shards: list[dict], target_rows: int) -> list[list[dict]]:
             groups.append([])
         groups[-1].append(s)
     if len(groups) > 1 and (len(groups[-1]) < 2 or sum(x["rows"] for x in groups[-1]) < target_rows // 2):
-        groups[-2] += groups.pop()
+        last = groups.pop()  # (not `groups[-2] += groups.pop()`: that stores into the slot before the pop)
+        groups[-1].extend(last)
     return [g for g in groups if len(g) > 1]
 
 

@@ -12,7 +12,7 @@ from table_factory import add_generation, all_ids, make_table
 from qadist import storage
 from qadist.config import CompactConfig, LabelConfig
 from qadist.errors import UserError
-from qadist.label.compact import run_compact
+from qadist.label.compact import plan_groups, run_compact
 from qadist.label.generations import labelled_id_hashes
 from qadist.label.inputs import fresh_files
 from qadist.outputs import committed_generations, read_view, union
@@ -116,3 +116,11 @@ def test_label_sees_only_what_committed_pairs_generations_list(tmp_path):
     plain = LabelConfig(pairs=str(root / "pairs"), out=str(tmp_path / "labels"), teachers=["x"])
     (root / "_qadist_pairs.json").unlink()  # not a pairs output: the folder's files, as today
     assert len(fresh_files(plain, None)[0]) == 2
+
+
+def test_merge_groups_hold_each_small_shard_once_and_a_small_remainder_joins_the_last_group():
+    shards = [{"path": f"s{i}", "rows": r} for i, r in enumerate([300] * 7 + [5000, 100])]
+    groups = plan_groups(shards, 1000)
+    paths = [s["path"] for g in groups for s in g]
+    assert sorted(paths) == sorted(s["path"] for s in shards if s["rows"] < 500)  # each small shard once
+    assert [len(g) for g in groups] == [3, 5]  # 900, then 900 + 100 + 300 + 300 (a remainder under half joins)
