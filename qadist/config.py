@@ -422,6 +422,17 @@ class SelectConfig(StageConfig):
     overwrite: bool = Opt(False, "Replace an earlier selection in --out.")
 
 
+class CompactConfig(StageConfig):
+    labels: str = Uri(help="The `qadist label` table to compact (its output URI).")
+    target_rows: int = Opt(20_000, "Windows per merged shard; shards under half of it are merged.", ge=2)
+    keep_generations: int = Opt(
+        30, "The newest generations whose own shards are never removed (--generation N reads them).", ge=0
+    )
+    retain_hours: float = Opt(
+        24.0, "Replaced shards are removed only this long after the compaction that replaced them.", ge=0
+    )
+
+
 class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
     quick: bool = Opt(False, "Every stage at a reduced size (about 3 minutes on 2 cores), as CI runs it.")

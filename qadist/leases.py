@@ -61,6 +61,8 @@ class Lease:
 
     def __enter__(self) -> "Lease":
         self._write()
+        # The store's own time of the first write (S3: whole seconds): what the sweep compares with.
+        self.stored_at = storage.modified(self.uri)
         self._thread.start()
         return self
 

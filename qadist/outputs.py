@@ -15,13 +15,12 @@ import json
 import re
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from qadist import storage
 from qadist.errors import UserError
 
 MANIFEST = "_manifest.json"  # written last: its presence means the output is complete
 GENERATION_NAME = re.compile(r"_manifest(?:-(\d{6}))?\.json$")
+SNAPSHOT_NAME = re.compile(r"_snapshot-(\d{6})\.json$")  # a label table's snapshots (`qadist.outputs.read_view`)
 
 
 def manifest_uri(out: str) -> str:
@@ -44,26 +43,43 @@ def generation_number(name: str) -> int:
     return int(match.group(1) or 1)
 
 
-def committed_generations(out: str) -> list[dict[str, Any]]:
-    """Every committed generation's manifest, in order (1, 2, ...): numbers are taken one after another,
-    so a gap (an --overwrite killed half way, a hand-deleted file) is an error, not a shorter table."""
-    found = []
-    while storage.exists(uri := generation_uri(out, len(found) + 1)):
-        manifest = json.loads(storage.read_text(uri))
-        manifest.setdefault("generation", len(found) + 1)
-        found.append(manifest)
-    stray = [u for u in generation_files(out) if generation_number(storage.basename(u)) > len(found)]
-    if stray:
+def generation_numbers(out: str, names: list[str] | None = None) -> list[int]:
+    """The committed generation numbers of `out`, from one listing of its folder (`names`: that listing,
+    when the caller has it): 1..n, since numbers are taken one after another; a gap (an --overwrite
+    killed half way, a hand-deleted file) is an error, not a shorter table."""
+    if names is None:
+        names = [n for n, _, _ in storage.list_folder(out)]
+    numbers = sorted(generation_number(n) for n in names if GENERATION_NAME.fullmatch(n))
+    if numbers != list(range(1, len(numbers) + 1)):
+        held = next(i for i, n in enumerate(numbers, start=1) if n != i) - 1
         raise UserError(
-            f"{out}: generation files are not contiguous (1..{len(found)}, then {storage.basename(stray[0])}): an "
-            "--overwrite stopped half way or a manifest was removed by hand; re-run with --overwrite"
+            f"{out}: generation files are not contiguous (1..{held}, then "
+            f"{storage.basename(generation_uri(out, numbers[held]))}): an --overwrite stopped half way or a manifest "
+            "was removed by hand; re-run with --overwrite"
         )
-    return found
+    return numbers
+
+
+def read_generation(out: str, number: int) -> dict[str, Any]:
+    manifest = json.loads(storage.read_text(generation_uri(out, number)))
+    manifest.setdefault("generation", number)
+    return manifest
+
+
+def committed_generations(out: str, after: int = 0, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every committed generation's manifest after number `after`, in order: one listing finds them
+    (no probe per number), then one read each. Readers of a label table read its snapshot instead of
+    the whole history (`qadist.outputs.read_view`)."""
+    return [read_generation(out, n) for n in generation_numbers(out, names) if n > after]
 
 
 def delete_generations(out: str) -> None:
     """Remove every generation's manifest, the newest first and generation 1 last, so an interruption
-    leaves a shorter contiguous table, never one with a gap."""
+    leaves a shorter contiguous table, never one with a gap. A label table's snapshots go first: one
+    must never outlive a generation it covers (a new generation of that number would be hidden)."""
+    for name, _, _ in storage.list_folder(out):
+        if SNAPSHOT_NAME.fullmatch(name):
+            storage.delete(storage.join(out, name))
     for uri in sorted(generation_files(out), key=lambda u: -generation_number(storage.basename(u))):
         storage.delete(uri)
 
@@ -75,36 +91,66 @@ def committed_inputs(generations: list[dict[str, Any]]) -> dict[str, tuple[int, 
 
 def generation_files(out: str) -> list[str]:
     """The generation manifests present under `out` (for --overwrite, which removes them all)."""
-    fs, path = storage.resolve(out)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))  # this folder only
-    names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
-    return [storage.join(out, n) for n in sorted(names) if GENERATION_NAME.fullmatch(n)]
+    return [storage.join(out, n) for n, _, _ in storage.list_folder(out) if GENERATION_NAME.fullmatch(n)]
 
 
 # ---- a label output's generations, as readers see them ---------------------------------------------
-# Every committed generation together (`union`), or one (`select_generation`): what `qadist.shards`
-# reads and what `qadist label` answers with.
+# Every committed generation together (`union`, built one generation at a time by `extend`, so a
+# snapshot of generations 1..b extended by b+1..n is the same view), or one (`select_generation`):
+# what `qadist.shards` reads and what `qadist label` answers with. Snapshots: `read_view`, `qadist.label.generations`.
 
 SUMMED = ("pairs_in", "pairs_labeled", "pairs_rejected", "windows")  # a label generation's counts
+
+
+def id_source(generation: dict[str, Any]) -> dict[str, Any]:
+    """Where the id hashes of a generation's pairs are: its summary file (`ids`), or, for a generation
+    committed before summaries existed, its shards' `id` column."""
+    if generation.get("ids"):
+        return {"path": generation["ids"]["path"]}
+    return {"shards": [s["path"] for s in generation["shards"] if s.get("pairs", s["rows"]) > 0]}
+
+
+def tagged(generation: dict[str, Any]) -> list[dict[str, Any]]:
+    """A generation's shard entries, each naming its generation (compaction and retention go by it)."""
+    return [{**s, "generation": generation.get("generation", 1)} for s in generation["shards"]]
+
+
+def start(generation: dict[str, Any]) -> dict[str, Any]:
+    """The view of a table that holds this one generation (generation 1)."""
+    return {
+        **generation,
+        "shards": tagged(generation),
+        "generations": [summary_of(generation)],
+        "id_sources": [id_source(generation)],
+        "pairs_through": generation.get("pairs_generation"),
+    }
+
+
+def extend(view: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
+    """`view` (generations 1..n-1, or a snapshot of them) with generation n added."""
+    through = [t for t in (view.get("pairs_through"), generation.get("pairs_generation")) if t is not None]
+    return {
+        **view,
+        "config": generation["config"],
+        "counts": {k: view["counts"][k] + generation["counts"][k] for k in SUMMED},
+        "shards": [*view["shards"], *tagged(generation)],
+        "rejects": [*(view.get("rejects") or []), *(generation.get("rejects") or [])],
+        "inputs": [*(view.get("inputs") or []), *(generation.get("inputs") or [])],
+        "run": generation["run"],
+        "generation": generation["generation"],
+        "generations": [*view["generations"], summary_of(generation)],
+        "id_sources": [*view["id_sources"], id_source(generation)],
+        "pairs_through": max(through) if through else None,
+    }
 
 
 def union(generations: list[dict[str, Any]]) -> dict[str, Any]:
     """What readers see: generation 1's header, every generation's shards and rejects, summed counts,
     and one entry per generation (its number, inputs, counts, run summary)."""
-    if len(generations) == 1:
-        return {**generations[0], "generations": [summary_of(generations[0])]}
-    first, last = generations[0], generations[-1]
-    return {
-        **first,
-        "config": last["config"],
-        "counts": {k: sum(g["counts"][k] for g in generations) for k in SUMMED},
-        "shards": [s for g in generations for s in g["shards"]],
-        "rejects": [r for g in generations for r in g.get("rejects") or []],
-        "inputs": [i for g in generations for i in g.get("inputs") or []],
-        "run": last["run"],
-        "generation": last["generation"],
-        "generations": [summary_of(g) for g in generations],
-    }
+    view = start(generations[0])
+    for g in generations[1:]:
+        view = extend(view, g)
+    return view
 
 
 def summary_of(generation: dict[str, Any]) -> dict[str, Any]:
@@ -117,17 +163,83 @@ def summary_of(generation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def select_generation(generations: list[dict[str, Any]], number: int | None, out: str) -> dict[str, Any]:
-    """The union (number None) or generation `number` alone, as a reader's manifest."""
-    if not generations:
+def snapshot_uri(out: str, number: int) -> str:
+    return storage.join(out, f"_snapshot-{number:06d}.json")
+
+
+def read_view(out: str) -> dict[str, Any] | None:
+    """What readers of a label table see (every committed generation), without reading its history:
+    one listing of `out`; its newest snapshot (generations 1..b as one document, written by `qadist
+    label` every few generations and by `qadist compact`), then the manifests of generations b+1..n.
+    None when no generation is committed."""
+    names = [n for n, _, _ in storage.list_folder(out)]
+    numbers = generation_numbers(out, names)
+    if not numbers:
+        return None
+    snapshots = sorted(int(m.group(1)) for n in names if (m := SNAPSHOT_NAME.fullmatch(n)))
+    view, after = None, 0
+    if snapshots:
+        view = read_json(snapshot_uri(out, snapshots[-1]))
+        after = view["covers"]
+        if after > numbers[-1]:
+            raise UserError(
+                f"{out}: snapshot {snapshots[-1]} covers generations 1..{after} but only 1..{numbers[-1]} are "
+                "committed (a manifest was removed by hand); re-run with --overwrite"
+            )
+    for g in committed_generations(out, after, names):
+        view = start(g) if view is None else extend(view, g)
+    assert view is not None
+    return {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **view}
+
+
+def select_generation(out: str, view: dict[str, Any] | None, number: int | None) -> dict[str, Any]:
+    """The view (number None) or generation `number` alone, as a reader's manifest."""
+    if view is None:
         raise UserError(f"{out}: no {MANIFEST}; the label run has not finished (re-run `qadist label` to resume it)")
     if number is None:
-        return union(generations)
-    if not 1 <= number <= len(generations):
+        return view
+    if not 1 <= number <= view["generation"]:
         raise UserError(
-            f"{out}: has generations 1..{len(generations)}, not {number}; pass --generation between them, or omit it"
+            f"{out}: has generations 1..{view['generation']}, not {number}; pass --generation between them, or omit it"
         )
-    return {**generations[number - 1], "generations": [summary_of(generations[number - 1])]}
+    if number in view["retired"]:
+        raise UserError(
+            f"{out}: generation {number} was compacted and its own shards were removed by the retention rule "
+            "(docs/operations.md, `qadist compact`); its rows are in the table: read it without --generation"
+        )
+    generation = read_generation(out, number)
+    return {**generation, "generations": [summary_of(generation)]}
+
+
+# ---- a `qadist pairs` output as another stage's input: only what its generations committed ----------
+
+
+def pairs_output_of(uri: str) -> str | None:
+    """The `qadist pairs` output that `uri` is, or whose `pairs/` folder it is (it holds that stage's
+    claim); None for plain pairs files and folders."""
+    roots = [uri.rstrip("/")]
+    if storage.basename(uri) == "pairs":
+        roots.append(uri.rstrip("/").rsplit("/", 1)[0])
+    claims = (claim_file("pairs"), *LEGACY_CLAIMS[claim_file("pairs")])
+    for root in roots:
+        if any(storage.exists(storage.join(root, n)) for n in claims):
+            return root
+    return None
+
+
+def committed_pair_files(root: str, uri: str, after: int = 0) -> tuple[list[str], int]:
+    """The pairs files under `uri` that generations of the pairs output `root` after number `after`
+    committed (their manifests list them; files of a run still writing are in none), and the newest
+    generation number. One listing of `root`, one read per generation after `after`."""
+    names = [n for n, _, _ in storage.list_folder(root)]
+    numbers = generation_numbers(root, names)
+    prefix = uri.rstrip("/") + "/"
+    files = [
+        storage.join(root, f["path"])
+        for g in committed_generations(root, after, names)
+        for f in (g.get("files") or {}).get("pairs") or []
+    ]
+    return sorted(f for f in files if f.startswith(prefix) or f == uri.rstrip("/")), (numbers[-1] if numbers else 0)
 
 
 def read_json(uri: str) -> dict[str, Any]:

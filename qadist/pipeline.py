@@ -25,7 +25,7 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import committed_generations
+from qadist.outputs import generation_numbers
 from qadist.stages import BY_NAME, PIPELINE, STAGES
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def runner(stage: str) -> Callable[[StageConfig], object]:
 def newest_generation(data: dict) -> int:
     """The label output's newest committed generation (0 before the first)."""
     out = (data.get("label") or {}).get("out") or (data.get("distill") or {}).get("labels")
-    return len(committed_generations(out)) if out else 0
+    return len(generation_numbers(out)) if out else 0
 
 
 def resolve_section(stage: str, section: dict, generation: int, look: bool = True) -> dict:

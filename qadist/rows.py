@@ -165,13 +165,9 @@ def iter_file_rows(file_uri: str) -> Iterator[tuple[int, Any]]:
 def input_files(uri: str, flag: str = "the input") -> list[dict[str, Any]]:
     """Every row file under `uri` (a file or a folder/prefix) with its size, in name order: what a
     generation of a growing output records as read (`qadist.outputs`)."""
-    files = storage.list_files(uri, ROW_SUFFIXES)
-    if not files:
+    found = storage.list_sizes(uri, ROW_SUFFIXES)  # sizes from the listing: no request per file
+    if not found:
         raise UserError(f"{uri}: no .json, .jsonl or .parquet files found; check {flag}")
-    found = []
-    for f in files:
-        fs, path = storage.resolve(f)
-        found.append({"uri": f, "size": fs.get_file_info(path).size})
     return found
 
 

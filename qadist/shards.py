@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.errors import UserError
-from qadist.outputs import committed_generations, manifest_uri, select_generation
+from qadist.outputs import manifest_uri, read_view, select_generation
 
 # 2: every window carries its pair's `question` and `context` (a student with another tokenizer
 # re-cuts its windows from them, `qadist.train.cross_tokenizer`); repeated per window, they cost
@@ -187,7 +187,7 @@ def check_header(header: dict, source: str, tokenizer_hash: str | None = None) -
 def read_manifest(uri: str, generation: int | None = None) -> dict[str, Any]:
     """What a reader of a `qadist label` output sees: every committed generation (their shards, rejects
     and summed counts), or generation `generation` alone; a UserError when none is committed."""
-    manifest = select_generation(committed_generations(uri), generation, uri)
+    manifest = select_generation(uri, read_view(uri), generation)
     check_header(manifest, manifest_uri(uri))
     return manifest
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from qadist import storage
 from qadist.config import (
+    CompactConfig,
     DemoConfig,
     DistillConfig,
     EvaluateConfig,
@@ -34,7 +35,14 @@ from qadist.config import (
     StageConfig,
 )
 from qadist.errors import UserError
-from qadist.outputs import claim_file, committed_generations, committed_inputs
+from qadist.outputs import (
+    claim_file,
+    committed_generations,
+    committed_inputs,
+    committed_pair_files,
+    pairs_output_of,
+    read_view,
+)
 from qadist.rows import input_files
 
 Finished = Callable[[StageConfig], str | None]
@@ -96,6 +104,23 @@ def generations_hold(key: str, flag: str) -> Finished:
     return finished
 
 
+def label_holds(cfg: StageConfig) -> str | None:
+    """The label table is complete when a generation is committed and it holds every input file: from
+    a `qadist pairs` output, every file its committed generations list (one listing and the pairs
+    manifests after the newest one the table has seen); otherwise every file under --pairs."""
+    view = read_view(cfg.out)
+    if view is None:
+        return None
+    held = {i["uri"]: i["size"] for i in view.get("inputs") or []}
+    root = pairs_output_of(cfg.pairs)
+    if root is None:
+        fresh = [f["uri"] for f in input_files(cfg.pairs, "--pairs") if held.get(f["uri"]) != f["size"]]
+    else:
+        files, _ = committed_pair_files(root, cfg.pairs, view.get("pairs_through") or 0)
+        fresh = [f for f in files if f not in held]
+    return None if fresh else "every input file is in a committed generation"
+
+
 def new_input(cfg: StageConfig, source: str, flag: str) -> str | None:
     """Why a stage that grows by generations must run ('no generation yet', 'N new input file(s)'),
     or None when the committed generations hold every input file."""
@@ -132,7 +157,7 @@ STAGES: tuple[Stage, ...] = (
         LabelConfig,
         "qadist.label.stage:run_label",
         "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.",
-        finished=generations_hold("pairs", "--pairs"),
+        finished=label_holds,
         claims=True,
     ),
     Stage(
@@ -196,6 +221,13 @@ STAGES: tuple[Stage, ...] = (
         "Rank labelled pairs by what a human label would teach (teacher disagreement, uncertainty) -> "
         "a ranked JSONL and Label Studio tasks with the ensemble's answer pre-filled.",
         claims=True,
+    ),
+    Stage(
+        "compact",
+        CompactConfig,
+        "qadist.label.compact:run_compact",
+        "Rewrite a label table's many small generations into fewer, larger shards as one committed snapshot; "
+        "remove replaced shards past retention (--keep-generations, --retain-hours).",
     ),
     Stage(
         "demo",

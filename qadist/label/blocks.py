@@ -92,13 +92,16 @@ def _jsonl_blocks(pairs_uri: str, file_uri: str, rows_per_shard: int) -> tuple[l
     return blocks, pos
 
 
-def plan_blocks(pairs_uri: str, rows_per_shard: int, only: set[str] | None = None) -> tuple[list[Block], list[dict]]:
-    """Every input file (or those in `only`) cut into row blocks, in input order; and the files' (uri, size)."""
-    files = storage.list_files(pairs_uri, ROW_SUFFIXES)
-    if not files:
-        raise UserError(f"{pairs_uri}: no .json, .jsonl or .parquet files found; check --pairs")
-    if only is not None:
-        files = [f for f in files if f in only]
+def plan_blocks(
+    pairs_uri: str, rows_per_shard: int, only: set[str] | None = None, files: list[str] | None = None
+) -> tuple[list[Block], list[dict]]:
+    """Every input file (or those in `only`, or exactly `files`, unlisted) cut into row blocks, in
+    input order; and the files' (uri, size)."""
+    if files is None:
+        files = storage.list_files(pairs_uri, ROW_SUFFIXES)
+        if not files:
+            raise UserError(f"{pairs_uri}: no .json, .jsonl or .parquet files found; check --pairs")
+    files = sorted(f for f in files if only is None or f in only)
     blocks: list[Block] = []
     inputs: list[dict] = []
     for file_uri in files:

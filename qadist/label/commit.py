@@ -13,13 +13,13 @@ confuse people browsing the bucket. What can be left behind:
 complete, an earlier one). It never deletes a listed file. A concurrent run of the same job writes
 only listed names (names are derived from the input), so the only things it could own that the sweep
 might touch are its in-flight temporary files and uploads: the sweep leaves alone any that started
-after this run did.
+after this run did. "After" is judged in whole seconds against the store's own time of this run's
+lease (S3's timestamps have one-second resolution): what shares the lease's second is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 
 import pyarrow.fs as pafs
@@ -27,12 +27,26 @@ import pyarrow.fs as pafs
 from qadist import storage
 
 log = logging.getLogger(__name__)
-SWEPT_FOLDERS = ("shards", "rejects")
+SWEPT_FOLDERS = ("shards", "rejects", "ids", "compacted")
 
 
 def listed_paths(manifest: dict) -> set[str]:
-    """Paths (relative to the output) that the manifest references."""
-    return {s["path"] for s in manifest["shards"]} | set(manifest.get("rejects") or [])
+    """Paths (relative to the output) that the table's view references or keeps (id summaries, the
+    shards a compaction replaced while they are retained: `qadist.label.generations.listed_paths`)."""
+    return (
+        {s["path"] for s in manifest["shards"]}
+        | set(manifest.get("rejects") or [])
+        | {s["path"] for s in manifest.get("id_sources") or [] if "path" in s}
+        | {k["path"] for k in manifest.get("kept") or []}
+    )
+
+
+def before(mtime: float, started: float) -> bool:
+    """Written in a whole second before the one `started` falls in. S3 stamps objects (and uploads)
+    with whole seconds, so an object written 0.3 s after a run began can carry a time before its start;
+    only an earlier second is surely earlier. `started` is best the store's own time of the run's lease
+    (`Lease.stored_at`): the same clock as the objects', no skew between machines."""
+    return int(mtime) < int(started)
 
 
 def _files(uri: str) -> list[pafs.FileInfo]:
@@ -43,9 +57,9 @@ def _files(uri: str) -> list[pafs.FileInfo]:
 
 
 def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool = False) -> list[str]:
-    """URIs under `out` that the sweep removes: unlisted files in shards/ and rejects/ (not with
-    `keep_unlisted`) and temporary files (`.tmp-*`, local outputs), both only when older than
-    `started` (seconds since the epoch)."""
+    """URIs under `out` that the sweep removes: unlisted files in shards/, rejects/, ids/ and compacted/
+    (not with `keep_unlisted`) and temporary files (`.tmp-*`, local outputs), both only when written
+    in a second before the one `started` (seconds since the epoch) falls in (`before`)."""
     listed = listed_paths(manifest)
     _, root = storage.resolve(out)
     found = []
@@ -60,7 +74,7 @@ def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool
         leftover = name.startswith(".tmp-") or (folder and rel not in listed and not keep_unlisted)
         # Only what existed before this run started: a concurrent writer's temporary file lives for
         # milliseconds, and a run that began later (its lease not seen yet) may be writing its generation.
-        if leftover and f.mtime is not None and f.mtime.timestamp() < started:
+        if leftover and f.mtime is not None and before(f.mtime.timestamp(), started):
             found.append(storage.join(out, rel))
     return sorted(found)
 
@@ -71,11 +85,10 @@ def abort_multipart_uploads(out: str, started: float) -> int:
         return 0
     bucket, key = storage.split_s3(out)
     client = storage.s3_client()
-    cutoff = dt.datetime.fromtimestamp(started, dt.timezone.utc)
     aborted = 0
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/"):
         for upload in page.get("Uploads", []):
-            if upload["Initiated"] >= cutoff:
+            if not before(upload["Initiated"].timestamp(), started):
                 continue  # a live writer that started after this run; not ours to end
             with contextlib.suppress(client.exceptions.NoSuchUpload):  # completed or aborted meanwhile
                 client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])

@@ -37,28 +37,29 @@ import json
 import logging
 import time
 
+import numpy as np
+
 from qadist import console, outputs, storage
 from qadist.capacity import Demand, bundle, check_capacity
 from qadist.config import LabelConfig
 from qadist.errors import UserError, user_error_in
-from qadist.label.blocks import Block, name_by_content, plan_blocks
+from qadist.label.blocks import Block, name_by_content
 from qadist.label.commit import sweep
 from qadist.label.deadline import stall_cause, within_deadline
-from qadist.label.generations import labelled_id_hashes
+from qadist.label.generations import (
+    IDS,
+    commit_snapshot,
+    generation_ids,
+    labelled_id_hashes,
+    read_ids,
+    snapshot_due,
+)
+from qadist.label.inputs import new_blocks
 from qadist.label.manifest import build_manifest, first_with_answers
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.pipeline import build_pipeline, pre_pass
 from qadist.leases import Lease, check_writers
-from qadist.outputs import (
-    MANIFEST,
-    claim,
-    committed_generations,
-    committed_inputs,
-    delete_generations,
-    generation_uri,
-    union,
-)
-from qadist.rows import input_files
+from qadist.outputs import MANIFEST, claim, delete_generations, extend, generation_uri, read_view, start
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION
 
@@ -127,7 +128,7 @@ def prepare_output(cfg: LabelConfig, settings: dict) -> None:
         what="soft labels",
         overwrite=cfg.overwrite,
         fix="use another --out, or pass --overwrite to replace them",
-        parts=("shards", "rejects", MANIFEST),
+        parts=("shards", "rejects", IDS, "compacted", MANIFEST),
         foreign=(MANIFEST, "shards"),
     )
 
@@ -157,7 +158,6 @@ def check_resources(ray, cfg: LabelConfig) -> None:
 def run_label(cfg: LabelConfig) -> dict:
     """Label the pairs no committed generation of `cfg.out` holds and commit them as the next one;
     resumes a killed run. Returns what readers see: the union of every committed generation."""
-    started_at = time.time()
     storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now
     storage.check_s3_access(cfg.out, "--out")
     teachers, tokenizer, projected, groups = resolve_teachers(cfg)
@@ -173,7 +173,7 @@ def run_label(cfg: LabelConfig) -> dict:
         # Only now, and against the generations committed by now (leases looked at first: a run that
         # commits and leaves in between is in the table re-read after): what to keep is committed.
         others_writing = bool(lease.others())
-        sweep(cfg.out, union(committed_generations(cfg.out)), started_at, others_writing=others_writing)
+        sweep(cfg.out, read_view(cfg.out), lease.stored_at, others_writing=others_writing)
     return view
 
 
@@ -206,21 +206,22 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
     """Label a generation and commit it with a conditional put; when another run took its number,
     plan again against the newcomer (up to COMMIT_ATTEMPTS times). What readers see afterwards."""
     for _ in range(COMMIT_ATTEMPTS):
-        committed = committed_generations(cfg.out)
-        manifest = label_generation(ray, cfg, committed, header, settings, groups)
-        if manifest is None:  # nothing new
-            view = union(committed)
+        view = read_view(cfg.out)
+        planned = label_generation(ray, cfg, view, header, settings, groups)
+        if planned is None:  # nothing new
+            assert view is not None, "a first generation always has input"
             console.summary(
                 f"qadist label: {cfg.out} is already complete: it holds every pair of {cfg.pairs} "
-                f"({len(committed)} generation(s), "
+                f"({view['generation']} generation(s), "
                 f"{view['counts']['pairs_labeled']:,} pairs, {view['counts']['windows']:,} windows); nothing to do",
                 log,
             )
             return view
+        manifest, labelled = planned
         number = manifest["generation"]
         if storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode()):
             console.summary(f"qadist {manifest['run']['summary']}", log)
-            return union([*committed, manifest])
+            return committed(ray, cfg, view, manifest, labelled)
         stored = json.loads(storage.read_text(generation_uri(cfg.out, number)))
         if stored.get("plan") == manifest["plan"]:
             # The same job, run twice at once, committed the same generation first (or this run's own
@@ -230,7 +231,7 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
                 cfg.out,
                 number,
             )
-            return union([*committed, stored])
+            return committed(ray, cfg, view, stored, labelled)
         log.warning(
             "%s: another run committed generation %d while this one labelled; planning again against it "
             "(shards whose rows it does not change are reused)",
@@ -243,86 +244,76 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
     )
 
 
-def new_blocks(cfg: LabelConfig, committed: list[dict]) -> tuple[list[Block], list[dict]]:
-    """The blocks of the input files no committed generation holds, and those files' (uri, size).
-
-    A file a generation labelled must not change afterwards (logs gain new files, not edits): a
-    changed size is an error naming the file, since its rows would be neither new nor labelled."""
-    held = committed_inputs(committed)
-    inputs = input_files(cfg.pairs, "--pairs")
-    for i in inputs:
-        if i["uri"] in held and held[i["uri"]][0] != i["size"]:
-            size, number = held[i["uri"]]
-            raise UserError(
-                f"{i['uri']}: changed since generation {number} labelled it ({size:,} -> {i['size']:,} bytes); "
-                "add new rows as new files, or re-label everything with --overwrite"
-            )
-    fresh = [i for i in inputs if i["uri"] not in held]
-    if not fresh:
-        return [], []
-    blocks, _ = plan_blocks(cfg.pairs, cfg.rows_per_shard, only={i["uri"] for i in fresh})  # held files unread
-    return blocks, fresh
+def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled) -> dict:
+    """The view with the generation just committed; a snapshot of it when SNAPSHOT_EVERY generations
+    have been committed since the last one (`labelled`: the ids of every earlier generation)."""
+    manifest = {**manifest, "generation": manifest.get("generation", 1)}
+    after = start(manifest) if view is None else extend(view, manifest)
+    after = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **after}
+    if snapshot_due(after) and manifest.get("ids"):
+        own = read_ids(cfg.out, manifest["ids"]["path"])
+        if (number := commit_snapshot(cfg.out, after, np.concatenate([labelled, own]))) is not None:
+            log.info("%s: snapshot %d written (generations 1..%d)", cfg.out, number, after["generation"])
+    return after
 
 
 def label_generation(
-    ray, cfg: LabelConfig, committed: list[dict], header: dict, settings: dict, groups: list
-) -> dict | None:
+    ray, cfg: LabelConfig, view: dict | None, header: dict, settings: dict, groups: list
+) -> tuple[dict, np.ndarray] | None:
     """Label the pairs of the input files no committed generation holds; the next generation's
-    manifest (not yet committed), or None when there is nothing new."""
+    manifest (not yet committed) and the ids of the earlier ones, or None when there is nothing new."""
     started = time.perf_counter()
-    blocks, inputs = new_blocks(cfg, committed)
+    blocks, inputs, pairs_generation = new_blocks(cfg, view)
     if not blocks:
         return None
-    number = len(committed) + 1
-    with_answers = plan_generation(ray, cfg, committed, blocks, started)
+    number = (view["generation"] if view else 0) + 1
+    with_answers, labelled = plan_generation(ray, cfg, view, blocks, started)
     done, pending = pending_blocks(cfg, blocks)
     announce(cfg, number, header, blocks, inputs, done, pending)
     results = label_blocks(ray, cfg, header, groups, pending)
     manifest = build_manifest(cfg, blocks, results, done, header, settings, time.perf_counter() - started)
     plan = hashlib.sha256(json.dumps(sorted(b.name for b in blocks)).encode("utf-8")).hexdigest()[:16]
+    ids = generation_ids(ray, cfg.out, number, plan, manifest["shards"])  # before the manifest commits
     return {
         **manifest,
         "generation": number,
         "inputs": inputs,
         "with_answers": with_answers,
         "plan": plan,
+        "ids": ids,
+        **({"pairs_generation": pairs_generation} if pairs_generation is not None else {}),
         "committed_at": time.time(),
-    }
+    }, labelled
 
 
-def plan_generation(ray, cfg: LabelConfig, committed: list[dict], blocks: list[Block], started: float) -> bool:
+def plan_generation(
+    ray, cfg: LabelConfig, view: dict | None, blocks: list[Block], started: float
+) -> tuple[bool, np.ndarray]:
     """The pre-pass over the new blocks' ids, then each block named by its content; whether the
-    shards carry answers (generation 1 decided it for the whole output)."""
-    labelled = labelled_id_hashes(ray, cfg.out, committed)
+    shards carry answers (generation 1 decided it for the whole output), and the earlier ids."""
+    labelled = labelled_id_hashes(ray, cfg.out, view)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
-    if committed:  # one output, one schema: the first generation decided whether shards carry answers
-        with_answers = first_with_answers(cfg.out, committed[0], with_answers)
+    if view is not None:  # one output, one schema: the first generation decided whether shards carry answers
+        with_answers = first_with_answers(cfg.out, view, with_answers)
     log.info(
         "generation %d: planned %d blocks in %.1fs; pre-pass over the ids (%d labelled earlier) in %.1fs",
-        len(committed) + 1,
+        (view["generation"] if view else 0) + 1,
         len(blocks),
         planned - started,
         len(labelled),
         time.perf_counter() - planned,
     )
-    taken = {s["path"]: g.get("generation", 1) for g in committed for s in g["shards"]}
     for b in blocks:
         b.with_answers = with_answers
         name_by_content(b)
-        if (holder := taken.get(f"shards/{b.name}.parquet")) is not None:  # two file names, one shard name
-            raise UserError(
-                f"{b.source}: its shard name {b.name} is taken by generation {holder}'s shard of another file "
-                "(names differ only in punctuation); rename the new file"
-            )
-    return with_answers
+    return with_answers, labelled
 
 
 def pending_blocks(cfg: LabelConfig, blocks: list[Block]) -> tuple[set[str], list[Block]]:
-    """The names of the blocks whose shard exists already (an earlier run finished them), and the rest."""
-    shards = storage.join(cfg.out, "shards")
-    existing = set(storage.list_files(shards, (".parquet",))) if storage.exists(shards) else set()
-    done = {b.name for b in blocks if storage.join(shards, f"{b.name}.parquet") in existing}
+    """The names of the blocks whose shard exists already (an earlier run finished them), and the rest.
+    One look per new block, not a listing of every shard the table ever had."""
+    done = {b.name for b in blocks if storage.exists(storage.join(cfg.out, "shards", f"{b.name}.parquet"))}
     return done, [b for b in blocks if b.name not in done]
 
 

@@ -1,0 +1,396 @@
+"""What one more day costs a label table with a long history: today's code against the base commit's.
+
+A table of N daily generations (N = 10, 100, 400; `--pairs` pairs each, one shard per generation) is
+built without a teacher (tests/table_factory.py: shards of the real schema, random logits), in a
+local folder and on moto's S3 server. Then day N+1's label bookkeeping runs in a child process, once
+with this tree's code and once with the base commit's (`git archive` of `--base` into a temporary
+folder, run on its own copy of the table):
+  planning: the table's view, the new input files, the ids labelled earlier (for repeats);
+  commit:   the generation's id summary (new code), its manifest (conditional put), a snapshot when
+            one is due (new code), and the view read again (what the sweep keeps).
+The day's shard is written before the clock starts (that is labelling, not bookkeeping). Counted:
+storage round trips and bytes read; locally by wrapping the storage layer's pyarrow filesystem (each
+listing, info, open and write is one; bytes: what was read from files), on S3 at the server (every
+HTTP request; bytes: response bodies). The shard reads that the old code spreads over Ray tasks run
+here in 8 threads in the child (no Ray start-up in either figure).
+Then `qadist compact` (new code) on the N-generation table, timed, and one epoch's reader I/O before
+and after it: `snapshot_paths` and every listed shard read whole in 4 threads (what Ray Data's read
+tasks do per shard; Ray's own per-block overhead, which grows with the shard count, not included).
+
+    python benchmarks/history_cost.py                       # 10, 100, 400 generations of 1,000 pairs
+    python benchmarks/history_cost.py --generations 10,100 --pairs 200 --stores local
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = "801f525"  # the merge before issue 32 (committed_generations probing, ids read from shards)
+
+
+# ---- counting -------------------------------------------------------------------------------------
+
+
+class Counts:
+    trips = 0
+    bytes = 0
+
+
+def count_local() -> None:
+    """Wrap qadist.storage's local filesystem and whole-object writes so each call is counted."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from qadist import storage
+
+    class File(io.RawIOBase):
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            Counts.bytes += len(data)
+            return data
+
+        def readinto(self, b):
+            data = self.read(len(b))
+            b[: len(data)] = data
+            return len(data)
+
+        def seek(self, *a):
+            return self.f.seek(*a)
+
+        def tell(self):
+            return self.f.tell()
+
+        def seekable(self):
+            return True
+
+        def readable(self):
+            return True
+
+    class Handler(pafs.FileSystemHandler):
+        def __init__(self):
+            self.fs = pafs.LocalFileSystem()
+
+        def _n(self):
+            Counts.trips += 1
+
+        def get_type_name(self):
+            return "counting"
+
+        def get_file_info(self, paths):
+            Counts.trips += len(paths)
+            return self.fs.get_file_info(paths)
+
+        def get_file_info_selector(self, selector):
+            self._n()
+            return self.fs.get_file_info(selector)
+
+        def open_input_stream(self, path):
+            self._n()
+            return pa.PythonFile(File(open(path, "rb")), mode="r")
+
+        def open_input_file(self, path):
+            self._n()
+            return pa.PythonFile(File(open(path, "rb")), mode="r")
+
+        def create_dir(self, path, recursive):
+            self.fs.create_dir(path, recursive=recursive)
+
+        def delete_dir(self, path):
+            self._n()
+            self.fs.delete_dir(path)
+
+        def delete_file(self, path):
+            self._n()
+            self.fs.delete_file(path)
+
+        def normalize_path(self, path):
+            return path
+
+        def delete_dir_contents(self, path, missing_dir_ok=False):
+            self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+        def delete_root_dir_contents(self):
+            raise NotImplementedError
+
+        def move(self, src, dest):
+            self.fs.move(src, dest)
+
+        def copy_file(self, src, dest):
+            self.fs.copy_file(src, dest)
+
+        def open_output_stream(self, path, metadata):
+            self._n()
+            return self.fs.open_output_stream(path)
+
+        def open_append_stream(self, path, metadata):
+            raise NotImplementedError
+
+    fs = pafs.PyFileSystem(Handler())
+    real_resolve, real_write, real_if_absent = storage.resolve, storage.write_bytes, storage.write_if_absent
+
+    def resolve(uri):
+        got, path = real_resolve(uri)
+        return (fs, path) if isinstance(got, pafs.LocalFileSystem) else (got, path)
+
+    def write_bytes(uri, data):
+        Counts.trips += 1
+        real_write(uri, data)
+
+    def write_if_absent(uri, data):
+        Counts.trips += 1
+        return real_if_absent(uri, data)
+
+    storage.resolve, storage.write_bytes, storage.write_if_absent = resolve, write_bytes, write_if_absent
+
+
+class ThreadRay:
+    """Ray's task API on a thread pool: the old code's shard reads in parallel, without Ray."""
+
+    def __init__(self, threads: int = 8):
+        self.pool = ThreadPoolExecutor(threads)
+
+    def remote(self, **_):
+        pool = self.pool
+        return lambda f: type("Task", (), {"remote": staticmethod(lambda *a: pool.submit(f, *a))})
+
+    def get(self, futures):
+        return [f.result() for f in futures]
+
+
+# ---- the child: one day's bookkeeping, old or new code ------------------------------------------------
+
+
+def child(args) -> None:
+    if args.store == "local":
+        count_local()
+    from qadist import storage
+    from qadist.outputs import generation_uri
+
+    manifest = json.loads(Path(args.manifest).read_text())
+    ray = ThreadRay()
+    import qadist.label.blocks  # noqa: F401 (imported by a label run long before its bookkeeping)
+    from qadist.shards import read_shard
+
+    read_shard(storage.join(args.out, manifest["shards"][0]["path"]), ["id"])  # warm pyarrow up, as a run has
+
+    if args.code == "new":
+        from qadist.config import LabelConfig
+        from qadist.label.generations import generation_ids, labelled_id_hashes
+        from qadist.label.inputs import fresh_files
+        from qadist.label.stage import committed
+        from qadist.outputs import read_view
+    else:
+        from qadist.label.generations import labelled_id_hashes
+        from qadist.outputs import committed_generations, committed_inputs, union
+        from qadist.rows import input_files
+    print("READY", flush=True)
+    sys.stdin.readline()
+    Counts.trips = Counts.bytes = 0
+    t0 = time.perf_counter()
+    if args.code == "new":
+        cfg = LabelConfig(pairs=args.pairs_uri, out=args.out, teachers=["synthetic"])
+        view = read_view(args.out)
+        fresh, _, _ = fresh_files(cfg, view)
+        labelled = labelled_id_hashes(ray, args.out, view)
+        t1 = time.perf_counter()
+        manifest["ids"] = generation_ids(ray, args.out, manifest["generation"], manifest["plan"], manifest["shards"])
+        assert storage.write_if_absent(generation_uri(args.out, manifest["generation"]), json.dumps(manifest).encode())
+        committed(ray, cfg, view, manifest, labelled)
+        read_view(args.out)
+    else:
+        done = committed_generations(args.out)
+        held = committed_inputs(done)
+        fresh = [f["uri"] for f in input_files(args.pairs_uri) if f["uri"] not in held]
+        labelled = labelled_id_hashes(ray, args.out, done)
+        t1 = time.perf_counter()
+        assert storage.write_if_absent(generation_uri(args.out, manifest["generation"]), json.dumps(manifest).encode())
+        union(committed_generations(args.out))
+    t2 = time.perf_counter()
+    assert len(fresh) == 1 and len(labelled) == args.held, (fresh, len(labelled))
+    print("DONE " + json.dumps({"plan_s": t1 - t0, "commit_s": t2 - t1, "trips": Counts.trips, "bytes": Counts.bytes}))
+
+
+# ---- the parent ----------------------------------------------------------------------------------------
+
+
+class ServerCounts:
+    """WSGI middleware on moto's server: every request, and the bytes of every response body."""
+
+    def __init__(self, app):
+        self.app, self.trips, self.bytes = app, 0, 0
+
+    def __call__(self, environ, start_response):
+        self.trips += 1
+        for chunk in self.app(environ, start_response):
+            self.bytes += len(chunk)
+            yield chunk
+
+
+def day(code: str, tree: Path, store: str, out: str, pairs_uri: str, manifest: dict, held: int, server) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(manifest, f)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, __file__, "--child", code, "--store", store, "--out", out, "--pairs-uri", pairs_uri,
+           "--manifest", f.name, "--held", str(held)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert proc.stdout.readline().strip() == "READY"
+    server = server if store == "s3" else None
+    if server is not None:
+        server.trips = server.bytes = 0
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    proc.wait(timeout=600)
+    os.unlink(f.name)
+    assert line.startswith("DONE "), line
+    result = json.loads(line[5:])
+    if server is not None:
+        result["trips"], result["bytes"] = server.trips, server.bytes
+    return result
+
+
+def epoch_read(out: str) -> tuple[float, int]:
+    from qadist.shards import read_shard, snapshot_paths
+
+    t0 = time.perf_counter()
+    paths = snapshot_paths(out)
+    with ThreadPoolExecutor(4) as pool:
+        rows = sum(t.num_rows for t in pool.map(read_shard, paths))
+    return time.perf_counter() - t0, rows
+
+
+def copy_table(src: str, dst: str) -> None:
+    from qadist import storage
+
+    if storage.is_s3(src):
+        client = storage.s3_client()
+        bucket, key = storage.split_s3(src)
+        _, dkey = storage.split_s3(dst)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
+            for o in page.get("Contents", []):
+                client.copy_object(Bucket=bucket, Key=dkey + o["Key"][len(key) :],
+                                   CopySource={"Bucket": bucket, "Key": o["Key"]})  # fmt: skip
+    else:
+        shutil.copytree(src, dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--generations", default="10,100,400")
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--stores", default="local,s3")
+    parser.add_argument("--base", default=BASE)
+    parser.add_argument("--target-rows", type=int, default=20_000)
+    parser.add_argument("--child", choices=["new", "old"])
+    parser.add_argument("--store", default="local")
+    parser.add_argument("--out")
+    parser.add_argument("--pairs-uri")
+    parser.add_argument("--manifest")
+    parser.add_argument("--held", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.code = args.child
+        child(args)
+        return 0
+
+    sys.path.insert(0, str(REPO / "tests"))
+    root = Path(tempfile.mkdtemp(prefix="qadist-history-"))
+    old_tree = root / "base"
+    old_tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base, "qadist"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive.stdout, check=True)
+    server = None
+    if "s3" in args.stores:
+        from moto.server import ThreadedMotoServer
+
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_REGION": "us-east-1"})  # fmt: skip
+        server = ServerCounts(moto._server.app)
+        moto._server.app = server
+        from qadist.storage import s3_client
+
+        s3_client().create_bucket(Bucket="history")
+
+    from table_factory import day_ids, generation_manifest, make_table, write_day_pairs
+
+    from qadist.config import CompactConfig
+    from qadist.label.compact import run_compact
+
+    rows = []
+    for store in args.stores.split(","):
+        base = str(root / "data") if store == "local" else "s3://history"
+        for n in (int(x) for x in args.generations.split(",")):
+            out, pairs_dir = f"{base}/n{n}/labels-new", f"{base}/n{n}/pairs"
+            t = time.perf_counter()
+            make_table(out, n, args.pairs, pairs_dir=pairs_dir)
+            built = time.perf_counter() - t
+            copy_table(out, f"{base}/n{n}/labels-old")
+            source, size = write_day_pairs(pairs_dir, n + 1, args.pairs)
+            figures = {}
+            for code, tree in (("old", old_tree), ("new", REPO)):
+                table = f"{base}/n{n}/labels-{code}"
+                manifest = generation_manifest(table, n + 1, day_ids(n + 1, args.pairs), source, size)
+                figures[code] = day(code, tree, store, table, pairs_dir, manifest, n * args.pairs, server)
+            before_s, windows = epoch_read(f"{base}/n{n}/labels-new")
+            shards_before = len(__import__("qadist.outputs").outputs.read_view(out)["shards"])
+            t = time.perf_counter()
+            run_compact(CompactConfig(labels=out, target_rows=args.target_rows))
+            compact_s = time.perf_counter() - t
+            after_s, windows_after = epoch_read(out)
+            assert windows_after == windows == (n + 1) * args.pairs
+            shards_after = len(__import__("qadist.outputs").outputs.read_view(out)["shards"])
+            per_code = {f"{c}_{k}": v for c, f in figures.items() for k, v in f.items()}
+            rows.append({"store": store, "n": n, "built_s": built, **per_code, "epoch_before_s": before_s,
+                         "epoch_after_s": after_s, "shards_before": shards_before, "shards_after": shards_after,
+                         "compact_s": compact_s})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    report(rows, args)
+    return 0
+
+
+def report(rows: list[dict], args) -> None:
+    print(f"\nday N+1's label bookkeeping (planning + commit), {args.pairs:,} pairs a generation; "
+          "ratio: against N = 10 of the same code and store")  # fmt: skip
+    head = "| store | N | code | planning s | commit s | total s | ratio | round trips | bytes read |"
+    print(head)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = next(x for x in rows if x["store"] == r["store"] and x["n"] == min(y["n"] for y in rows))
+        for code in ("old", "new"):
+            plan, commit = r[f"{code}_plan_s"], r[f"{code}_commit_s"]
+            ratio = (plan + commit) / (ref[f"{code}_plan_s"] + ref[f"{code}_commit_s"])
+            print(f"| {r['store']} | {r['n']} | {code} | {plan:.3f} | {commit:.3f} | {plan + commit:.3f} | "
+                  f"{ratio:.2f} | {r[f'{code}_trips']:,} | {r[f'{code}_bytes']:,} |")  # fmt: skip
+    print(
+        "\none epoch's reader I/O (snapshot_paths + every listed shard, 4 threads), before and after `qadist compact`"
+    )
+    print(
+        "| store | N | shards before | epoch s before | compact s | shards after | epoch s after | ratio after/before |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["epoch_after_s"] / r["epoch_before_s"]
+        print(f"| {r['store']} | {r['n']} | {r['shards_before']} | {r['epoch_before_s']:.2f} | {r['compact_s']:.1f} | "
+              f"{r['shards_after']} | {r['epoch_after_s']:.2f} | {ratio:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

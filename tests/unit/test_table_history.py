@@ -1,0 +1,126 @@
+"""A label table's bookkeeping reads a snapshot and a few summaries, not its history; compaction
+commits merged shards as one snapshot, exactly once; retention; label sees committed pairs only."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+from table_factory import add_generation, all_ids, make_table
+
+from qadist import storage
+from qadist.config import CompactConfig, LabelConfig
+from qadist.errors import UserError
+from qadist.label.compact import plan_groups, run_compact
+from qadist.label.generations import labelled_id_hashes
+from qadist.label.inputs import fresh_files
+from qadist.outputs import committed_generations, read_view, union
+from qadist.shards import read_manifest, read_shard, snapshot_paths
+
+
+class InlineRay:
+    """Ray's task API run in this process (the shard fallback needs one; nothing here starts Ray)."""
+
+    def remote(self, **_):
+        return lambda f: type("Task", (), {"remote": staticmethod(f)})
+
+    def get(self, values):
+        return values
+
+
+def reads(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    real = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: seen.append(uri) or real(uri))
+    return seen
+
+
+def ids_read(out: str, generation: int | None = None) -> list[str]:
+    tables = [read_shard(u, ["id"]) for u in snapshot_paths(out, generation)]
+    return pa.concat_tables(tables)["id"].to_pylist()
+
+
+def test_the_view_reads_a_snapshot_and_the_generations_after_it(tmp_path, monkeypatch):
+    out = str(tmp_path / "labels")
+    make_table(out, 25, 20)  # snapshots at 10 and 20
+    seen = reads(monkeypatch)
+    view = read_view(out)
+    names = [storage.basename(u) for u in seen]
+    print(f"\nthe view of 25 generations read: {names}")
+    assert names == ["_snapshot-000002.json", *(f"_manifest-{n:06d}.json" for n in range(21, 26))]
+    full = union(committed_generations(out))  # the whole history, as readers saw it before
+    assert [s["path"] for s in view["shards"]] == [s["path"] for s in full["shards"]]
+    assert view["counts"] == full["counts"] and view["generation"] == 25
+    seen.clear()
+    hashes = labelled_id_hashes(None, out, view)  # summaries only: no shard is opened, no Ray needed
+    assert len(hashes) == 25 * 20 and all("/ids/" in u for u in seen) and len(seen) == 6
+    assert sorted(ids_read(out)) == sorted(all_ids(25, 20))
+
+
+def test_a_table_without_summaries_falls_back_to_its_shards(tmp_path):
+    out = str(tmp_path / "labels")
+    make_table(out, 3, 10, summaries=False)  # committed before summaries existed
+    view = read_view(out)
+    assert all("shards" in s for s in view["id_sources"])
+    assert len(labelled_id_hashes(InlineRay(), out, view)) == 30
+
+
+def test_compaction_commits_merged_shards_exactly_once_and_keeps_generations_addressable(tmp_path):
+    out = str(tmp_path / "labels")
+    make_table(out, 40, 50)
+    before = sorted(ids_read(out))
+    view = run_compact(CompactConfig(labels=out, target_rows=500))
+    print(f"\n40 generations: {len(read_view(out)['shards'])} shards after compaction (were 40)")
+    assert len(view["shards"]) == 4 and all(s["path"].startswith("compacted/") for s in view["shards"])
+    after = ids_read(out)
+    assert len(after) == len(set(after)) and sorted(after) == before  # every pair once, none lost
+    assert sorted(ids_read(out, 3)) == sorted(f"d00003-{i:06d}" for i in range(50))  # its own shards, kept
+    assert read_manifest(out)["counts"]["pairs_labeled"] == 2000
+    add_generation(out, 41, [f"d00041-{i:06d}" for i in range(50)], f"{out}-pairs/pairs/day-00041.jsonl")
+    grown = ids_read(out)  # the snapshot and the generation after it
+    assert len(grown) == len(set(grown)) == 2050
+    assert len(labelled_id_hashes(None, out, read_view(out))) == 2050
+    # Retention: replaced files of generations older than the newest 5, replaced long enough ago, go.
+    view = run_compact(CompactConfig(labels=out, target_rows=500, keep_generations=5, retain_hours=0))
+    assert 3 in view["retired"] and 40 not in view["retired"]
+    with pytest.raises(UserError, match="generation 3 was compacted and its own shards were removed"):
+        read_manifest(out, 3)
+    assert sorted(ids_read(out, 40)) == sorted(f"d00040-{i:06d}" for i in range(50))
+    assert not storage.exists(storage.join(out, "shards", "day-00003.jsonl.r000000000-000000050.parquet"))
+    final = ids_read(out)
+    assert len(final) == len(set(final)) == 2050
+
+
+def test_label_sees_only_what_committed_pairs_generations_list(tmp_path):
+    """A pairs output with generation 1 committed and generation 2's part files written but not committed
+    (the pairs run is still at work): label plans generation 1's file only; once generation 2 commits,
+    its file. Plain pairs folders are listed as they are."""
+    root = tmp_path / "pairs-out"
+    (root / "pairs").mkdir(parents=True)
+    (root / "_qadist_pairs.json").write_text("{}")
+    (root / "pairs" / "part-00000.jsonl").write_text('{"id": "a", "question": "q?", "context": "c."}\n')
+    manifest = {"generation": 1, "stage": "pairs", "files": {"pairs": [{"path": "pairs/part-00000.jsonl", "rows": 1}]}}
+    (root / "_manifest.json").write_text(json.dumps(manifest))
+    (root / "pairs" / "g000002-part-00000.jsonl").write_text('{"id": "b", "question": "q?", "context": "c."}\n')
+    cfg = LabelConfig(pairs=str(root / "pairs"), out=str(tmp_path / "labels"), teachers=["x"])
+    assert fresh_files(cfg, None)[0] == [str(root / "pairs" / "part-00000.jsonl")]
+    gen2 = {**manifest, "generation": 2, "files": {"pairs": [{"path": "pairs/g000002-part-00000.jsonl", "rows": 1}]}}
+    (root / "_manifest-000002.json").write_text(json.dumps(gen2))
+    files, _, through = fresh_files(cfg, {"pairs_through": 1, "inputs": [], "generations": []})
+    assert files == [str(root / "pairs" / "g000002-part-00000.jsonl")] and through == 2  # only manifests after 1
+    (root / "_manifest.json").unlink()
+    (root / "_manifest-000002.json").unlink()
+    with pytest.raises(UserError, match="has no committed generation yet"):
+        fresh_files(cfg, None)
+    plain = LabelConfig(pairs=str(root / "pairs"), out=str(tmp_path / "labels"), teachers=["x"])
+    (root / "_qadist_pairs.json").unlink()  # not a pairs output: the folder's files, as today
+    assert len(fresh_files(plain, None)[0]) == 2
+
+
+def test_merge_groups_hold_each_small_shard_once_and_a_small_remainder_joins_the_last_group():
+    shards = [{"path": f"s{i}", "rows": r} for i, r in enumerate([300] * 7 + [5000, 100])]
+    groups = plan_groups(shards, 1000)
+    paths = [s["path"] for g in groups for s in g]
+    assert sorted(paths) == sorted(s["path"] for s in shards if s["rows"] < 500)  # each small shard once
+    assert [len(g) for g in groups] == [3, 5]  # 900, then 900 + 100 + 300 + 300 (a remainder under half joins)
