@@ -43,6 +43,7 @@ def workdir(tmp_path, tiny_models, squad_pairs, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_distill_and_finetune_with_relative_paths_from_another_directory(workdir, ray_local, capsys):
     small = ["--epochs", "1", "--batch-size", "16", "--max-seq-len", "128", "--doc-stride", "32"]
     code, out, err = run_cli(

@@ -33,6 +33,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_daily_job_twice_day_two_labels_only_new_pairs_and_continues_the_student(
     tmp_path, squad_sample, squad_pairs, tiny_models, tiny_encoder, capsys
 ):

@@ -300,6 +300,7 @@ def test_two_worker_ddp_distills_and_the_student_answers_through_predict(
     assert set(predictions) == {p["id"] for p in split_pairs["held"][:15]}
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_finetune_from_and_into_s3_and_a_rerun_continues(ray_local, s3_bucket, tiny_models, split_pairs, tmp_path):
     from qadist import storage
     from qadist.train.stage import run_finetune
@@ -576,6 +577,7 @@ class OutOfMemoryBert(BertForQuestionAnswering):
 '''
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_training_out_of_memory_exits_2_with_one_line_and_no_restarts(tiny_models, labels, tmp_path):
     """The real CLI with max_failures=2: a step out of GPU memory (a model shipping its own code, run
     with trust_remote_code) is exit 2 and one line naming the flags, and the worker group is not

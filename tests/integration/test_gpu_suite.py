@@ -31,6 +31,7 @@ def load_suite():
     return module
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_gpu_suite_tiny_prints_every_row_with_a_number(tmp_path):
     suite = load_suite()
     out, figures = tmp_path / "suite.md", tmp_path / "suite.json"

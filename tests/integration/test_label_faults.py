@@ -154,6 +154,7 @@ def test_stray_files_are_never_read_and_are_swept_after_commit(tmp_path, squad_p
 # ---- transient S3 errors: retried by the driver and the workers -----------------------------------
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket, faults, squad_pairs, tiny_models):
     pairs = small_pairs(squad_pairs, 60)
     put_pairs(f"{s3_bucket}/pairs/part-0.jsonl", pairs)

@@ -108,6 +108,7 @@ def test_files_added_one_at_a_time_are_labelled_once_each(tmp_path, squad_pairs,
     assert "has generations 1..3, not 4" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_overwrite_waits_for_no_one_and_refuses_under_a_live_writer(tmp_path, squad_pairs, tiny_models, capsys):
     rows = three_files(squad_pairs)[0]
     put_jsonl(tmp_path / "pairs.jsonl", rows)

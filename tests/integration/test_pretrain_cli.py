@@ -89,6 +89,7 @@ def test_pretrain_on_documents_with_bad_rows_from_relative_paths(
     assert not torch.equal(start.albert.embeddings.word_embeddings.weight, mlm.albert.embeddings.word_embeddings.weight)
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_domain_masking_masks_the_documents_rare_tokens_more_and_still_learns(
     ray_local, tiny_models, squad_pairs, tmp_path, capsys
 ):
