@@ -50,6 +50,7 @@ def ids_of(out: str, generation: int | None = None) -> list[str]:
     return [i for i, w in zip(table["id"].to_pylist(), table["window"].to_pylist()) if w == 0]
 
 
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
 def test_files_added_one_at_a_time_are_labelled_once_each(tmp_path, squad_pairs, tiny_models, capsys):
     files = three_files(squad_pairs)
     files[2][5] = {**files[0][3], "question": files[0][3]["question"]}  # a logged repeat of a labelled pair
