@@ -101,6 +101,9 @@ def tiny_daily_config(tmp_path: Path, squad_sample: str, squad_pairs, tiny_model
         "na_probs": f"{out}/eval/{gen}/na.json",
         "out": f"{out}/eval/{gen}/metrics.json",
     }
+    daily["promote"] |= {"candidate": f"{out}/students/{gen}/final", "registry": f"{out}/registry",
+                         "eval_file": str(tmp_path / "eval.jsonl"), "day_metrics": f"{out}/eval/{gen}/metrics.json",
+                         "out": f"{out}/eval/{gen}/verdict.json", "batch_size": 8, **windows}  # fmt: skip
     path = tmp_path / "daily.yaml"
     path.write_text(yaml.safe_dump(daily))
     return path
@@ -130,6 +133,7 @@ def test_daily_pipeline_places_every_gpu_unit_on_its_node_type(tmp_path, squad_s
     assert where["answer"] and set(where["answer"]) <= {"label_gpu", "train_gpu"}
     metrics = json.loads((tmp_path / "run" / "eval" / "gen-1" / "metrics.json").read_text())
     assert metrics["total"] == 12
+    assert json.loads((tmp_path / "run" / "eval" / "gen-1" / "verdict.json").read_text())["promoted"]  # version 1
     # 8 Train workers x 1 GPU on a cluster of 3 GPUs (2 of them qadist_train): one line, exit 2, no wait.
     # (its time is printed above, not asserted: a wait would have hit the subprocess's limit instead)
     assert report["too_large_exit"] == 2
