@@ -132,6 +132,10 @@ def test_stray_files_are_never_read_and_are_swept_after_commit(tmp_path, squad_p
     (shards / "stray.r000000000-000000020.parquet").write_bytes(first.read_bytes())
     Path(out, "rejects").mkdir(exist_ok=True)
     Path(out, "rejects", "stray.jsonl").write_text('{"id": "x"}\n')
+    for stray in (shards / "stray.r000000000-000000020.parquet", Path(out, "rejects", "stray.jsonl")):
+        os.utime(
+            stray, (time.time() - 5, time.time() - 5)
+        )  # an earlier run's leftovers (the sweep spares its own second)
     old_tmp, fresh_tmp = shards / ".tmp-0123-old.parquet", shards / ".tmp-4567-fresh.parquet"
     old_tmp.write_bytes(b"partial")
     os.utime(old_tmp, (time.time() - 3600, time.time() - 3600))
@@ -189,7 +193,7 @@ def test_transient_s3_errors_are_retried_and_orphaned_uploads_aborted(s3_bucket,
     manifest, _ = exactly_once(out, pairs)
     assert manifest["run"]["shards_computed"] == 3  # the lost reply's retry found our own manifest (412) and kept it
     assert s3_keys(out) == sorted(
-        ["_manifest.json", "_qadist_label.json", *(s["path"] for s in manifest["shards"])]
+        ["_manifest.json", "_qadist_label.json", manifest["ids"]["path"], *(s["path"] for s in manifest["shards"])]
     )  # no duplicates
     assert client.list_multipart_uploads(Bucket=bucket, Prefix=f"{key}/").get("Uploads", []) == []
 
@@ -407,7 +411,8 @@ def test_same_job_twice_one_after_the_other_and_at_once(s3_bucket, squad_pairs, 
     )
     assert any(outcome)
     exactly_once(cfg.out, pairs)
-    assert s3_keys(cfg.out) == sorted(["_manifest.json", "_qadist_label.json", *(s["path"] for s in stored["shards"])])
+    listed = [stored["ids"]["path"], *(s["path"] for s in stored["shards"])]  # the id summary and the shards
+    assert s3_keys(cfg.out) == sorted(["_manifest.json", "_qadist_label.json", *listed])
 
     before = storage.read_bytes(f"{cfg.out}/_manifest.json")
     caplog.clear()

@@ -161,7 +161,7 @@ def test_the_log_is_paired_labelled_and_distilled_every_question_accounted_for(
 
     from qadist.answer.serve import build_app, kill_collector, wait_ready
     from qadist.config import ServeConfig
-    from qadist.pairs.retrieval import build_tiny_encoder
+    from qadist.encoder import build_tiny_encoder
 
     log_uri = str(tmp_path / "log")
     port = free_port()
