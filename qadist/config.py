@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from qadist import storage
-from qadist.errors import UserError
+from qadist.errors import UserError, first_line
 
 PRODUCTION_TEACHER = "ahotrod/albert_xxlargev1_squad2_512"
 PRODUCTION_STUDENT = "albert-base-v2"
@@ -446,7 +446,7 @@ def read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from e
+        raise UserError(f"{path}: not valid YAML ({first_line(str(e))}); fix the file") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the config as UTF-8") from e
     if data is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qadist.errors import UserError
+from qadist.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def load_tokenizer_for(model: str) -> Any:
         )  # explicit: no prompt, no remote code
     except (OSError, ValueError) as e:
         raise UserError(
-            f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]}); "
+            f"--model {model}: cannot load its tokenizer ({first_line(str(e))}); "
             "give a sentence-transformers name or folder"
         ) from e
 

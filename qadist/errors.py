@@ -34,10 +34,16 @@ def user_error_in(error: BaseException, depth: int = 0) -> UserError | None:
     # which keeps its cause only as formatted text: the UserError's line is read back from it.
     text = str(error)
     at = text.rfind(USER_ERROR_MARK)
-    return UserError(text[at + len(USER_ERROR_MARK) :].splitlines()[0]) if at >= 0 else None
+    return UserError(first_line(text[at + len(USER_ERROR_MARK) :])) if at >= 0 else None
+
+
+def first_line(text: str) -> str:
+    """A message's first line: up to the first "\n" only. `str.splitlines()` would also cut at U+2028,
+    U+0085 or a form feed inside a quoted value (a question, an id, a path) and lose the rest."""
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 def one_line(error: UserError) -> str:
     """A UserError's own message (a Ray wrapper's class may carry a traceback in str())."""
     text = str(error.args[0]) if error.args else str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first_line(text.strip()) if text.strip() else type(error).__name__

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qadist import storage
-from qadist.errors import UserError
+from qadist.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]}); "
+            f"{name_or_path}: cannot load a tokenizer ({first_line(str(e))}); "
             "give a model folder or a Hugging Face name"
         ) from e
     if not tok.is_fast:
@@ -163,11 +163,11 @@ def _from_pretrained(
     except pickle.UnpicklingError as e:
         raise UserError(
             f"{name_or_path}: its pickled weights hold more than tensors and were not loaded "
-            f"({str(e).splitlines()[0][:120]}); give the model as safetensors (model.safetensors)"
+            f"({first_line(str(e))[:120]}); give the model as safetensors (model.safetensors)"
         ) from e
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{name_or_path}: cannot load {what} model ({str(e).splitlines()[0]}); "
+            f"{name_or_path}: cannot load {what} model ({first_line(str(e))}); "
             "give a model folder or a Hugging Face name"
         ) from e
 

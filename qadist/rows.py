@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qadist import storage
-from qadist.errors import UserError
+from qadist.errors import UserError, first_line
 
 ROW_SUFFIXES = (".json", ".jsonl", ".parquet")
 READ_CHUNK = 8 << 20  # bytes of a JSONL file read at a time
@@ -108,7 +108,7 @@ def _parquet_file(file_uri: str) -> Iterator[tuple[int, Any]]:
                     yield n, row
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(
-            f"{file_uri}: not a readable Parquet file ({str(e).splitlines()[0]}); rewrite it or give JSONL"
+            f"{file_uri}: not a readable Parquet file ({first_line(str(e))}); rewrite it or give JSONL"
         ) from e
 
 

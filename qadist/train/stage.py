@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from qadist import console, label_studio, storage
 from qadist.config import DistillConfig, FinetuneConfig, TrainSettings
-from qadist.errors import UserError
+from qadist.errors import UserError, first_line
 from qadist.models import load_tokenizer, local_model, tokenizer_fingerprint
 from qadist.outputs import manifest_uri
 from qadist.runtime import ensure_ray
@@ -137,7 +137,7 @@ def check_shards(labels: str, listed: list[dict], tokenizer_hash: str, need_text
             header, _, schema = read_footer(uri)
         except (FileNotFoundError, OSError) as e:
             raise UserError(
-                f"{uri}: listed in {manifest_uri(labels)} but cannot be read ({str(e).splitlines()[0]}); "
+                f"{uri}: listed in {manifest_uri(labels)} but cannot be read ({first_line(str(e))}); "
                 "re-run `qadist label --overwrite` into this output"
             ) from e
         return uri, header, schema.names

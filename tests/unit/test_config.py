@@ -137,3 +137,13 @@ def test_assignment_is_validated():
     cfg = load_config(PredictConfig, "predict", None, REQUIRED)
     with pytest.raises(ValueError):
         cfg.batch_size = "x"
+
+
+def test_a_one_line_error_keeps_a_quoted_value_that_holds_unicode_line_separators():
+    from qadist.errors import UserError, first_line, one_line, user_error_in
+
+    message = "pairs.jsonl: row 3: id 'a\u2028b\u0085c' is taken; give each row its own id"
+    assert one_line(UserError(message + "\ntraceback ...")) == message
+    wrapped = RuntimeError(f"ActorDiedError: ...\nqadist.errors.UserError: {message}\r\n  File ...")
+    assert str(user_error_in(wrapped)) == message
+    assert first_line("") == ""
