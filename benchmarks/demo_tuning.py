@@ -1,27 +1,34 @@
-"""The demo's tuning: each student row's learning-rate x epochs grid, chosen on the dev split, 3 seeds.
+"""The demo's tuning: every row's learning-rate x epochs grid, chosen on a dev split, 3 seeds.
 
 `../shared/DESIGN.md` ("Evidence"): every row of a comparison gets the same tuning budget, chosen
 on a dev split (never the test set), and a claim about students comes with its spread over seeds.
-This script is how the full demo's student settings (`qadist/demo/plan.py`, FULL) were found:
+This script is how the full demo's settings (`qadist/demo/plan.py`, FULL) were found, in the
+demo's scenario (teachers that learned QA from other shops' labels, a camera store with logged
+questions and few gold labels):
 
-1. the full demo's shared stages at seed 0 (domain with its dev split, both teachers, pairs, the
-   ensemble's soft labels), the same functions `qadist demo` runs;
-2. for every student row, its 3 x 3 grid at seed 0, each point trained with `run_finetune` or
-   `run_distill` and scored on dev and on test; the point with the best dev F1 is chosen;
-3. the chosen setting trained again with seeds 1 and 2 (the distilled student fine-tuned from the
-   distilled student of the same seed), so every row has dev and test F1 as mean +- sd over 3 seeds;
-4. `tuning.md` / `tuning.json` in --out: per row the grid's dev F1, the choice, dev and test F1
-   with their spread, and the comparisons with ties named (a difference smaller than the two
-   rows' standard deviations added is a tie).
+1. the domains at seed 0, the starting points and the pairs (`qadist.demo.prepare.prepare_data`);
+2. the teachers: MiniLM-L6 + a fresh QA head on the other shops' 2,000 labels, a 3 x 3 grid at
+   seed 0 chosen on the other shops' dev questions (the team's teacher was tuned where it was
+   trained, not on the store), then seeds 1 and 2; scored on the other shops' test questions (in
+   domain) and on the store's dev and test; the ensemble is seed 0 + seed 1 (the demo's A + B);
+3. the ensemble's soft labels on the store's logged pairs (`run_label`);
+4. every student row's grid at seed 0 chosen on the store's dev split, then seeds 1 and 2 (a row
+   that starts from another row's model starts from that row's chosen model of its own seed);
+5. the teachers pre-trained on the store's pages first (`qadist pretrain`, its own defaults, once)
+   and then QA-trained with the teachers' grid: the seed's pipeline order;
+6. `tuning.md` / `tuning.json` in --out: per row the grid's dev F1, the choice, dev and test F1
+   with their spread; the comparisons the demo's checks make, with ties named (a difference smaller
+   than the two rows' standard deviations added is a tie).
 
-The few-label rows (labels only, and distilled then fine-tuned, on 50 and 200 labels) share a step
-budget: epochs making about 100, 200 and 400 optimizer steps of 16 examples; the learning rates
-are three around each kind's usual value (a fresh QA head: 1e-4..1e-3; a distilled student:
-3e-5..3e-4). Teachers are the team's, trained once (not tuned); self-distillation is shown by the
-demo untuned.
+Budgets, the same for every row of a kind: the few-label rows (store labels only, the distilled
+student fine-tuned, the student on the other shops' labels fine-tuned; at 50, 200 and 1,000
+labels) epochs making about 50, 100 and 200 optimizer steps of 16; the others 0.5, 1 and 2 epochs.
+Learning rates are three around each kind's usual value (a fresh QA head on a pre-trained encoder:
+1e-4..1e-3 for the student, 1e-4..4e-4 for the 6-layer teachers; a trained model fine-tuned or
+self-distilled: 3e-5..3e-4; distillation into a fresh head: 2e-4..8e-4).
 
-Long (about 70 minutes on 2 CPU cores with --jobs 2); run by hand, not in CI. Re-running with the
-same --out reuses every finished point.
+Long (hours on 2 CPU cores with --jobs 2); run by hand, not in CI. Re-running with the same --out
+reuses every finished point; `--rows` runs some rows only (the others' finished points still count).
 
     python benchmarks/demo_tuning.py --out /tmp/qadist-tuning
 """
@@ -41,42 +48,64 @@ from multiprocessing import get_context
 from qadist import storage
 from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig
 from qadist.demo.plan import FULL
-from qadist.demo.prepare import Stopwatch, finished_model, prepare
+from qadist.demo.prepare import Stopwatch, finished_model, label_pairs, prepare_data, save_init_models
 from qadist.demo.report import Row, score
 from qadist.models import local_model
 from qadist.squad.io import read_pairs
 
-LABEL_COUNTS = (50, 200)  # the few-label rows tuned (the demo's table shows 200 and all labels)
-STEPS = (100, 200, 400)  # the few-label rows' step budget (batch 16)
+LABEL_COUNTS = (50, 200, 1000)  # the few-label rows (the store's gold labels)
+STEPS = (50, 100, 200)  # the few-label rows' step budget (batch 16)
+EPOCHS = (0.5, 1.0, 2.0)  # every other row's
 HEAD_LRS = (1e-4, 3e-4, 1e-3)  # the student from the encoder's first layers and a fresh QA head
-FINETUNE_LRS = (3e-5, 1e-4, 3e-4)  # the distilled student, fine-tuned
+TEACHER_LRS = (1e-4, 2e-4, 4e-4)  # the 6-layer teachers, a fresh QA head
+FINETUNE_LRS = (3e-5, 1e-4, 3e-4)  # a trained model, fine-tuned or self-distilled
 DISTILL_LRS = (2e-4, 4e-4, 8e-4)
+TEACHER_ROWS = ("teacher", "pretrained_teacher")
 
 
 @dataclass(frozen=True)
 class Grid:
     row: str
-    kind: str  # "finetune" (gold answers) or "distill" (the soft labels)
-    start: str  # "init" (the 2-layer student) or "distilled" (the chosen distilled student of that seed)
-    data: str  # "labels", or a key of Prepared.subsets (a number of labels, or "all")
+    kind: str  # "finetune" or "distill"
+    start: str  # a key of Prepared.inits, "teacher-init" (a seeded fresh head per seed), or a row (its chosen model)
+    data: str  # "labels" (the soft labels), a key of Prepared.data ("teacher": the other shops'), or a number of labels
     examples: int
     learning_rates: tuple[float, ...]
     epochs: tuple[float, ...]
+    dev: str = "dev"  # the split the setting is chosen on
 
 
 def few_label_epochs(n: int) -> tuple[float, ...]:
     return tuple(round(steps * 16 / n, 3) for steps in STEPS)
 
 
+def teacher_grids(plan=FULL) -> list[Grid]:
+    n = plan.sizes.teacher
+    return [
+        Grid("teacher", "finetune", "teacher-init", "teacher", n, TEACHER_LRS, EPOCHS, dev="teacher-dev"),
+        Grid("pretrained_teacher", "finetune", "pretrained-init", "teacher", n, TEACHER_LRS, EPOCHS, dev="teacher-dev"),
+    ]
+
+
+def student_grids(plan=FULL) -> list[Grid]:
+    """In the order they are run (the comparisons the demo's claims rest on first, the 6-layer
+    self-distillation, the most expensive, last)."""
+    logged, n_ood = plan.sizes.logged, plan.sizes.teacher
+    out = [
+        Grid("distilled", "distill", "student-init", "labels", logged, DISTILL_LRS, EPOCHS),
+        Grid("ood_student", "finetune", "student-init", "teacher", n_ood, HEAD_LRS, EPOCHS),
+    ]
+    for n in sorted(LABEL_COUNTS, key=lambda n: n == 50):
+        out += [
+            Grid(f"labels_only_{n}", "finetune", "student-init", str(n), n, HEAD_LRS, few_label_epochs(n)),
+            Grid(f"distilled_ft_{n}", "finetune", "distilled", str(n), n, FINETUNE_LRS, few_label_epochs(n)),
+            Grid(f"ood_ft_{n}", "finetune", "ood_student", str(n), n, FINETUNE_LRS, few_label_epochs(n)),
+        ]
+    return out + [Grid("self_distilled", "distill", "teacher", "labels", logged, FINETUNE_LRS, EPOCHS)]
+
+
 def grids(plan=FULL) -> list[Grid]:
-    n_all = plan.sizes.teacher + plan.few
-    out = [Grid("distilled", "distill", "init", "labels", plan.sizes.logged, DISTILL_LRS, (0.5, 1.0, 2.0))]
-    for n in LABEL_COUNTS:
-        out.append(Grid(f"labels_only_{n}", "finetune", "init", str(n), n, HEAD_LRS, few_label_epochs(n)))
-    out.append(Grid("all_labels", "finetune", "init", "all", n_all, HEAD_LRS, (1.0, 2.0, 4.0)))
-    for n in LABEL_COUNTS:
-        out.append(Grid(f"distilled_ft_{n}", "finetune", "distilled", str(n), n, FINETUNE_LRS, few_label_epochs(n)))
-    return out
+    return teacher_grids(plan) + student_grids(plan)
 
 
 def point_dir(out: str, row: str, lr: float, epochs: float, seed: int) -> str:
@@ -123,7 +152,7 @@ def run_point(task: dict) -> dict:
     model = local_model(finished_model(task["out"]))
     pcfg = AnswerSettings(batch_size=64, **task["shared"])
     metrics = {}
-    for split in ("dev", "test"):
+    for split in task["files"]:
         pairs = read_pairs(task["files"][split])[0]
         row = score(Row(task["row"], split, 0, 0, "", [model]), pairs, task["files"][split], pcfg, task["out"])
         metrics[split] = {
@@ -144,9 +173,9 @@ def run_point(task: dict) -> dict:
 
 
 class Tuning:
-    def __init__(self, prep, seeds: list[int], plan=FULL):
+    def __init__(self, prep, seeds: list[int], plan=FULL, rows: list[Grid] | None = None):
         self.prep, self.seeds, self.plan = prep, seeds, plan
-        self.grids = {g.row: g for g in grids(plan)}
+        self.grids = {g.row: g for g in (grids(plan) if rows is None else rows)}
         self.records: dict[tuple, dict] = {}  # (row, lr, epochs, seed) -> record
         self.submitted: set[tuple] = set()
 
@@ -156,19 +185,28 @@ class Tuning:
         points = [(lr, ep) for lr in g.learning_rates for ep in g.epochs]
         if any((row, lr, ep, seed) not in self.records for lr, ep in points):
             return None
-        return max(points, key=lambda p: self.records[(row, *p, seed)]["dev"]["f1"])
+        return max(points, key=lambda p: self.records[(row, *p, seed)][g.dev]["f1"])
 
-    def start_model(self, g: Grid, seed: int) -> str | None:
-        if g.start == "init":
-            return self.prep.inits["student-init"]
-        best = self.chosen("distilled")
-        record = best and self.records.get(("distilled", *best, seed))
+    def chosen_model(self, row: str, seed: int) -> str | None:
+        """The row's model at its chosen setting and this seed, once trained."""
+        best = self.chosen(row)
+        record = best and self.records.get((row, *best, seed))
         return record["model"] if record else None
 
-    def ready(self) -> list[dict]:
-        """Points whose inputs exist and that were not submitted; the distilled student's first."""
+    def start_model(self, g: Grid, seed: int) -> str | None:
+        if g.start in ("teacher-init", "pretrained-init"):
+            return self.prep.inits.get(f"{g.start}-{seed}")
+        if g.start in self.prep.inits:
+            return self.prep.inits[g.start]
+        return self.chosen_model(g.start, seed)
+
+    def ready(self, only: set[str] | None = None) -> list[dict]:
+        """Points whose inputs exist and that were not submitted (of the rows `only`, if given), in the
+        grids' order (a row others start from first)."""
         tasks = []
         for g in self.grids.values():
+            if only is not None and g.row not in only:
+                continue
             best = self.chosen(g.row)
             for seed in self.seeds:
                 settings = (
@@ -193,19 +231,19 @@ class Tuning:
             "epochs": epochs,
             "seed": seed,
             "start": start,
-            "data": prep.labels if g.data == "labels" else prep.subsets[g.data if g.data == "all" else int(g.data)],
+            "data": prep.labels if g.data == "labels" else prep.data.get(g.data) or prep.subsets[int(g.data)],
             "out": point_dir(prep.out, g.row, lr, epochs, seed),
             "shared": prep.shared,
             "loss": {"temperature": self.plan.temperature, "alpha_kd": 1.0, "alpha_hard": 0.0},
-            "files": {"dev": prep.data["dev"], "test": prep.data["test"]},
+            "files": {k: prep.data[k] for k in dict.fromkeys([g.dev, "dev", "test", "teacher-test"])},
         }
 
-    def run(self, jobs: int, threads: int) -> None:
+    def run(self, jobs: int, threads: int, only: set[str] | None = None) -> None:
         ctx = get_context("spawn")
         running: dict[Future, tuple] = {}
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=start_worker, initargs=(threads,)) as pool:
             while True:
-                for task in self.ready()[: max(jobs - len(running), 0)]:
+                for task in self.ready(only)[: max(jobs - len(running), 0)]:
                     key = (task["row"], task["lr"], task["epochs"], task["seed"])
                     self.submitted.add(key)
                     running[pool.submit(run_point, task)] = key
@@ -217,8 +255,9 @@ class Tuning:
                     record = future.result()
                     self.records[key] = record
                     print(
-                        f"[tuning] {key[0]} lr {key[1]:g} ep {key[2]:g} seed {key[3]}: dev F1 "
-                        f"{record['dev']['f1']:.1f}, test F1 {record['test']['f1']:.1f} ({record['seconds']:.0f} s)",
+                        f"[tuning] {key[0]} lr {key[1]:g} ep {key[2]:g} seed {key[3]}: "
+                        f"{self.grids[key[0]].dev} F1 {record[self.grids[key[0]].dev]['f1']:.1f}, "
+                        f"test F1 {record['test']['f1']:.1f} ({record['seconds']:.0f} s)",
                         flush=True,
                     )
 
@@ -226,24 +265,29 @@ class Tuning:
         rows = {}
         for g in self.grids.values():
             best = self.chosen(g.row)
+            if best is None:
+                continue
             runs = [self.records[(g.row, *best, s)] for s in self.seeds if (g.row, *best, s) in self.records]
             rows[g.row] = {
                 "grid": asdict(g),
                 "grid_dev_f1": {
-                    f"lr {lr:g}, {ep:g} ep": self.records[(g.row, lr, ep, self.seeds[0])]["dev"]["f1"]
+                    f"lr {lr:g}, {ep:g} ep": self.records[(g.row, lr, ep, self.seeds[0])][g.dev]["f1"]
                     for lr in g.learning_rates
                     for ep in g.epochs
                 },
                 "chosen": {"learning_rate": best[0], "epochs": best[1]},
                 "seeds": [r["seed"] for r in runs],
-                "dev_f1": mean_sd([r["dev"]["f1"] for r in runs]),
+                "dev_f1": mean_sd([r[g.dev]["f1"] for r in runs]),
                 "test_f1": mean_sd([r["test"]["f1"] for r in runs]),
+                "other_shops_test_f1": mean_sd([r["teacher-test"]["f1"] for r in runs if "teacher-test" in r]),
                 "test_by_seed": {str(r["seed"]): r["test"] for r in runs},
             }
         return rows
 
 
 def mean_sd(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "sd": None, "n": 0}
     return {
         "mean": round(statistics.mean(values), 2),
         "sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
@@ -262,49 +306,59 @@ def compare(name: str, a: dict, b: dict, a_label: str, b_label: str) -> str:
     )
 
 
-def teacher_scores(prep) -> dict[str, float]:
+def ensemble_scores(prep, tuning: Tuning, row: str) -> dict[str, dict]:
+    """The mean-logits ensembles of the row's chosen models, seed pairs (0, 1), (1, 2), (0, 2): F1 on
+    the store's test and the other shops' test, mean +- sd over the pairs (the demo's is (0, 1))."""
+    from itertools import combinations
+
     from qadist.demo.report import Row as R
 
-    pairs = read_pairs(prep.data["test"])[0]
     pcfg = AnswerSettings(batch_size=64, **prep.shared)
-    out = os.path.join(prep.out, "tuning", "teachers")
-    return {
-        key: score(R(key, key, 6, 0, "", paths), pairs, prep.data["test"], pcfg, out).metrics["f1"]
-        for key, paths in {
-            "teacher_a": [prep.teacher_a],
-            "teacher_b": [prep.teacher_b],
-            "ensemble": [prep.teacher_a, prep.teacher_b],
-        }.items()
-    }
+    out = os.path.join(prep.out, "tuning", f"{row}-ensembles")
+    f1: dict[str, list[float]] = {"test": [], "teacher-test": []}
+    for a, b in combinations(tuning.seeds, 2):
+        paths = [tuning.chosen_model(row, a), tuning.chosen_model(row, b)]
+        for split in f1:
+            done = os.path.join(out, f"{a}{b}-{split}.json")
+            if not os.path.exists(done):
+                pairs = read_pairs(prep.data[split])[0]
+                metrics = score(R(row, f"{a}{b}-{split}", 6, 0, "", paths), pairs, prep.data[split], pcfg, out).metrics
+                storage.write_bytes(done, json.dumps(metrics).encode("utf-8"))
+            f1[split].append(json.loads(storage.read_text(done))["f1"])
+    return {split: mean_sd(values) for split, values in f1.items()}
 
 
-def markdown(rows: dict, teachers: dict[str, float], comparisons: list[str], sizes, seconds: float) -> str:
+def markdown(rows: dict, ensembles: dict, comparisons: list[str], sizes, seconds: float) -> str:
+    first = next(iter(rows.values()))
     lines = [
         "# Demo tuning (benchmarks/demo_tuning.py)",
         "",
-        f"Dev {sizes.dev} questions, test {sizes.test} questions (disjoint pages), seeds "
-        f"{next(iter(rows.values()))['seeds']}; grid at seed {next(iter(rows.values()))['seeds'][0]}, "
-        f"chosen by dev F1. Teachers (not tuned) on test: A {teachers['teacher_a']:.1f}, "
-        f"B {teachers['teacher_b']:.1f}, ensemble {teachers['ensemble']:.1f}. Wall time {seconds / 60:.0f} min.",
+        f"Store: dev {sizes.dev}, test {sizes.test} questions; other shops: dev {sizes.teacher_dev}, test "
+        f"{sizes.teacher_test} (disjoint pages). Seeds {first['seeds']}; grid at seed {first['seeds'][0]}, chosen "
+        f"by F1 on the row's dev split (teachers: the other shops'; students: the store's). Wall time "
+        f"{seconds / 60:.0f} min.",
         "",
-        "| row | grid (lr x epochs) | dev F1 over the grid (seed 0) | chosen | dev F1 | test F1 |",
-        "|---|---|---|---|---|---|",
+        "| row | chosen on | grid (lr x epochs) | dev F1 over the grid (seed 0) | chosen | dev F1 | test F1 "
+        "| other shops' test F1 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    fmt = lambda m: "-" if not m or m["mean"] is None else f"{m['mean']:.1f} +- {m['sd']:.1f}"  # noqa: E731
     for name, r in rows.items():
         g = r["grid"]
         grid = f"{', '.join(f'{x:g}' for x in g['learning_rates'])} x {', '.join(f'{x:g}' for x in g['epochs'])}"
         dev_grid = " / ".join(f"{v:.1f}" for v in r["grid_dev_f1"].values())
         c = r["chosen"]
         lines.append(
-            f"| {name} | {grid} | {dev_grid} | lr {c['learning_rate']:g}, {c['epochs']:g} ep | "
-            f"{r['dev_f1']['mean']:.1f} +- {r['dev_f1']['sd']:.1f} | "
-            f"{r['test_f1']['mean']:.1f} +- {r['test_f1']['sd']:.1f} |"
+            f"| {name} | {g['dev']} | {grid} | {dev_grid} | lr {c['learning_rate']:g}, {c['epochs']:g} ep | "
+            f"{fmt(r['dev_f1'])} | {fmt(r['test_f1'])} | {fmt(r['other_shops_test_f1'])} |"
         )
+    for name, e in ensembles.items():
+        lines.append(f"| {name} (seed pairs) | - | - | - | - | - | {fmt(e['test'])} | {fmt(e['teacher-test'])} |")
     lines += [
         "",
         "The grid's dev F1 runs over the learning rates, each over its epochs.",
         "",
-        "## Comparisons (test F1)",
+        "## Comparisons (store test F1, mean +- sd over seeds)",
         "",
     ]
     lines += [f"- {c}" for c in comparisons]
@@ -324,9 +378,100 @@ def tuning_args(argv: list[str] | None, description: str, extra=None) -> argpars
     parser.add_argument("--out", required=True, help="a local folder (reused: finished points are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
+    parser.add_argument("--rows", nargs="+", help="tune only these rows (default: every row)")
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
+
+
+def pretrained_inits(prep, seeds: list[int]) -> dict[str, str]:
+    """`qadist pretrain` (its defaults, or the plan's settings) of MiniLM on the store's pages, once;
+    then a seeded fresh QA head per seed on that encoder, as the plain teachers have on MiniLM."""
+    from qadist.config import PretrainConfig
+    from qadist.models import minilm_path
+    from qadist.runtime import ensure_ray
+    from qadist.train.pretrain import run_pretrain
+
+    run_out = os.path.join(prep.out, "models", "pretrained-encoder")
+    if finished_model(run_out) is None:
+        ensure_ray(min_cpus=4, threads=prep.threads, dedicated=True)
+        settings = FULL.pretrain or {}
+        run_pretrain(
+            PretrainConfig(documents=prep.data["documents"], model=minilm_path(), out=run_out, seed=0, **settings)
+        )
+    return save_init_models(
+        os.path.join(prep.out, "models", "pretrained-inits"),
+        FULL.student_layers,
+        {f"pretrained-init-{s}": s + 1 for s in seeds},
+        source=local_model(finished_model(run_out)),
+    )
+
+
+def comparisons(rows: dict, ensembles: dict) -> list[str]:
+    """The demo's checks, on test F1 over seeds, each called a gain, a loss or a tie."""
+    t = {k: r["test_f1"] for k, r in rows.items()}
+    found = []
+    if "ensemble" in ensembles and "distilled" in t:
+        e = ensembles["ensemble"]["test"]
+        found.append(
+            compare("(a) distilled (no labels) vs the teacher ensemble", t["distilled"], e, "distilled", "ensemble")
+            + f"; within 3 F1: {'yes' if t['distilled']['mean'] >= e['mean'] - 3 else 'no'}"
+        )
+    pairs = [
+        (
+            "(a) distilled (no labels) vs the student on the teachers' labels",
+            "distilled",
+            "ood_student",
+            "distilled",
+            "teachers' labels",
+        )
+    ]
+    for n in LABEL_COUNTS:
+        pairs += [
+            (
+                f"(b) {n} labels: distilled then fine-tuned vs labels only",
+                f"distilled_ft_{n}",
+                f"labels_only_{n}",
+                "distilled then fine-tuned",
+                "labels only",
+            ),
+            (
+                f"{n} labels: teachers' labels then fine-tuned vs labels only",
+                f"ood_ft_{n}",
+                f"labels_only_{n}",
+                "teachers' labels then fine-tuned",
+                "labels only",
+            ),
+            (
+                f"{n} labels: distilled then fine-tuned vs teachers' labels then fine-tuned",
+                f"distilled_ft_{n}",
+                f"ood_ft_{n}",
+                "distilled then fine-tuned",
+                "teachers' labels then fine-tuned",
+            ),
+        ]
+    pairs += [
+        (
+            "(c) self-distilled vs its teacher (the chosen teacher of each seed)",
+            "self_distilled",
+            "teacher",
+            "self-distilled",
+            "teacher",
+        ),
+        ("(d) teachers pre-trained on the pages vs not", "pretrained_teacher", "teacher", "pre-trained", "not"),
+    ]
+    found += [compare(what, t[a], t[b], an, bn) for what, a, b, an, bn in pairs if a in t and b in t]
+    if "pretrained_ensemble" in ensembles and "ensemble" in ensembles:
+        found.append(
+            compare(
+                "(d) ensembles: pre-trained on the pages vs not",
+                ensembles["pretrained_ensemble"]["test"],
+                ensembles["ensemble"]["test"],
+                "pre-trained",
+                "not",
+            )
+        )
+    return found  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,59 +479,46 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cpus = os.cpu_count() or 1
-    prep = prepare(DemoConfig(out=os.path.abspath(args.out), seed=0), FULL, Stopwatch(), subset_sizes=LABEL_COUNTS)
+    threads = max(1, cpus // args.jobs)
+    prep = prepare_data(DemoConfig(out=os.path.abspath(args.out), seed=0), FULL, Stopwatch(), subset_sizes=LABEL_COUNTS)
+    prep.inits.update(
+        save_init_models(prep.path("models"), FULL.student_layers, {f"teacher-init-{s}": s + 1 for s in args.seeds})
+    )
     import ray
 
     ray.shutdown()  # the workers start their own
     tuning = Tuning(prep, args.seeds)
-    tuning.run(args.jobs, max(1, cpus // args.jobs))
+    wanted = set(args.rows or tuning.grids)
+    tuning.run(args.jobs, threads, only={"teacher"} & wanted)
+    if wanted - set(TEACHER_ROWS):
+        teachers = [tuning.chosen_model("teacher", s) for s in args.seeds[:2]]
+        if None in teachers:
+            raise SystemExit("the student rows need the teacher row's chosen models of seeds 0 and 1: tune it first")
+        prep.teacher_a, prep.teacher_b = teachers
+        if not storage.exists(prep.path("labels", "_manifest.json")):
+            from qadist.runtime import ensure_ray
+
+            ensure_ray(min_cpus=4, threads=cpus, dedicated=True)
+            label_pairs(prep, teachers)
+            ray.shutdown()
+        tuning.run(args.jobs, threads, only=wanted - set(TEACHER_ROWS))
+    if "pretrained_teacher" in wanted:
+        prep.inits.update(pretrained_inits(prep, args.seeds))
+        ray.shutdown()
+        tuning.run(args.jobs, threads, only={"pretrained_teacher"})
     rows = tuning.summary()
     import torch
 
     torch.set_num_threads(cpus)
-    teachers = teacher_scores(prep)
-    few = FULL.few
-    ensemble = {"mean": teachers["ensemble"], "sd": 0.0}
-    # (what, row a, row b, a's name, b's name): each compared on test F1 with the tie rule.
-    pairs = [
-        ("distilled (no labels) vs labels only (200)", "distilled", f"labels_only_{few}", "distilled", "labels only"),
-        ("distilled (no labels) vs all labels (1,400)", "distilled", "all_labels", "distilled", "all labels"),
-        (
-            f"distilled then fine-tuned ({few}) vs distilled",
-            f"distilled_ft_{few}",
-            "distilled",
-            "fine-tuned",
-            "distilled",
-        ),
-        (
-            f"distilled then fine-tuned ({few}) vs all labels (1,400)",
-            f"distilled_ft_{few}",
-            "all_labels",
-            "distilled then fine-tuned",
-            "all labels",
-        ),
-    ]
-    pairs += [
-        (f"{n} labels: distilled then fine-tuned vs labels only", f"distilled_ft_{n}", f"labels_only_{n}",
-         "distilled then fine-tuned", "labels only")
-        for n in LABEL_COUNTS
-    ]  # fmt: skip
-    comparisons = [compare(what, rows[a]["test_f1"], rows[b]["test_f1"], an, bn) for what, a, b, an, bn in pairs]
-    share = 100 * rows["distilled"]["test_f1"]["mean"] / ensemble["mean"]
-    comparisons.insert(
-        4,
-        compare(
-            "distilled (no labels) vs the teacher ensemble",
-            rows["distilled"]["test_f1"],
-            ensemble,
-            "distilled",
-            "ensemble",
-        )
-        + f"; {share:.0f}% of the ensemble's F1",
-    )
+    ensembles = {
+        name: ensemble_scores(prep, tuning, row)
+        for name, row in (("ensemble", "teacher"), ("pretrained_ensemble", "pretrained_teacher"))
+        if row in rows and len(rows[row]["seeds"]) == len(args.seeds) > 1
+    }
+    found = comparisons(rows, ensembles)
     seconds = time.perf_counter() - started
-    result = {"rows": rows, "teachers_test_f1": teachers, "comparisons": comparisons, "seconds": round(seconds, 1)}
-    write_results(args.out, "tuning", result, markdown(rows, teachers, comparisons, FULL.sizes, seconds))
+    result = {"rows": rows, "ensembles": ensembles, "comparisons": found, "seconds": round(seconds, 1)}
+    write_results(args.out, "tuning", result, markdown(rows, ensembles, found, FULL.sizes, seconds))
     return 0
 
 

@@ -437,6 +437,11 @@ class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
     quick: bool = Opt(False, "Every stage at a reduced size (about 3 minutes on 2 cores), as CI runs it.")
     seed: int = Opt(0, "Seed of the generated domain and of every model.")
+    teacher_cache: str = Opt(
+        "~/.cache/qadist/demo-models",
+        "Folder where trained teachers are kept by what made them (start, data, settings, version) and reused "
+        "by later runs; '' to always train them.",
+    )
 
 
 Config = TypeVar("Config", bound=StageConfig)

@@ -1,5 +1,6 @@
-"""`qadist demo`: every stage, embedded and offline on a CPU, on a generated camera-store domain.
+"""`qadist demo`: every stage, embedded and offline on a CPU, in the seed's scenario: teachers trained on
+other shops' labels, a camera store's logged questions and few gold labels.
 
-Entry function: `qadist.demo.run.run_demo(DemoConfig)`. `camera_domain` generates the data,
-`report` scores every model and writes the table and the plot.
+Entry function: `qadist.demo.run.run_demo(DemoConfig)`. `domain` generates the data, `report`
+scores every model and writes the table and the plot.
 """

@@ -4,19 +4,11 @@ shopper asks about each attribute."""
 
 from __future__ import annotations
 
-ATTRIBUTES = (
-    "sensor",
-    "megapixels",
-    "iso",
-    "mount",
-    "stabilisation",
-    "video",
-    "battery",
-    "weight",
-    "sealing",
-    "price",
-    "year",
-)
+import random
+import string
+
+from qadist.demo.catalogue import Catalogue, thousands
+
 BRANDS = (
     "Kestrel",
     "Orion",
@@ -203,3 +195,77 @@ QUESTIONS = {
         "How old is the {name}?",
     ),
 }
+
+
+def attribute_values(rng: random.Random, brand: str) -> dict[str, str]:
+    """One camera's attribute values, each as the exact phrase its page will contain."""
+    mp = rng.choice((12.1, 16.0, 20.1, 20.3, 24.2, 24.5, 26.1, 30.4, 33.0, 40.2, 45.7, 50.1, 61.0, 102.0))
+    iso_lo = rng.choice((50, 64, 100, 125, 160, 200))
+    iso_hi = rng.choice((12800, 25600, 32000, 51200, 102400, 204800))
+    iso_form = rng.randrange(3)
+    mount_letter = rng.choice(string.ascii_uppercase)
+    stops = rng.choice(("5", "5.5", "6", "6.5", "7", "8"))
+    return {
+        "sensor": rng.choice(
+            (
+                "full-frame",
+                "APS-C",
+                "Micro Four Thirds",
+                "1-inch",
+                "medium format",
+                "stacked full-frame",
+                "back-illuminated APS-C",
+            )
+        ),
+        "megapixels": rng.choice((f"{mp} megapixels", f"{mp}MP", f"{mp} MP")),
+        "iso": (
+            f"ISO {iso_lo}-{thousands(iso_hi)}",
+            f"ISO {iso_lo} to {thousands(iso_hi)}",
+            f"from ISO {iso_lo} up to ISO {iso_hi}",
+        )[iso_form],
+        "mount": rng.choice((f"{brand} {mount_letter}-mount", f"{mount_letter} mount", f"{mount_letter}-mount")),
+        "stabilisation": rng.choice(
+            (
+                f"5-axis in-body stabilisation rated at {stops} stops",
+                "sensor-shift stabilisation",
+                "lens-based optical stabilisation only",
+                "digital stabilisation for video only",
+                f"in-body image stabilisation worth {stops} stops",
+            )
+        ),
+        "video": rng.choice(
+            ("4K at 60p", "4K at 30p", "6K at 30p", "8K at 24p", "Full HD at 120p", "4K at 120p", "5.7K at 30p")
+        ),
+        "battery": f"{rng.randrange(250, 1900, 10)} shots",
+        "weight": rng.choice((f"{rng.randrange(280, 1400, 5)} g", f"{rng.randrange(280, 1400, 5)} grams")),
+        "sealing": rng.choice(
+            (
+                "weather-sealed",
+                "dust- and splash-resistant",
+                "not weather sealed",
+                "fully sealed against dust and moisture",
+                "sealed at every button and dial",
+            )
+        ),
+        "price": rng.choice((f"${rng.randrange(399, 6999, 100):,}", f"${rng.randrange(399, 6999, 100) - 0.01:,.2f}")),
+        "year": str(rng.randrange(2012, 2026)),
+    }
+
+
+CAMERA = Catalogue(
+    name="camera",
+    kinds=("mirrorless", "compact", "mirrorless hybrid", "travel", "vlogging", "professional"),
+    intros=(
+        "The {title} is a {kind} camera.",
+        "Meet the {title}, a {kind} camera.",
+        "{title}: a {kind} camera for enthusiasts.",
+    ),
+    brands=BRANDS,
+    prefixes=PREFIXES,
+    suffixes=SUFFIXES,
+    values=attribute_values,
+    statements=STATEMENTS,
+    questions=QUESTIONS,
+    distractors=DISTRACTORS,
+    fillers=FILLERS,
+)

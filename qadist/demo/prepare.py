@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from qadist import storage
-from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig
-from qadist.demo.camera_domain import generate_domain, write_domain
+from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PretrainConfig
+from qadist.demo.domain import generate_domain, write_domain
+from qadist.demo.model_cache import cache_key, keep, restore
 from qadist.demo.plan import Plan, Train, epochs_for
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
@@ -102,59 +103,58 @@ def train_model(
     train: Train,
     examples: int,
     seed: int,
+    cache: str = "",
 ) -> str:
-    """`run_finetune` into <out>/models/<name> (reused when it finished); the final model's local path."""
+    """`run_finetune` into <out>/models/<name> (reused when it finished, or taken from `cache` when a
+    model was trained there from the same start, data and settings); the final model's local path."""
     run_out = prep.path("models", name)
     with clock.stage(stage):
         if finished_model(run_out) is None:
-            from qadist.train.stage import run_finetune
-
-            run_finetune(
-                FinetuneConfig(
-                    train_file=train_file,
-                    model=init,
-                    out=run_out,
-                    epochs=epochs_for(train, examples),
-                    learning_rate=train.learning_rate,
-                    batch_size=train.batch_size,
-                    seed=seed,
-                    **prep.shared,
+            settings = {
+                "epochs": epochs_for(train, examples),
+                "learning_rate": train.learning_rate,
+                "batch_size": train.batch_size,
+                "seed": seed,
+                **prep.shared,
+            }
+            key = cache and cache_key("finetune", init, train_file, settings)
+            if key and restore(cache, key, storage.join(run_out, "final")):
+                print(
+                    f"{name}: the model trained earlier from the same start, data and settings ({cache}/{key})",
+                    flush=True,
                 )
-            )
+            else:
+                from qadist.train.stage import run_finetune
+
+                run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, **settings))
+                if key:
+                    keep(cache, key, storage.join(run_out, "final"))
         return local_model(finished_model(run_out))
 
 
-def all_labels_file(data: dict[str, str], few: str, out: str) -> str:
-    """The teachers' labelled set and the few student labels in one file: every label the team has."""
-    text = storage.read_text(data["teacher"]).rstrip("\n") + "\n" + storage.read_text(few)
-    storage.write_bytes(out, text.encode("utf-8"))
-    return out
-
-
-def prepare(
+def prepare_data(
     cfg: DemoConfig, plan: Plan, clock: Stopwatch, models_dir: str | None = None, subset_sizes: tuple[int, ...] = ()
 ) -> Prepared:
-    """The domain, Ray, the starting points, both teachers, the pairs and the ensemble's soft labels
-    (and the first n student labels for each n of the plan's curve and of `subset_sizes`)."""
+    """The domains (and the first n store labels for each n of the plan's curve and of `subset_sizes`),
+    Ray, the starting points and the pairs: what every row starts from but the teachers."""
     out = cfg.out
     threads = max(1, os.cpu_count() or 1)
     # Settings every stage shares: the window sizes, and bf16 where this CPU computes it natively
     # (inference ~2x, training ~1.2-1.3x faster than fp32; the same models and code, rounded differently).
     shared = {**plan.windows, "precision": "bf16" if cpu_has_bf16() else "fp32"}
     p = lambda *parts: storage.join(out, *parts)  # noqa: E731
-    with clock.stage("generate the camera-store domain"):
+    with clock.stage("generate the other shops and the camera store"):
         data = write_domain(generate_domain(cfg.seed, plan.sizes), p("data"))
         student_pool = read_pairs(data["student"])[0]
         subsets = {}
-        for n in sorted(set(plan.curve) | {plan.few} | set(subset_sizes)):
+        for n in sorted(set(plan.curve) | set(subset_sizes)):
             subsets[n] = p("data", f"student-{n}.jsonl")
             storage.write_bytes(subsets[n], jsonl_bytes(student_pool[:n]))
-        subsets["all"] = all_labels_file(data, subsets[plan.few], p("data", f"all-labels-{plan.few}.jsonl"))
         pages = storage.read_text(data["documents"]).count("\n")
-        few_sets = sorted(k for k in subsets if k != "all")
         print(
-            f"{plan.sizes.teacher} teacher-labelled, {plan.sizes.logged} logged questions over {pages} "
-            f"product pages, {plan.sizes.student} student-labelled (subsets {few_sets}), "
+            f"teachers' data: {plan.sizes.teacher:,} labelled questions from other shops (headphones, laptops, "
+            f"e-bikes), {plan.sizes.teacher_test} held out; camera store: {plan.sizes.logged:,} logged questions "
+            f"over {pages} product pages, {plan.sizes.student:,} gold labels (subsets {sorted(subsets)}), "
             f"{plan.sizes.test} test, {plan.sizes.dev} dev",
             flush=True,
         )
@@ -168,28 +168,6 @@ def prepare(
             {"teacher-a-init": cfg.seed * 2 + 1, "teacher-b-init": cfg.seed * 2 + 2},
         )
     prep = Prepared(out, data, subsets, inits, "", "", p("labels"), shared, threads, 0.0, None, None)
-    prep.teacher_a = train_model(
-        clock,
-        prep,
-        "teacher A: fine-tune MiniLM-L6 + QA head",
-        "teacher-a",
-        inits["teacher-a-init"],
-        data["teacher"],
-        plan.teacher,
-        plan.sizes.teacher,
-        cfg.seed,
-    )
-    prep.teacher_b = train_model(
-        clock,
-        prep,
-        "teacher B: same, another seed",
-        "teacher-b",
-        inits["teacher-b-init"],
-        data["teacher"],
-        plan.teacher,
-        plan.sizes.teacher,
-        cfg.seed + 1,
-    )
     with clock.stage("pairs: match logged questions to product pages"):
         pairs_manifest = run_stage_pairs(data, p("pairs"))
         prep.pairs_accuracy = pairing_accuracy(p("pairs", "pairs"), data["logged-gold"])
@@ -198,21 +176,96 @@ def prepare(
             f"pairs: {prep.pairs_accuracy:.1%} of the logged questions were matched to the page they were asked about",
             flush=True,
         )
-    with clock.stage("label: soft labels from the two-teacher ensemble"):
-        from qadist.label.stage import run_label
+    return prep
 
-        label_manifest = run_label(
-            LabelConfig(
-                pairs=p("pairs", "pairs"),
-                out=prep.labels,
-                teachers=[prep.teacher_a, prep.teacher_b],
-                num_cpus_per_actor=threads,
-                batch_size=64,
-                **shared,
+
+def prepare(
+    cfg: DemoConfig, plan: Plan, clock: Stopwatch, models_dir: str | None = None, subset_sizes: tuple[int, ...] = ()
+) -> Prepared:
+    """The domains, Ray, the starting points, the pairs, both teachers and the ensemble's soft labels."""
+    prep = prepare_data(cfg, plan, clock, models_dir, subset_sizes)
+    prep.teacher_a, prep.teacher_b = (
+        train_model(
+            clock,
+            prep,
+            f"teacher {name}: MiniLM-L6 + QA head on the other shops' labels",
+            f"teacher-{name.lower()}",
+            prep.inits[f"teacher-{name.lower()}-init"],
+            prep.data["teacher"],
+            plan.teacher,
+            plan.sizes.teacher,
+            cfg.seed + i,
+            cache=cfg.teacher_cache,
+        )
+        for i, name in enumerate("AB")
+    )
+    with clock.stage("label: soft labels from the two-teacher ensemble"):
+        prep.label_counts = label_pairs(prep, [prep.teacher_a, prep.teacher_b]).get("counts")
+    return prep
+
+
+def label_pairs(prep: Prepared, teachers: list[str]) -> dict:
+    """The teachers' ensemble soft labels on the pairs (`run_label`); its manifest."""
+    from qadist.label.stage import run_label
+
+    return run_label(
+        LabelConfig(
+            pairs=prep.path("pairs", "pairs"),
+            out=prep.labels,
+            teachers=teachers,
+            num_cpus_per_actor=prep.threads,
+            batch_size=64,
+            **prep.shared,
+        )
+    )
+
+
+def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Prepared) -> tuple[str, str]:
+    """The seed's pipeline order: MiniLM pre-trained on the store's product pages (`qadist pretrain`),
+    then QA-trained on the other shops' labels as the teachers are, seeds and settings alike."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from qadist.models import load_tokenizer, minilm_path
+
+    run_out = prep.path("models", "pretrained-encoder")
+    with clock.stage("pretrain: MiniLM-L6 on the camera store's product pages"):
+        if finished_model(run_out) is None:
+            settings = {**plan.pretrain, "seed": cfg.seed}
+            key = cfg.teacher_cache and cache_key("pretrain", minilm_path(), prep.data["documents"], settings)
+            if key and restore(cfg.teacher_cache, key, storage.join(run_out, "final")):
+                print(f"pretrain: the encoder pre-trained earlier with the same settings ({cfg.teacher_cache}/{key})")
+            else:
+                from qadist.train.pretrain import run_pretrain
+
+                run_pretrain(
+                    PretrainConfig(documents=prep.data["documents"], model=minilm_path(), out=run_out, **settings)
+                )
+                if key:
+                    keep(cfg.teacher_cache, key, storage.join(run_out, "final"))
+        encoder = local_model(finished_model(run_out))
+    teachers = []
+    for i, name in enumerate("AB"):
+        init = os.path.join(os.path.dirname(prep.inits["teacher-a-init"]), f"pretrained-teacher-{name.lower()}-init")
+        if not os.path.exists(os.path.join(init, "config.json")):
+            torch.manual_seed(cfg.seed * 2 + 1 + i)  # the plain teacher's head seed: only the encoder differs
+            AutoModelForQuestionAnswering.from_pretrained(encoder).save_pretrained(init)
+            load_tokenizer(encoder).save_pretrained(init)
+        teachers.append(
+            train_model(
+                clock,
+                prep,
+                f"teacher {name}, pre-trained on the pages first: QA head on the other shops' labels",
+                f"pretrained-teacher-{name.lower()}",
+                init,
+                prep.data["teacher"],
+                plan.teacher,
+                plan.sizes.teacher,
+                cfg.seed + i,
+                cache=cfg.teacher_cache,
             )
         )
-        prep.label_counts = label_manifest.get("counts")
-    return prep
+    return teachers[0], teachers[1]
 
 
 def run_stage_pairs(data: dict[str, str], out: str) -> dict:

@@ -62,6 +62,7 @@ class Row:
     answers_per_s: float = 0.0  # serving batch
     speed_vs_teacher: float = 0.0  # answers/s against a single teacher's
     flops_vs_teacher: float = 0.0  # a single teacher's forward FLOPs per window / this model's
+    home_f1: float | None = None  # F1 on the other shops' held-out questions (the teachers' own domain)
 
 
 def weights_megabytes(path: str) -> float:
@@ -116,43 +117,58 @@ def add_speed(
 
 
 def checks(rows: dict[str, Row]) -> list[tuple[str, bool]]:
-    """The claims the demo exists to show, each with whether this run shows it."""
+    """The claims the demo exists to show, each with whether this one run shows it (the tuning
+    benchmark's 3 seeds say which are ties: docs/demo.md)."""
     f1 = {k: r.metrics["f1"] for k, r in rows.items()}
+    student = rows["distilled"]
     found = [
         (
-            f"distilled student (no labels) reaches >= 90% of the teacher ensemble's F1 "
-            f"({f1['distilled']:.1f} / {f1['ensemble']:.1f} "
-            f"= {100 * f1['distilled'] / max(f1['ensemble'], 1e-9):.0f}%)",
-            f1["distilled"] >= 0.9 * f1["ensemble"],
+            "distilled student (no labels) within 3 F1 of the teacher ensemble "
+            f"({f1['distilled']:.1f} vs {f1['ensemble']:.1f})",
+            f1["distilled"] >= f1["ensemble"] - 3.0,
         ),
         (
-            "distilled student (no labels) beats the same student trained on the labels alone "
-            f"({f1['distilled']:.1f} vs {f1['labels_only']:.1f})",
-            f1["distilled"] > f1["labels_only"],
-        ),
-        (
-            "distilled, then fine-tuned is at least as good as distilled alone "
-            f"({f1['distilled_ft']:.1f} vs {f1['distilled']:.1f})",
-            f1["distilled_ft"] >= f1["distilled"],
-        ),
-        (
-            f"the student answers faster than the teacher ({rows['distilled'].speed_vs_teacher:.1f}x a single teacher)",
-            rows["distilled"].speed_vs_teacher > 1.0,
-        ),
-        (
-            f"the student's speed-up matches its FLOPs ratio within 2x ({rows['distilled'].speed_vs_teacher:.1f}x "
-            f"faster, {rows['distilled'].flops_vs_teacher:.1f}x fewer FLOPs)",
-            0.5 <= rows["distilled"].speed_vs_teacher / max(rows["distilled"].flops_vs_teacher, 1e-9) <= 2.0,
+            "distilled student (no labels) beats the student trained on the teachers' own labels "
+            f"({f1['distilled']:.1f} vs {f1['ood_student']:.1f})",
+            f1["distilled"] > f1["ood_student"],
         ),
     ]
+    for key in sorted((k for k in rows if k.startswith("distilled_ft_")), key=lambda k: int(k.rsplit("_", 1)[1])):
+        n = int(key.rsplit("_", 1)[1])
+        found.append(
+            (
+                f"{n:,} store labels: distilled, then fine-tuned beats fine-tuned alone "
+                f"({f1[key]:.1f} vs {f1[f'labels_only_{n}']:.1f})",
+                f1[key] > f1[f"labels_only_{n}"],
+            )
+        )
     if "self_distilled" in rows:
         found.append(
             (
-                "self-distillation from the ensemble vs teacher A "
-                f"({f1['self_distilled']:.1f} vs {f1['teacher_a']:.1f})",
-                f1["self_distilled"] >= f1["teacher_a"],
+                "self-distillation beats its teacher "
+                f"({f1['self_distilled']:.1f} vs teacher A's {f1['teacher_a']:.1f})",
+                f1["self_distilled"] > f1["teacher_a"],
             )
         )
+    if "pretrained_ensemble" in rows:
+        found.append(
+            (
+                "pre-training the teachers on the store's pages helps them "
+                f"(ensemble {f1['pretrained_ensemble']:.1f} vs {f1['ensemble']:.1f})",
+                f1["pretrained_ensemble"] > f1["ensemble"],
+            )
+        )
+    found += [
+        (
+            f"the student answers faster than the teacher ({student.speed_vs_teacher:.1f}x a single teacher)",
+            student.speed_vs_teacher > 1.0,
+        ),
+        (
+            f"the student's speed-up matches its FLOPs ratio within 2x ({student.speed_vs_teacher:.1f}x "
+            f"faster, {student.flops_vs_teacher:.1f}x fewer FLOPs)",
+            0.5 <= student.speed_vs_teacher / max(student.flops_vs_teacher, 1e-9) <= 2.0,
+        ),
+    ]
     return found
 
 
@@ -160,9 +176,10 @@ COLUMNS = (
     "model",
     "trained with",
     "layers",
-    "labelled examples used",
+    "store labels used",
     "EM",
     "F1",
+    "F1 other shops",
     "HasAns F1",
     "NoAns F1",
     "params (M)",
@@ -187,6 +204,7 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
                 labelled,
                 f"{m['exact']:.1f}",
                 f"{m['f1']:.1f}",
+                "-" if r.home_f1 is None else f"{r.home_f1:.1f}",
                 f"{m.get('HasAns_f1', 0.0):.1f}",
                 f"{m.get('NoAns_f1', 0.0):.1f}",
                 f"{r.params / 1e6:.1f}",
@@ -214,7 +232,8 @@ def console_table(rows: list[Row]) -> str:
 
 
 def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path: str) -> None:
-    """F1 against labelled examples for each curve, with horizontal reference lines (PNG)."""
+    """F1 against the number of store labels for each curve, evenly spaced (0 / 50 / 200 / 1,000), with
+    horizontal reference lines named in the legend (PNG)."""
     import io
 
     import matplotlib
@@ -222,28 +241,19 @@ def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for (name, points), marker in zip(curve.items(), ("o", "s", "^")):
+    counts = sorted({n for points in curve.values() for n in points})
+    at = {n: i for i, n in enumerate(counts)}
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=120)
+    for (name, points), marker in zip(curve.items(), ("o", "s", "^", "D")):
         xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker=marker, label=name)
+        ax.plot([at[x] for x in xs], [points[x] for x in xs], marker=marker, label=name)
     for (name, value), style in zip(lines.items(), ("--", ":", "-.")):
-        ax.axhline(value, linestyle=style, color="grey", linewidth=1)
-        ax.annotate(
-            f"{name} ({value:.1f})",
-            (0.01, value),
-            xycoords=("axes fraction", "data"),
-            va="bottom",
-            fontsize=8,
-            color="dimgrey",
-        )
-    xs = sorted({x for points in curve.values() for x in points})
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled examples")
-    ax.set_ylabel("SQuAD 2.0 F1 on the test set")
-    ax.set_title("Distillation as pre-training (camera-store demo)")
-    ax.legend(loc="lower right")
+        ax.axhline(value, linestyle=style, color="grey", linewidth=1, label=f"{name} ({value:.1f})")
+    ax.set_xticks(range(len(counts)), [f"{n:,}" for n in counts])
+    ax.set_xlabel("camera-store gold labels")
+    ax.set_ylabel("SQuAD 2.0 F1, camera-store test set")
+    ax.set_title("Distillation as pre-training: teachers trained on other shops")
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -268,7 +278,7 @@ def report(
         curve,
         {
             "teacher ensemble": by_key["ensemble"].metrics["f1"],
-            "distilled, no labels": by_key["distilled"].metrics["f1"],
+            "teacher A": by_key["teacher_a"].metrics["f1"],
         },
         plot_uri,
     )
@@ -291,8 +301,9 @@ def report(
             "",
             markdown_table(rows),
             "",
-            "Labelled examples used: the gold answers a model was trained on itself; "
-            "in brackets, those that reached it through its teachers.",
+            "Store labels used: the camera store's gold answers a model was trained on itself; in brackets, "
+            "the other shops' labels that reached it directly or through its teachers. F1 other shops: on the "
+            "other shops' held-out questions, where the teachers learned.",
             "Speed, per architecture (rows of one architecture share it; interleaved rounds, median): "
             "milliseconds per question one at a time, answers per second over the test set in forward passes "
             f"of 64 windows, {extra.get('cpu_threads', '?')} threads, {extra.get('precision', 'fp32')}; "
@@ -302,13 +313,13 @@ def report(
             "",
             *[f"- [{'x' if ok else ' '}] {text}" for text, ok in found],
             "",
-            "## F1 against labelled examples",
+            "## F1 against the store's gold labels",
             "",
             "| model | " + " | ".join(str(n) for n in sizes) + " |",
             "|---|" + "---|" * len(sizes),
             curve_md,
             "",
-            "![F1 against labelled examples](f1_vs_labels.png)",
+            "![F1 against the store's gold labels](f1_vs_labels.png)",
             "",
             "## Stage times",
             "",
@@ -333,6 +344,7 @@ def report(
                 "f1": r.metrics["f1"],
                 "HasAns_f1": r.metrics.get("HasAns_f1"),
                 "NoAns_f1": r.metrics.get("NoAns_f1"),
+                "other_shops_f1": r.home_f1,
                 "params": r.params,
                 "megabytes": round(r.megabytes, 1),
                 "architecture": r.architecture,

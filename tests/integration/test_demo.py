@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
-ROW_KEYS = ["teacher_a", "teacher_b", "ensemble", "labels_only", "distilled", "distilled_ft"]
+ROW_KEYS = ["teacher_a", "teacher_b", "ensemble", "ood_student", "distilled", "labels_only_200", "distilled_ft_200"]
 COLUMNS = [
     "model",
     "trained with",
     "layers",
-    "labelled examples used",
+    "store labels used",
     "EM",
     "F1",
+    "F1 other shops",
     "HasAns F1",
     "NoAns F1",
     "params (M)",
@@ -43,7 +44,17 @@ def quick_demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "qadist.cli", "demo", "--quick", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "qadist.cli",
+            "demo",
+            "--quick",
+            "--out",
+            str(out),
+            "--teacher-cache",
+            str(out.parent / "cache"),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -75,10 +86,16 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
     table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table) >= 1 + len(ROW_KEYS)
     assert (out / "f1_vs_labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(result["curve"]) == {"labels only", "distilled, then fine-tuned"}
+    assert set(result["curve"]) == {"store labels only", "distilled on the store's logs, then fine-tuned"}
+    # The teachers (and the student on their labels) are also scored where they learned.
+    home = {r["key"]: r["other_shops_f1"] for r in result["rows"]}
+    assert all(home[k] is not None for k in ("teacher_a", "teacher_b", "ensemble", "ood_student"))
+    assert home["distilled"] is None
     # Each stage's artifacts stay for the user to inspect.
     assert (out / "pairs" / "_manifest.json").exists() and (out / "labels" / "_manifest.json").exists()
     assert (out / "models" / "student-distilled" / "final" / "config.json").exists()
+    # Both teachers kept for later runs, each under the key of what made it.
+    assert len([p for p in (out.parent / "cache").iterdir() if (p / "config.json").exists()]) == 2
     # Progress: every stage's time and the total on the console.
     for stage in ("teacher A", "pairs:", "label:", "distill:", "evaluate"):
         assert f"=== demo: {stage}" in proc.stdout
@@ -95,7 +112,10 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
         )
     )
     # Distillation moved what the teachers know into the student, with no labels.
-    assert rows["distilled"]["f1"] > rows["labels_only"]["f1"], (rows["distilled"]["f1"], rows["labels_only"]["f1"])
+    assert rows["distilled"]["f1"] > rows["labels_only_200"]["f1"], (
+        rows["distilled"]["f1"],
+        rows["labels_only_200"]["f1"],
+    )
 
 
 @pytest.mark.slow
@@ -105,7 +125,7 @@ def test_full_demo_shows_the_claims(tmp_path):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "qadist.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "qadist.cli", "demo", "--out", str(out), "--teacher-cache", str(tmp_path / "cache")],
         capture_output=True,
         text=True,
         timeout=3600,

@@ -22,30 +22,37 @@ def tuning():
 def fake_prep(tmp_path):
     return SimpleNamespace(
         out=str(tmp_path),
-        inits={"student-init": "/init"},
+        inits={"student-init": "/init", **{f"teacher-init-{s}": f"/t{s}" for s in range(3)}},
         labels="/labels",
-        subsets={50: "/s50", 200: "/s200", "all": "/all"},
+        subsets={50: "/s50", 200: "/s200", 1000: "/s1000"},
         shared={"max_seq_len": 160},
-        data={"dev": "/dev.jsonl", "test": "/test.jsonl"},
+        data={k: f"/{k}.jsonl" for k in ("dev", "test", "teacher", "teacher-dev", "teacher-test")},
     )
 
 
 def finish(t, task, dev_f1):
     key = (task["row"], task["lr"], task["epochs"], task["seed"])
-    t.records[key] = {"dev": {"f1": dev_f1}, "test": {"f1": dev_f1}, "model": f"/m/{'-'.join(map(str, key))}"}
+    t.submitted.add(key)
+    split = t.grids[task["row"]].dev
+    t.records[key] = {split: {"f1": dev_f1}, "test": {"f1": dev_f1}, "model": f"/m/{'-'.join(map(str, key))}"}
 
 
 def test_grid_at_the_first_seed_then_the_best_dev_setting_at_the_others(tuning, tmp_path):
     t = tuning.Tuning(fake_prep(tmp_path), seeds=[0, 1, 2])
     first = t.ready()
-    # Before anything finished: every independent row's 9 points at seed 0, nothing that needs the
-    # distilled student, nothing at another seed.
+    # Before anything finished: every row that starts from a starting point has its 9 points at
+    # seed 0 (the pre-trained teachers' starting points do not exist yet); nothing that starts
+    # from another row's model, nothing at another seed.
     assert {task["seed"] for task in first} == {0}
-    assert {task["row"] for task in first} == {"distilled", "labels_only_50", "labels_only_200", "all_labels"}
-    assert len(first) == 4 * 9 and first[0]["row"] == "distilled"
+    independent = {"teacher", "distilled", "ood_student", "labels_only_50", "labels_only_200", "labels_only_1000"}
+    assert {task["row"] for task in first} == independent
+    assert len(first) == len(independent) * 9 and first[0]["row"] == "teacher"
+    # Teachers are chosen on the other shops' dev questions and scored on the store's too.
+    teacher = [task for task in first if task["row"] == "teacher"]
+    assert set(teacher[0]["files"]) == {"teacher-dev", "dev", "test", "teacher-test"}
+    assert teacher[0]["data"] == "/teacher.jsonl" and teacher[0]["start"] == "/t0"
     grid = [task for task in first if task["row"] == "distilled"]
     for i, task in enumerate(grid):
-        t.submitted.add((task["row"], task["lr"], task["epochs"], task["seed"]))
         finish(t, task, dev_f1=50.0 + (10.0 if i == 4 else 0.0))
     best = t.chosen("distilled")
     assert best == (grid[4]["lr"], grid[4]["epochs"])
@@ -56,6 +63,17 @@ def test_grid_at_the_first_seed_then_the_best_dev_setting_at_the_others(tuning, 
     ft = [task for task in after if task["row"] == "distilled_ft_200"]
     assert len(ft) == 9 and {task["start"] for task in ft} == {t.records[("distilled", *best, 0)]["model"]}
     assert all(task["data"] == "/s200" for task in ft)
+    # Self-distillation starts from the chosen teacher of its seed: not before the teacher grid is done.
+    assert not [task for task in after if task["row"] == "self_distilled"]
+    for task in teacher:
+        finish(t, task, dev_f1=70.0)
+    selfd = [task for task in t.ready() if task["row"] == "self_distilled"]
+    assert len(selfd) == 9 and {task["start"] for task in selfd} == {t.chosen_model("teacher", 0)}
+
+
+def test_only_runs_the_rows_asked_for(tuning, tmp_path):
+    t = tuning.Tuning(fake_prep(tmp_path), seeds=[0, 1, 2])
+    assert {task["row"] for task in t.ready({"teacher"})} == {"teacher"}
 
 
 def test_a_gap_under_the_spreads_is_a_tie(tuning):
@@ -67,7 +85,7 @@ def test_a_gap_under_the_spreads_is_a_tie(tuning):
 
 def test_the_few_label_rows_share_a_step_budget(tuning):
     grids = {g.row: g for g in tuning.grids()}
-    for n in (50, 200):
-        assert grids[f"labels_only_{n}"].epochs == grids[f"distilled_ft_{n}"].epochs
+    for n in (50, 200, 1000):
+        assert grids[f"labels_only_{n}"].epochs == grids[f"distilled_ft_{n}"].epochs == grids[f"ood_ft_{n}"].epochs
         assert [round(e * n / 16) for e in grids[f"labels_only_{n}"].epochs] == list(tuning.STEPS)
     assert all(len(g.learning_rates) == 3 and len(g.epochs) == 3 for g in grids.values())

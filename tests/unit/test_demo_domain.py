@@ -2,11 +2,15 @@ import json
 
 import pytest
 
-from qadist.demo.camera_domain import QUESTIONS, STATEMENTS, DomainSizes, generate_domain, write_domain
+from qadist.demo.camera_text import CAMERA
+from qadist.demo.domain import DomainSizes, generate_domain, write_domain
+from qadist.demo.shops_text import OTHER_SHOPS
 from qadist.squad.io import read_pairs, validate_pair
 
-SIZES = DomainSizes(teacher=300, logged=600, student=120, test=200, dev=200)
-PAIR_SPLITS = ("teacher", "logged", "student", "test", "dev")
+SIZES = DomainSizes(teacher=300, logged=600, student=120, test=200, dev=200, teacher_dev=60, teacher_test=90)
+PAIR_SPLITS = ("teacher", "teacher-dev", "teacher-test", "logged", "student", "test", "dev")
+STORE_SPLITS = ("logged", "student", "test", "dev")
+SHOP_SPLITS = ("teacher", "teacher-dev", "teacher-test")
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def test_same_seed_same_domain_other_seed_differs(domain):
 
 
 def test_split_sizes(domain):
-    assert [len(domain[s]) for s in PAIR_SPLITS] == [300, 600, 120, 200, 200]
+    assert [len(domain[s]) for s in PAIR_SPLITS] == [300, 60, 90, 600, 120, 200, 200]
     assert len(domain["documents"]) == len({p["doc_id"] for p in domain["logged"]})
 
 
@@ -38,13 +42,23 @@ def test_answer_start_is_exact_and_pairs_validate(domain):
 
 def test_unanswerable_share_is_about_thirty_percent(domain):
     for split in PAIR_SPLITS:
-        share = sum(not p["answers"]["text"] for p in domain[split]) / len(domain[split])
-        assert 0.22 <= share <= 0.38, (split, share)
+        n = len(domain[split])
+        share = sum(not p["answers"]["text"] for p in domain[split]) / n
+        assert abs(share - 0.3) <= 3 * (0.3 * 0.7 / n) ** 0.5, (split, share)  # within 3 binomial sds
+
+
+def _shop_and_model(title: str):
+    """The catalogue a product comes from (brands are not shared between shops) and its model name."""
+    for shop in (CAMERA, *OTHER_SHOPS):
+        for brand in shop.brands:
+            if title.startswith(brand + " "):
+                return shop, title[len(brand) + 1 :]
+    raise AssertionError(f"no shop sells {title!r}")
 
 
 def _asked_attribute(question: str, title: str) -> str:
-    model = title.split(" ", 1)[1]
-    for attr, templates in QUESTIONS.items():
+    shop, model = _shop_and_model(title)
+    for attr, templates in shop.questions.items():
         for t in templates:
             if question in {t.format(name=n) for n in (title, model)} | {
                 t.format(name=n).lower().rstrip("?") for n in (title, model)
@@ -54,10 +68,10 @@ def _asked_attribute(question: str, title: str) -> str:
 
 
 def _states(page: str, attr: str, title: str) -> bool:
-    model = title.split(" ", 1)[1]
-    for t in STATEMENTS[attr]:
+    shop, model = _shop_and_model(title)
+    for t in shop.statements[attr]:
         before = t.split("{v}")[0]
-        for ref in (model, title, "camera"):
+        for ref in (model, title, shop.name):
             if before.format(ref=ref, ref_cap=f"The {ref}" if ref != title else title) in page:
                 return True
     return False
@@ -86,7 +100,7 @@ def test_questions_name_their_product_so_pairs_can_match(domain):
 
 def test_write_domain_files(domain, tmp_path):
     uris = write_domain(domain, str(tmp_path))
-    assert set(uris) == {"teacher", "student", "test", "dev", "questions", "documents", "logged-gold"}
+    assert set(uris) == {*SHOP_SPLITS, "student", "test", "dev", "questions", "documents", "logged-gold"}
     questions = [json.loads(line) for line in open(uris["questions"])]
     assert len(questions) == 600 and all(set(q) == {"id", "question"} for q in questions)
     documents = [json.loads(line) for line in open(uris["documents"])]
@@ -101,4 +115,12 @@ def test_the_dev_split_leaves_every_other_split_as_it_was(domain):
 
     without = generate_domain(seed=7, sizes=replace(SIZES, dev=0))
     assert without["dev"] == []
-    assert all(without[s] == domain[s] for s in ("teacher", "logged", "student", "test", "documents"))
+    assert all(without[s] == domain[s] for s in (*SHOP_SPLITS, "logged", "student", "test", "documents"))
+
+
+def test_the_teachers_learn_from_other_shops_and_the_store_is_all_cameras(domain):
+    """The shift the demo is about: no teacher-split page is a camera's, every store page is one."""
+    for split in SHOP_SPLITS:
+        assert {_shop_and_model(p["title"])[0].name for p in domain[split]} == {s.name for s in OTHER_SHOPS}
+    for split in STORE_SPLITS:
+        assert {_shop_and_model(p["title"])[0].name for p in domain[split]} == {"camera"}

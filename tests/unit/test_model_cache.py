@@ -1,0 +1,46 @@
+"""The demo's model cache: a model is reused only for the same start, data, settings and version."""
+
+from __future__ import annotations
+
+import json
+
+from qadist.demo import model_cache
+
+
+def model(folder, weights: bytes):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+def test_the_key_changes_with_each_thing_that_made_the_model(tmp_path):
+    start = model(tmp_path / "start", b"\x00" * 64)
+    other_start = model(tmp_path / "other", b"\x01" * 64)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"id": "a"}\n')
+    settings = {"learning_rate": 2e-4, "epochs": 1.0, "seed": 0}
+    key = model_cache.cache_key("finetune", start, str(data), settings)
+    assert key == model_cache.cache_key("finetune", start, str(data), dict(settings))
+    assert key != model_cache.cache_key("finetune", other_start, str(data), settings)
+    assert key != model_cache.cache_key("finetune", start, str(data), {**settings, "seed": 1})
+    assert key != model_cache.cache_key("pretrain", start, str(data), settings)
+    data.write_text('{"id": "b"}\n')
+    assert key != model_cache.cache_key("finetune", start, str(data), settings)
+
+
+def test_keep_then_restore_copies_the_model_and_a_miss_says_so(tmp_path):
+    trained = model(tmp_path / "run" / "final", b"\x02" * 32)
+    cache = str(tmp_path / "cache")
+    assert not model_cache.restore(cache, "finetune-abc", str(tmp_path / "elsewhere" / "final"))
+    model_cache.keep(cache, "finetune-abc", trained)
+    assert not list((tmp_path / "cache").glob("*.partial-*"))  # written aside, then renamed
+    assert model_cache.restore(cache, "finetune-abc", str(tmp_path / "elsewhere" / "final"))
+    assert (tmp_path / "elsewhere" / "final" / "model.safetensors").read_bytes() == b"\x02" * 32
+
+
+def test_a_copy_killed_midway_is_never_a_hit(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "finetune-abc.partial-123").mkdir(parents=True)
+    (cache / "finetune-abc.partial-123" / "config.json").write_text("{}")
+    assert not model_cache.restore(str(cache), "finetune-abc", str(tmp_path / "out" / "final"))
