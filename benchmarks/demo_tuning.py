@@ -44,6 +44,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
+from pathlib import Path
 
 from qadist import storage
 from qadist.config import AnswerSettings, DemoConfig, DistillConfig, FinetuneConfig
@@ -335,8 +336,8 @@ def markdown(rows: dict, ensembles: dict, comparisons: list[str], sizes, seconds
         "",
         f"Store: dev {sizes.dev}, test {sizes.test} questions; other shops: dev {sizes.teacher_dev}, test "
         f"{sizes.teacher_test} (disjoint pages). Seeds {first['seeds']}; grid at seed {first['seeds'][0]}, chosen "
-        f"by F1 on the row's dev split (teachers: the other shops'; students: the store's). Wall time "
-        f"{seconds / 60:.0f} min.",
+        f"by F1 on the row's dev split (teachers: the other shops'; students: the store's)."
+        + (f" Wall time {seconds / 60:.0f} min." if seconds else " Partial: the rows whose grid has finished."),
         "",
         "| row | chosen on | grid (lr x epochs) | dev F1 over the grid (seed 0) | chosen | dev F1 | test F1 "
         "| other shops' test F1 |",
@@ -379,6 +380,11 @@ def tuning_args(argv: list[str] | None, description: str, extra=None) -> argpars
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
     parser.add_argument("--rows", nargs="+", help="tune only these rows (default: every row)")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: the tables from the points finished so far (rows with a finished grid)",
+    )
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
@@ -474,8 +480,37 @@ def comparisons(rows: dict, ensembles: dict) -> list[str]:
     return found  # fmt: skip
 
 
+def finished_points(out: str) -> dict[tuple, dict]:
+    """(row, lr, epochs, seed) -> record, of every point finished under `out`."""
+    records = {}
+    for done in sorted(Path(out, "tuning").glob("*/*/point.json")):
+        record = json.loads(done.read_text())
+        records[(record["row"], record["lr"], record["epochs"], record["seed"])] = record
+    return records
+
+
+def summary_only(args) -> int:
+    from types import SimpleNamespace
+
+    out = os.path.abspath(args.out)
+    prep = SimpleNamespace(out=out, inits={}, data={}, subsets={}, shared={}, labels="")
+    tuning = Tuning(prep, args.seeds)
+    tuning.records = finished_points(out)
+    rows = tuning.summary()
+    if not rows:
+        print(f"{out}: no row has a finished grid yet ({len(tuning.records)} points finished)")
+        return 0
+    found = comparisons(rows, {})
+    write_results(
+        out, "tuning-partial", {"rows": rows, "comparisons": found}, markdown(rows, {}, found, FULL.sizes, 0.0)
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = tuning_args(argv, __doc__.split("\n")[0])
+    if args.summary_only:
+        return summary_only(args)
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     cpus = os.cpu_count() or 1

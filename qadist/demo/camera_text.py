@@ -1,6 +1,6 @@
-"""The camera store's wording for `camera_domain`: attributes, brands and model names, the sentences
-a page states an attribute with, the distracting numbers and filler around them, and the ways a
-shopper asks about each attribute."""
+"""The camera store's wording for `qadist.demo.domain` (`CAMERA`): attributes, brands and model names,
+the sentences a page states an attribute with, the distracting numbers and filler around them, and
+the ways a shopper asks about each attribute."""
 
 from __future__ import annotations
 

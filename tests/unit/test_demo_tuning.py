@@ -89,3 +89,20 @@ def test_the_few_label_rows_share_a_step_budget(tuning):
         assert grids[f"labels_only_{n}"].epochs == grids[f"distilled_ft_{n}"].epochs == grids[f"ood_ft_{n}"].epochs
         assert [round(e * n / 16) for e in grids[f"labels_only_{n}"].epochs] == list(tuning.STEPS)
     assert all(len(g.learning_rates) == 3 and len(g.epochs) == 3 for g in grids.values())
+
+
+def test_summary_only_tables_the_rows_whose_grid_finished(tuning, tmp_path):
+    """A long tuning run can be read while it runs: finished points only, nothing trained."""
+    import json
+
+    grid = next(g for g in tuning.grids() if g.row == "teacher")
+    for i, (lr, ep) in enumerate((lr, ep) for lr in grid.learning_rates for ep in grid.epochs):
+        point = tmp_path / "tuning" / "teacher" / f"lr{lr:g}-ep{ep:g}-seed0"
+        point.mkdir(parents=True)
+        f1 = 50.0 + i
+        record = {"row": "teacher", "lr": lr, "epochs": ep, "seed": 0, "model": "/m", "seconds": 1.0}
+        record.update({split: {"f1": f1} for split in ("teacher-dev", "dev", "test", "teacher-test")})
+        (point / "point.json").write_text(json.dumps(record))
+    assert tuning.main(["--out", str(tmp_path), "--summary-only"]) == 0
+    text = (tmp_path / "tuning-partial.md").read_text()
+    assert "| teacher | teacher-dev |" in text and "lr 0.0004, 2 ep" in text and "distilled" not in text
