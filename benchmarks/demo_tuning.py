@@ -492,18 +492,26 @@ def finished_points(out: str) -> dict[tuple, dict]:
 def summary_only(args) -> int:
     from types import SimpleNamespace
 
+    from qadist.inference import cpu_has_bf16
+
     out = os.path.abspath(args.out)
-    prep = SimpleNamespace(out=out, inits={}, data={}, subsets={}, shared={}, labels="")
+    data = {p.stem: str(p) for p in Path(out, "data").glob("*.jsonl")}
+    shared = {**FULL.windows, "precision": "bf16" if cpu_has_bf16() else "fp32"}
+    prep = SimpleNamespace(out=out, inits={}, data=data, subsets={}, shared=shared, labels="")
     tuning = Tuning(prep, args.seeds)
     tuning.records = finished_points(out)
     rows = tuning.summary()
     if not rows:
         print(f"{out}: no row has a finished grid yet ({len(tuning.records)} points finished)")
         return 0
-    found = comparisons(rows, {})
-    write_results(
-        out, "tuning-partial", {"rows": rows, "comparisons": found}, markdown(rows, {}, found, FULL.sizes, 0.0)
-    )
+    ensembles = {
+        name: ensemble_scores(prep, tuning, row)
+        for name, row in (("ensemble", "teacher"), ("pretrained_ensemble", "pretrained_teacher"))
+        if row in rows and len(rows[row]["seeds"]) == len(args.seeds) > 1
+    }
+    found = comparisons(rows, ensembles)
+    result = {"rows": rows, "ensembles": ensembles, "comparisons": found}
+    write_results(out, "tuning-partial", result, markdown(rows, ensembles, found, FULL.sizes, 0.0))
     return 0
 
 
