@@ -7,8 +7,8 @@ training, gives an F1 not below the same QA training without it, beyond the spre
    unless --train-file / --dev-file / --test-file / --documents name other files;
 2. pre-training: `run_pretrain` of MiniLM on the documents with `PretrainConfig`'s defaults (head
    warm-up, then the whole model), and each other setting of --settings (LR,EPOCHS of the whole
-   model's phase; the warm-up is the default's). The held-out masked-LM loss before, after the
-   warm-up and after is printed;
+   model's phase, started from the default run's warmed-up head: the same warm-up, not run again).
+   The held-out masked-LM loss before, after the warm-up and after is printed;
 3. QA: MiniLM (or a pre-trained encoder) + a fresh QA head seeded seed + 1, fine-tuned by
    `run_finetune` on the QA training file with the demo's teacher setting (lr 2e-4, 1 epoch, batch
    16, windows 160/64/32, bf16 where the CPU has it), seeds 0, 1, 2; scored on dev and test (SQuAD
@@ -53,6 +53,9 @@ def args_of(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="more pre-training settings of the whole model's phase, LR,EPOCHS (the defaults always run)",
     )
+    p.add_argument(
+        "--finished-only", action="store_true", help="train nothing: the table of the runs already finished in --out"
+    )
     return p.parse_args(argv)
 
 
@@ -79,8 +82,13 @@ def settings_of(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     return settings
 
 
-def pretrained(out: str, documents: str, lr: float, epochs: float, precision: str) -> tuple[str, dict]:
-    """`run_pretrain` of MiniLM (reused when its report exists): its final folder and report."""
+def pretrained(
+    out: str, documents: str, lr: float, epochs: float, precision: str, warmed: dict | None = None
+) -> tuple[str, dict]:
+    """`run_pretrain` of MiniLM (reused when its report exists): its final folder and report.
+
+    `warmed`: the default setting's report; this run then starts from its warmed-up head (MiniLM
+    + the head after the same warm-up steps: no warm-up run again), and its report says so."""
     from qadist.train.pretrain import run_pretrain
 
     report = os.path.join(out, "pretrain_report.json")
@@ -88,7 +96,7 @@ def pretrained(out: str, documents: str, lr: float, epochs: float, precision: st
         run_pretrain(
             PretrainConfig(
                 documents=documents,
-                model=minilm_path(),
+                model=local_model(warmed["head_warmup"]["final"]) if warmed else minilm_path(),
                 out=out,
                 seed=0,
                 precision=precision,
@@ -97,6 +105,14 @@ def pretrained(out: str, documents: str, lr: float, epochs: float, precision: st
             )
         )
     result = json.loads(storage.read_text(report))
+    if warmed:  # the warm-up and the loss before it are the default run's
+        loss = result["heldout_mlm_loss"]
+        result["heldout_mlm_loss"] = {
+            "before": warmed["heldout_mlm_loss"]["before"],
+            "after_head_warmup": loss["before"],
+            "after": loss["after"],
+        }
+        result["head_warmup"] = {**warmed["head_warmup"], "shared_with": "default"}
     return local_model(result["final"]), result
 
 
@@ -191,18 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     encoders = {"none": (minilm_path(), None)}
     for name, (lr, epochs) in settings_of(args).items():
-        encoders[name] = pretrained(os.path.join(args.out, "pretrain", name), files["documents"], lr, epochs, precision)
-    arms = {}
-    for name, (encoder, _) in encoders.items():
-        scores = {"dev": [], "test": []}
-        for seed in args.seeds:
+        warmed = encoders["default"][1] if name != "default" and "default" in encoders else None
+        where = os.path.join(args.out, "pretrain", name)
+        if args.finished_only and not os.path.exists(os.path.join(where, "pretrain_report.json")):
+            continue
+        encoders[name] = pretrained(where, files["documents"], lr, epochs, precision, warmed)
+    scores = {name: {"dev": [], "test": []} for name in encoders}
+    for seed in args.seeds:  # seed by seed, every arm: a paired comparison grows as the runs finish
+        for name, (encoder, _) in encoders.items():
             run = os.path.join(args.out, "qa", name, f"seed-{seed}")
+            if args.finished_only and not os.path.exists(os.path.join(run, "test.metrics.json")):
+                continue
             init = qa_init(os.path.join(run, "init"), encoder, seed + 1)
             model = finetuned(run, init, files["train"], seed, precision)
             for split in ("dev", "test"):
-                scores[split].append(f1(model, files[split], os.path.join(run, f"{split}.metrics.json"), precision))
-        arms[name] = {split: mean_sd(v) for split, v in scores.items()}
-        print(f"[pretrain_warmup] {name}: test F1 {cell(arms[name]['test'])}", flush=True)
+                scores[name][split].append(
+                    f1(model, files[split], os.path.join(run, f"{split}.metrics.json"), precision)
+                )
+            dev, test = scores[name]["dev"][-1], scores[name]["test"][-1]
+            print(f"[pretrain_warmup] {name}, seed {seed}: dev F1 {dev:.1f}, test F1 {test:.1f}", flush=True)
+    arms = {name: {split: mean_sd(v) for split, v in s.items()} for name, s in scores.items() if s["test"]}
     pretrained_arms = [n for n in arms if n != "none"]
     chosen = max(pretrained_arms, key=lambda n: arms[n]["dev"]["mean"])
     claim = verdict(arms[chosen]["test"], arms["none"]["test"])
