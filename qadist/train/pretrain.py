@@ -285,14 +285,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     tokenizer = load_tokenizer(model, cfg.trust_remote_code)
     if tokenizer.mask_token is None:
         raise UserError(f"{cfg.model}: its tokenizer has no mask token, so it cannot be trained as a masked LM")
-    missing_head = missing_masked_lm_head(model, cfg.trust_remote_code)
-    console.summary(warmup_line(missing_head, cfg), log)
     docs, rejects = load_documents(cfg.documents)
     documents_in = len(docs) + len(rejects)
     train_docs, heldout_docs = split_documents(docs, cfg.heldout_share)
     heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
     if not heldout["input_ids"]:
         raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
+    missing_head = missing_masked_lm_head(model, cfg.trust_remote_code)
+    console.summary(warmup_line(missing_head, cfg), log)
     check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "pretrain", cfg)
     dataset, empty_ids = training_sequences(train_docs, cfg)
     by_id = {d["id"]: d for d in train_docs}
