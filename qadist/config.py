@@ -231,8 +231,8 @@ class PretrainConfig(OptimizerSettings):
     documents: str = Uri(help="Documents URI (JSONL/Parquet: id, text or context, title), as for `pairs`.")
     model: str = Model(help="Encoder to continue training (a Hugging Face name or folder; its MLM head if it has one).")
     # Defaults that keep a QA-ready encoder QA-ready: measured in docs/pretrain.md ("Does it pay?").
-    epochs: float = Opt(3.0, "Passes over the documents' token sequences (after the head warm-up).", gt=0)
-    learning_rate: float = Opt(2e-5, "Peak learning rate of the whole model (linear warm-up and decay).", gt=0)
+    epochs: float = Opt(1.0, "Passes over the documents' token sequences (after the head warm-up).", gt=0)
+    learning_rate: float = Opt(5e-6, "Peak learning rate of the whole model (linear warm-up and decay).", gt=0)
     head_warmup_steps: int = Opt(
         200,
         "When the model has no masked-LM head: optimizer steps that train the new head alone (encoder and "
