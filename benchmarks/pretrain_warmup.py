@@ -195,6 +195,8 @@ def verdict(a: dict, b: dict) -> str:
     """`a` (pre-trained) against `b` (without): gain, loss, or a tie when the gap is under the sds added."""
     gap, spread = a["mean"] - b["mean"], a["sd"] + b["sd"]
     call = "tie" if abs(gap) < spread else ("gain" if gap > 0 else "loss")
+    if min(len(a["by_seed"]), len(b["by_seed"])) < 3:
+        call += " (fewer than 3 seeds: no verdict yet)"
     return f"gap {gap:+.1f}, sds added {spread:.1f}: {call}"
 
 
