@@ -147,8 +147,29 @@ def load_masked_lm(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return _from_pretrained(AutoModelForMaskedLM, "a masked-LM", name_or_path, None, trust_remote_code, torch.float32)
 
 
+def missing_masked_lm_head(name_or_path: str, trust_remote_code: bool = False) -> list[str]:
+    """The masked-LM head's weights that `name_or_path` lacks (made new when it is loaded as a masked
+    LM): the weights transformers' loading info calls missing, outside the base model. [] when the
+    model ships its head (an ALBERT, RoBERTa, BERT pre-training checkpoint)."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    check_folder(name_or_path)
+    model, info = _from_pretrained(
+        AutoModelForMaskedLM, "a masked-LM", name_or_path, None, trust_remote_code, torch.float32, loading_info=True
+    )
+    base = f"{model.base_model_prefix}."
+    return sorted(k for k in info["missing_keys"] if not k.startswith(base))
+
+
 def _from_pretrained(
-    auto_cls: Any, what: str, name_or_path: str, revision: str | None, trust_remote_code: bool, dtype: Any = None
+    auto_cls: Any,
+    what: str,
+    name_or_path: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    dtype: Any = None,
+    loading_info: bool = False,
 ) -> Any:
     import pickle
 
@@ -159,6 +180,7 @@ def _from_pretrained(
             trust_remote_code=trust_remote_code,
             use_safetensors=None,
             **({"dtype": dtype} if dtype is not None else {}),
+            **({"output_loading_info": True} if loading_info else {}),
         )
     except pickle.UnpicklingError as e:
         raise UserError(

@@ -67,6 +67,8 @@ RUN_FINGERPRINT_KEYS = (
     "masking",
     "heldout_share",
     "heldout_sequences",
+    "head_warmup_steps",
+    "head_learning_rate",
     *WINDOW_KEYS,
 )
 

@@ -19,6 +19,7 @@ import torch
 
 from qadist.train.checkpoint import unwrap
 from qadist.train.domain_masking import choose_tokens
+from qadist.train.head_warmup import freeze_all_but_head
 from qadist.train.task import TaskSpec, WorkerContext
 
 EVAL_MASK_SEED = 0  # the held-out masks: the same for every run, so runs compare
@@ -30,8 +31,10 @@ def masked_lm_spec(
     heldout: dict[str, list],
     eval_batch_size: int,
     token_mask_prob: list[float] | None = None,
+    head_only: bool = False,
 ) -> TaskSpec:
-    """The driver's description of a masked-LM run (`token_mask_prob`: domain masking's per-token odds)."""
+    """The driver's description of a masked-LM run (`token_mask_prob`: domain masking's per-token odds;
+    `head_only`: the head warm-up, `qadist.train.head_warmup`)."""
     return TaskSpec(
         "masked_lm",
         {
@@ -40,6 +43,7 @@ def masked_lm_spec(
             "heldout": heldout,
             "eval_batch_size": eval_batch_size,
             "token_mask_prob": token_mask_prob,
+            "head_only": head_only,
         },
     )
 
@@ -117,7 +121,8 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_masked: int) ->
 
 class MaskedLMTask:
     """Masked-LM training (a task of `qadist.train.loop`, see `task.py`); `settings`: mask_prob,
-    whole_word, token_mask_prob (domain masking, or None), heldout (sequence rows), eval_batch_size."""
+    whole_word, token_mask_prob (domain masking, or None), heldout (sequence rows), eval_batch_size,
+    head_only (train the masked-LM head alone, the base model frozen: the head warm-up)."""
 
     stat_keys = ("loss", "grad_norm", "masked_tokens")
 
@@ -133,7 +138,11 @@ class MaskedLMTask:
     def load_model(self, folder: str) -> torch.nn.Module:
         from qadist.models import load_masked_lm
 
-        return load_masked_lm(folder, trust_remote_code=self.ctx.train["trust_remote_code"])
+        model = load_masked_lm(folder, trust_remote_code=self.ctx.train["trust_remote_code"])
+        if self.settings.get("head_only"):  # the optimizer takes only the parameters that require grad
+            trainable, frozen = freeze_all_but_head(model)
+            self.ctx.log(f"head warm-up: {trainable:,} head parameters trained, {frozen:,} frozen")
+        return model
 
     def setup(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
         """The collators, and on rank 0 (it alone evaluates) the held-out batch and its loss before

@@ -10,9 +10,13 @@ GPU. A document with no token the
 model's tokenizer knows is rejected with its reason, like an empty or undecodable one, into
 `<out>/rejects/documents.jsonl`; every input row is trained on, held out, or rejected.
 
+A model without a masked-LM head (a sentence-transformers encoder, a QA model) first has its new
+head trained alone, the encoder frozen (`qadist.train.head_warmup`: its own run into
+`<out>/warmup/`); then the whole model is trained from it.
+
 The output `<out>/final` is a `save_pretrained` masked-LM folder: `finetune --model`,
 `distill --student` and a teacher's fine-tuning load it as an initialisation (the QA head new, the
-encoder kept). `<out>/pretrain_report.json` holds the counts and the held-out losses.
+encoder kept). `<out>/pretrain_report.json` holds the counts, the head warm-up and the held-out losses.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from qadist import console, storage
 from qadist.config import PretrainConfig, to_dict
 from qadist.documents import load_documents
 from qadist.errors import UserError
-from qadist.models import load_tokenizer, local_model
+from qadist.models import load_tokenizer, local_model, missing_masked_lm_head
 from qadist.rows import jsonl_bytes, make_reject
 from qadist.runtime import ensure_ray
 from qadist.train.domain_masking import domain_mask_probabilities, token_counts
+from qadist.train.head_warmup import warmup_config, warmup_line
 from qadist.train.launch import TrainJob, check_workers_fit, launch, quiet
 from qadist.train.masked_lm import masked_lm_spec
+from qadist.train.task import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -240,17 +246,38 @@ def described(counts: dict[str, int], rejects_uri: str, cfg: PretrainConfig) -> 
     )
 
 
-def report_losses(result: dict, counts: dict[str, int]) -> tuple[float | None, float | None]:
-    """The held-out masked-LM loss before and after training, said on the console."""
-    before, after = result["metrics"].get("eval/mlm_loss_before"), result["metrics"].get("eval/mlm_loss")
+def report_losses(result: dict, warmup: dict | None, counts: dict[str, int]) -> dict[str, float | None]:
+    """The held-out masked-LM loss before training (before the head warm-up, if any), after the
+    warm-up and after training, said on the console."""
+    metrics = result["metrics"]
+    warmed = warmup["metrics"].get("eval/mlm_loss") if warmup else None
+    before = warmup["metrics"].get("eval/mlm_loss_before") if warmup else metrics.get("eval/mlm_loss_before")
+    after = metrics.get("eval/mlm_loss")
     if before is not None and after is not None:
         console.summary(
             f"qadist pretrain: held-out masked-LM loss {before:.4f} -> {after:.4f} (perplexity "
             f"{math.exp(before):,.1f} -> {math.exp(after):,.1f}) on {counts['heldout_sequences']:,} sequences of "
-            f"{counts['documents_heldout']:,} held-out documents",
+            f"{counts['documents_heldout']:,} held-out documents"
+            + (f"; {warmed:.4f} after the head warm-up" if warmed is not None else ""),
             log,
         )
-    return before, after
+    return {"before": before, "after_head_warmup": warmed, "after": after}
+
+
+def warm_up_head(cfg: PretrainConfig, dataset: Any, count: int, task: TaskSpec, what: str, provenance: dict) -> dict:
+    """The head warm-up (`qadist.train.head_warmup`): the new head trained alone, in its own run into
+    <out>/warmup; its result (final model, metrics)."""
+    job = TrainJob(
+        "pretrain",
+        warmup_config(cfg, count),
+        cfg.model,
+        dataset,
+        {"sequences": count},
+        TaskSpec(task.kind, {**task.settings, "head_only": True}),
+        f"head warm-up (the new masked-LM head alone, encoder frozen) on {what}",
+        provenance,
+    )
+    return launch(job)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -264,6 +291,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     heldout, heldout_empty = heldout_sequences(heldout_docs, tokenizer, cfg)
     if not heldout["input_ids"]:
         raise UserError(f"{cfg.documents}: no held-out document has a token of {cfg.model}'s tokenizer")
+    missing_head = missing_masked_lm_head(model, cfg.trust_remote_code)
+    console.summary(warmup_line(missing_head, cfg), log)
     check_workers_fit(ensure_ray(min_cpus=cfg.num_workers + 1), "pretrain", cfg)
     dataset, empty_ids = training_sequences(train_docs, cfg)
     by_id = {d["id"]: d for d in train_docs}
@@ -290,12 +319,21 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         masking_report.update(ranked)
     what = described(counts, rejects_uri, cfg)
     provenance = {"documents": cfg.documents, "counts": counts}
-    result = launch(TrainJob("pretrain", cfg, cfg.model, dataset, {"sequences": count}, task, what, provenance))
-    before, after = report_losses(result, counts)
+    warmup = None
+    if missing_head and cfg.head_warmup_steps:
+        warmup = warm_up_head(cfg, dataset, count, task, what, provenance)
+    start = warmup["final"] if warmup else cfg.model
+    result = launch(TrainJob("pretrain", cfg, start, dataset, {"sequences": count}, task, what, provenance))
     report = {
         "config": to_dict(cfg),
         "counts": counts,
-        "heldout_mlm_loss": {"before": before, "after": after},
+        "heldout_mlm_loss": report_losses(result, warmup, counts),
+        "head_warmup": {
+            "missing_head_weights": missing_head,
+            "steps": warmup["plan"]["total_steps"] if warmup else 0,
+            "learning_rate": cfg.head_learning_rate if warmup else None,
+            "final": warmup["final"] if warmup else None,
+        },
         "masking": masking_report,
         "final": result["final"],
         "rejects": rejects_uri,

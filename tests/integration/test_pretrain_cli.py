@@ -33,6 +33,8 @@ SMALL = [
     "1e-3",
     "--heldout-share",
     "0.1",
+    "--head-warmup-steps",
+    "12",
 ]
 
 
@@ -87,6 +89,17 @@ def test_pretrain_on_documents_with_bad_rows_from_relative_paths(
     assert torch.equal(mlm.albert.embeddings.word_embeddings.weight, qa.albert.embeddings.word_embeddings.weight)
     start = AutoModelForMaskedLM.from_pretrained(tiny_models["albert"])
     assert not torch.equal(start.albert.embeddings.word_embeddings.weight, mlm.albert.embeddings.word_embeddings.weight)
+    # The tiny ALBERT is a QA model: its new masked-LM head was trained alone first, the encoder untouched.
+    assert "has no masked-LM head" in out and "training the head alone first, 12 steps" in out
+    warmup = report["head_warmup"]
+    assert warmup["steps"] == 12 and "predictions.dense.weight" in warmup["missing_head_weights"]
+    warmed = AutoModelForMaskedLM.from_pretrained(warmup["final"])
+    start_weights, warmed_weights = start.state_dict(), warmed.state_dict()
+    encoder = [k for k in warmed_weights if k.startswith("albert.")]
+    assert encoder and all(torch.equal(start_weights[k], warmed_weights[k]) for k in encoder)
+    assert not torch.equal(start_weights["predictions.dense.weight"], warmed_weights["predictions.dense.weight"])
+    loss = report["heldout_mlm_loss"]
+    assert loss["after"] < loss["after_head_warmup"] < loss["before"]
 
 
 @pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
@@ -133,6 +146,16 @@ def test_bad_pretrain_input_is_one_line_and_exit_2(tiny_models, tmp_path, capsys
         capsys,
     )
     assert_one_line_error(code, err, "doc_stride")
+    for flag, value, key in [
+        ("--head-warmup-steps", "-1", "head_warmup_steps"),
+        ("--head-learning-rate", "0", "head_learning_rate"),
+    ]:
+        code, _, err = run_cli(
+            ["pretrain", "--documents", str(one), "--model", tiny_models["albert"], "--out", str(tmp_path / "o")]
+            + [flag, value],
+            capsys,
+        )
+        assert_one_line_error(code, err, key)
     none = tmp_path / "none.jsonl"
     none.write_text("not json\n")
     code, _, err = run_cli(
@@ -205,6 +228,7 @@ def test_a_killed_pretrain_worker_is_replaced_and_training_resumes_at_the_saved_
         "max_failures": 2,
         "keep_checkpoints": 100,
         "learning_rate": 1e-3,
+        "head_warmup_steps": 10,  # the tiny ALBERT has no masked-LM head: a short warm-up run first
     }
     config.write_text(json.dumps({"pretrain": settings}))
     log = tmp_path / "pretrain.log"
