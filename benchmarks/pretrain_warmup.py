@@ -3,7 +3,7 @@
 The issue's claim to show: `qadist pretrain` on the packaged MiniLM (no masked-LM head), then QA
 training, gives an F1 not below the same QA training without it, beyond the spread (3 seeds).
 
-1. data: the demo's camera-store domain at its FULL sizes (`qadist.demo.camera_domain`, seed 0),
+1. data: the demo's camera-store domain at its FULL sizes (`qadist.demo.domain`, seed 0),
    unless --train-file / --dev-file / --test-file / --documents name other files;
 2. pre-training: `run_pretrain` of MiniLM on the documents (head warm-up with `PretrainConfig`'s
    defaults, then the whole model) at each setting of --settings (LR,EPOCHS of the whole model's
@@ -33,7 +33,7 @@ import time
 
 from qadist import storage
 from qadist.config import AnswerSettings, FinetuneConfig, PretrainConfig
-from qadist.demo.camera_domain import generate_domain, write_domain
+from qadist.demo.domain import generate_domain, write_domain
 from qadist.demo.plan import FULL
 from qadist.models import local_model, minilm_path
 
