@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from qadist import storage
-from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PretrainConfig
+from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PretrainConfig, to_dict
 from qadist.demo.domain import generate_domain, write_domain
 from qadist.demo.model_cache import cache_key, keep, restore
 from qadist.demo.plan import Plan, Train, epochs_for
@@ -66,6 +66,12 @@ def save_init_models(folder: str, layers: int, seeds: dict[str, int], source: st
     return paths
 
 
+def made_by(cfg) -> dict:
+    """A training config's every setting (defaults included) but where it reads and writes: what a
+    cached model is keyed by, so a changed default is another key."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("out", "train_file", "model", "documents")}
+
+
 def finished_model(out: str) -> str | None:
     final = storage.join(out, "final")
     return final if storage.exists(storage.join(final, "config.json")) else None
@@ -117,7 +123,8 @@ def train_model(
                 "seed": seed,
                 **prep.shared,
             }
-            key = cache and cache_key("finetune", init, train_file, settings)
+            cfg = FinetuneConfig(train_file=train_file, model=init, out=run_out, **settings)
+            key = cache and cache_key("finetune", init, train_file, made_by(cfg))
             if key and restore(cache, key, storage.join(run_out, "final")):
                 print(
                     f"{name}: the model trained earlier from the same start, data and settings ({cache}/{key})",
@@ -126,7 +133,7 @@ def train_model(
             else:
                 from qadist.train.stage import run_finetune
 
-                run_finetune(FinetuneConfig(train_file=train_file, model=init, out=run_out, **settings))
+                run_finetune(cfg)
                 if key:
                     keep(cache, key, storage.join(run_out, "final"))
         return local_model(finished_model(run_out))
@@ -231,16 +238,16 @@ def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Pre
     run_out = prep.path("models", "pretrained-encoder")
     with clock.stage("pretrain: MiniLM-L6 on the camera store's product pages"):
         if finished_model(run_out) is None:
-            settings = {**plan.pretrain, "seed": cfg.seed}
-            key = cfg.teacher_cache and cache_key("pretrain", minilm_path(), prep.data["documents"], settings)
+            pcfg = PretrainConfig(
+                documents=prep.data["documents"], model=minilm_path(), out=run_out, seed=cfg.seed, **plan.pretrain
+            )
+            key = cfg.teacher_cache and cache_key("pretrain", minilm_path(), prep.data["documents"], made_by(pcfg))
             if key and restore(cfg.teacher_cache, key, storage.join(run_out, "final")):
                 print(f"pretrain: the encoder pre-trained earlier with the same settings ({cfg.teacher_cache}/{key})")
             else:
                 from qadist.train.pretrain import run_pretrain
 
-                run_pretrain(
-                    PretrainConfig(documents=prep.data["documents"], model=minilm_path(), out=run_out, **settings)
-                )
+                run_pretrain(pcfg)
                 if key:
                     keep(cfg.teacher_cache, key, storage.join(run_out, "final"))
         encoder = local_model(finished_model(run_out))

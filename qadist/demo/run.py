@@ -117,7 +117,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"qadist demo ({'quick' if cfg.quick else 'full'}, seed {cfg.seed}) -> {cfg.out}", flush=True)
     try:
         prep = prepare(cfg, plan, clock, models_dir=cache)
-        pretrained = pretrained_teachers(cfg, plan, clock, prep) if plan.pretrain else None
+        pretrained = pretrained_teachers(cfg, plan, clock, prep) if plan.pretrain is not None else None
         models = train_students(cfg, plan, clock, prep)
         models.pretrained_teachers = pretrained
         test_pairs = read_pairs(prep.data["test"])[0]

@@ -135,3 +135,45 @@ def test_full_demo_shows_the_claims(tmp_path):
     result = json.loads((out / "results.json").read_text())
     failed = [c["claim"] for c in result["checks"] if not c["holds"] and not c["claim"].startswith("self-distillation")]
     assert not failed, failed
+
+
+ALL_ROWS = """
+import dataclasses, sys
+from qadist.config import DemoConfig
+from qadist.demo import plan, run
+from qadist.demo.plan import QUICK, Train
+
+every_row = dataclasses.replace(
+    QUICK,
+    labels_only={50: Train(1.0, 1e-4, min_steps=4), 200: QUICK.labels_only[200]},
+    finetune={50: Train(1.0, 3e-5, min_steps=4), 200: QUICK.finetune[200]},
+    ood_finetune={50: Train(1.0, 3e-5, min_steps=4), 200: Train(1.0, 3e-5, min_steps=4)},
+    self_distill=Train(0.2, 1e-4),
+    pretrain={"epochs": 0.2, "head_warmup_steps": 4, "max_seq_len": 64},
+)
+run.demo_plan = lambda cfg: every_row
+run.run_demo(DemoConfig(out=sys.argv[1], quick=True, teacher_cache=sys.argv[2]))
+"""
+
+
+@pytest.mark.slow  # 20 s or more on the 2-core CI machine: run before resolving (pytest -m slow)
+def test_every_row_of_the_full_plan_runs_at_the_quick_size(tmp_path):
+    """The full demo's rows the quick one leaves out (the 50-label point, the student on the teachers'
+    labels fine-tuned, self-distillation, the teachers pre-trained on the pages) through the same
+    code, at the quick size; every trained teacher and the pre-trained encoder kept in the cache."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
+    env.pop("RAY_ADDRESS", None)
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-c", ALL_ROWS, str(tmp_path / "run"), str(cache)],
+        capture_output=True, text=True, timeout=2400, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    keys = [r["key"] for r in result["rows"]]
+    for key in ("pretrained_a", "pretrained_b", "pretrained_ensemble", "self_distilled", "ood_ft_200"):
+        assert key in keys, keys
+    assert set(result["curve"]["trained on the other shops' labels, then fine-tuned"]) == {"0", "50", "200"}
+    claims = " ".join(c["claim"] for c in result["checks"])
+    assert "self-distillation beats its teacher" in claims and "pre-training the teachers" in claims
+    assert len(list(cache.iterdir())) == 5  # teachers A and B, the pre-trained encoder, its teachers A and B
