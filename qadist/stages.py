@@ -108,7 +108,7 @@ def label_holds(cfg: StageConfig) -> str | None:
     """The label table is complete when a generation is committed and it holds every input file: from
     a `qadist pairs` output, every file its committed generations list (one listing and the pairs
     manifests after the newest one the table has seen); otherwise every file under --pairs."""
-    view = read_view(cfg.out)
+    view = read_view(cfg.out, details=False)  # inputs and pairs_through: no shard list
     if view is None:
         return None
     held = {i["uri"]: i["size"] for i in view.get("inputs") or []}

@@ -45,13 +45,20 @@ def test_the_view_reads_a_snapshot_and_the_generations_after_it(tmp_path, monkey
     out = str(tmp_path / "labels")
     make_table(out, 25, 20)  # snapshots at 10 and 20
     seen = reads(monkeypatch)
-    view = read_view(out)
+    planning = read_view(out, details=False)  # what a label run plans with: no per-generation lists
     names = [storage.basename(u) for u in seen]
-    print(f"\nthe view of 25 generations read: {names}")
+    print(f"\nthe planning view of 25 generations read: {names}")
     assert names == ["_snapshot-000002.json", *(f"_manifest-{n:06d}.json" for n in range(21, 26))]
+    assert not planning["complete"] and len(planning["shards"]) == 5 and len(planning["inputs"]) == 25
+    seen.clear()
+    view = read_view(out)  # what readers see: the same, and the snapshot's details file
+    names = [storage.basename(u) for u in seen]
+    assert names[:6] == ["_snapshot-000002.json", *(f"_manifest-{n:06d}.json" for n in range(21, 26))]
+    assert len(names) == 7 and names[6].startswith("d000002-") and view["complete"]
     full = union(committed_generations(out))  # the whole history, as readers saw it before
     assert [s["path"] for s in view["shards"]] == [s["path"] for s in full["shards"]]
-    assert view["counts"] == full["counts"] and view["generation"] == 25
+    assert [g["generation"] for g in view["generations"]] == list(range(1, 26))
+    assert view["counts"] == full["counts"] == planning["counts"] and view["generation"] == 25
     seen.clear()
     hashes = labelled_id_hashes(None, out, view)  # summaries only: no shard is opened, no Ray needed
     assert len(hashes) == 25 * 20 and all("/ids/" in u for u in seen) and len(seen) == 6
