@@ -193,7 +193,27 @@ def newest_snapshot(out: str) -> int:
                           if (m := SNAPSHOT_NAME.fullmatch(n)))])  # fmt: skip
 
 
+class StaleView(UserError):
+    """A view's snapshot details file is gone: two newer snapshots were committed since the view was
+    read (each keeps its predecessor's details, so one newer snapshot is no harm), and a sweep removed it."""
+
+
+READ_ATTEMPTS = 3  # reads of the newest snapshot when its details file vanished meanwhile (`read_view`)
+
+
 def read_view(out: str, details: bool = True) -> dict[str, Any] | None:
+    """What readers of a label table see (`view_once`); read again from the newest snapshot when the
+    snapshot read first was superseded and its details file swept before they were read (`StaleView`)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return view_once(out, details)
+        except StaleView:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def view_once(out: str, details: bool = True) -> dict[str, Any] | None:
     """What readers of a label table see (every committed generation), without reading its history:
     its newest snapshot (generations 1..b as one document, written by `qadist label` every few
     generations and by `qadist compact`; `newest_snapshot`), then the manifests of generations b+1..n
@@ -233,7 +253,13 @@ def with_details(out: str, view: dict[str, Any]) -> dict[str, Any]:
     """`view` with its snapshot's per-generation lists in front of its own (one read); as it is when complete."""
     if view.get("complete", True):
         return view
-    details = read_json(storage.join(out, view["details"]))
+    try:
+        details = read_json(storage.join(out, view["details"]))
+    except UserError as e:  # (read_bytes: no such file)
+        raise StaleView(
+            f"{out}: snapshot {view['snapshot']}'s details file {view['details']} is gone: newer snapshots were "
+            "committed since this view was read; read the table again"
+        ) from e
     return {**view, **{k: [*details[k], *view[k]] for k in DETAILS}, "complete": True}
 
 

@@ -32,14 +32,15 @@ SWEPT_FOLDERS = ("shards", "rejects", "ids", "compacted", "snapshots")
 
 def listed_paths(manifest: dict) -> set[str]:
     """Paths (relative to the output) that the table's complete view references or keeps (id summaries,
-    the shards a compaction replaced while they are retained, the newest snapshot's details file)."""
+    the shards a compaction replaced while they are retained, the newest snapshot's details file and
+    the one before it: a reader may have read that snapshot just before the newest committed)."""
     assert manifest.get("complete", True), "the sweep needs the complete view (qadist.outputs.with_details)"
     return (
         {s["path"] for s in manifest["shards"]}
         | set(manifest.get("rejects") or [])
         | {s["path"] for s in manifest.get("id_sources") or [] if "path" in s}
         | {k["path"] for k in manifest.get("kept") or []}
-        | ({manifest["details"]} if manifest.get("details") else set())
+        | {manifest[k] for k in ("details", "previous_details") if manifest.get(k)}
     )
 
 

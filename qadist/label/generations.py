@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from qadist import storage
 from qadist.label.blocks import in_sorted
-from qadist.outputs import DETAILS, LATEST, snapshot_uri, with_details
+from qadist.outputs import DETAILS, LATEST, StaleView, snapshot_uri, with_details
 
 log = logging.getLogger(__name__)
 IDS = "ids"  # the id-hash summaries' folder
@@ -86,15 +86,23 @@ def merge_sorted(parts: list[np.ndarray]) -> np.ndarray:
     return np.insert(big, np.searchsorted(big, rest), rest)
 
 
-def labelled_id_hashes(ray: Any, out: str, view: dict[str, Any] | None) -> np.ndarray:
-    """Hashes of every pair id the committed generations labelled, sorted and unique: the view's
-    summary files (the newest snapshot's and those of the generations after it), each sorted; shards
-    only for generations older than summaries."""
+def labelled_id_parts(ray: Any, out: str, view: dict[str, Any] | None) -> list[np.ndarray]:
+    """Hashes of every pair id the committed generations labelled, as the view's summary files hold
+    them (the newest snapshot's and one per generation after it; shards only for generations older
+    than summaries): sorted and unique each, disjoint (a pair is in one generation), not merged.
+    A label run tests its new ids against each by binary search (`qadist.label.blocks.in_parts`),
+    so a day costs one read of the history's ids, not a copy of them; they are merged only when a
+    snapshot is written (`labelled_id_hashes`)."""
     if view is None:
-        return np.zeros(0, np.uint64)
+        return []
     parts = [read_ids(out, s["path"]) for s in view["id_sources"] if "path" in s]
     parts.append(shards_id_hashes(ray, out, [p for s in view["id_sources"] for p in s.get("shards", [])]))
-    return merge_sorted(parts)
+    return [p for p in parts if len(p)]
+
+
+def labelled_id_hashes(ray: Any, out: str, view: dict[str, Any] | None) -> np.ndarray:
+    """`labelled_id_parts` as one sorted unique array (what a snapshot's id summary holds)."""
+    return merge_sorted(labelled_id_parts(ray, out, view))
 
 
 def generation_ids(ray: Any, out: str, number: int, plan: str, shards: list[dict]) -> dict[str, Any]:
@@ -117,7 +125,11 @@ def commit_snapshot(out: str, view: dict[str, Any], hashes: np.ndarray, **extra:
     Three files: the id summary, the details file (`DETAILS`, the per-generation lists, named by its
     content's hash: two runs never write one name with different content), then the snapshot itself
     with a conditional put, the commit point; then the `LATEST` hint (a plain put, only a hint)."""
-    view = with_details(out, view)
+    try:
+        view = with_details(out, view)
+    except StaleView:  # two newer snapshots were committed meanwhile: this one would be older still
+        log.info("%s: newer snapshots were committed while this run worked; not writing one", out)
+        return None
     number = view.get("snapshot", 0) + 1
     digest = hashlib.sha256(json.dumps([view["generation"], len(view["shards"])]).encode()).hexdigest()[:12]
     covered = [
@@ -136,6 +148,9 @@ def commit_snapshot(out: str, view: dict[str, Any], hashes: np.ndarray, **extra:
         "snapshot_at": time.time(),
         "id_sources": [{"path": ids["path"]}],
         "details": rel,
+        # The previous snapshot's details stay listed (the sweep keeps them) until the next snapshot: a
+        # reader that read that snapshot just before this one committed can still read its details.
+        "previous_details": view.get("details"),
         **extra,
     }
     if not storage.write_if_absent(snapshot_uri(out, number), json.dumps(snapshot).encode("utf-8")):

@@ -50,7 +50,7 @@ from qadist.label.generations import (
     IDS,
     commit_snapshot,
     generation_ids,
-    labelled_id_hashes,
+    labelled_id_parts,
     merge_sorted,
     read_ids,
     snapshot_due,
@@ -264,15 +264,16 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
     )
 
 
-def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled) -> dict:
+def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled: list[np.ndarray]) -> dict:
     """The view with the generation just committed; a snapshot of it when SNAPSHOT_EVERY generations
-    have been committed since the last one (`labelled`: the ids of every earlier generation)."""
+    have been committed since the last one (`labelled`: the ids of every earlier generation, in the
+    parts `labelled_id_parts` read; merged only here, on a snapshot's day)."""
     manifest = {**manifest, "generation": manifest.get("generation", 1)}
     after = start(manifest) if view is None else extend(view, manifest)
     after = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], "details": None, "complete": True, **after}
     if snapshot_due(after) and manifest.get("ids"):
         own = read_ids(cfg.out, manifest["ids"]["path"])
-        if (number := commit_snapshot(cfg.out, after, merge_sorted([labelled, own]))) is not None:
+        if (number := commit_snapshot(cfg.out, after, merge_sorted([*labelled, own]))) is not None:
             log.info("%s: snapshot %d written (generations 1..%d)", cfg.out, number, after["generation"])
             return {**after, "snapshot": number, "covers": after["generation"]}
     return after
@@ -280,7 +281,7 @@ def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled
 
 def label_generation(
     ray, cfg: LabelConfig, view: dict | None, header: dict, settings: dict, groups: list
-) -> tuple[dict, np.ndarray] | None:
+) -> tuple[dict, list[np.ndarray]] | None:
     """Label the pairs of the input files no committed generation holds; the next generation's
     manifest (not yet committed) and the ids of the earlier ones, or None when there is nothing new."""
     started = time.perf_counter()
@@ -309,10 +310,10 @@ def label_generation(
 
 def plan_generation(
     ray, cfg: LabelConfig, view: dict | None, blocks: list[Block], started: float
-) -> tuple[bool, np.ndarray]:
+) -> tuple[bool, list[np.ndarray]]:
     """The pre-pass over the new blocks' ids, then each block named by its content; whether the
     shards carry answers (generation 1 decided it for the whole output), and the earlier ids."""
-    labelled = labelled_id_hashes(ray, cfg.out, view)
+    labelled = labelled_id_parts(ray, cfg.out, view)  # sorted parts, not merged (`labelled_id_parts`)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
     if view is not None:  # one output, one schema: the first generation decided whether shards carry answers
@@ -322,7 +323,7 @@ def plan_generation(
         (view["generation"] if view else 0) + 1,
         len(blocks),
         planned - started,
-        len(labelled),
+        sum(len(p) for p in labelled),
         time.perf_counter() - planned,
     )
     for b in blocks:

@@ -4,6 +4,8 @@ commits merged shards as one snapshot, exactly once; retention; label sees commi
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pyarrow as pa
 import pytest
@@ -13,9 +15,11 @@ from qadist import storage
 from qadist.config import CompactConfig, LabelConfig
 from qadist.errors import UserError
 from qadist.label.compact import plan_groups, run_compact
-from qadist.label.generations import labelled_id_hashes
+from qadist import outputs
+from qadist.label.commit import sweep
+from qadist.label.generations import commit_snapshot, labelled_id_hashes
 from qadist.label.inputs import fresh_files
-from qadist.outputs import committed_generations, read_view, union
+from qadist.outputs import StaleView, committed_generations, read_view, union, with_details
 from qadist.shards import read_manifest, read_shard, snapshot_paths
 
 
@@ -131,3 +135,39 @@ def test_merge_groups_hold_each_small_shard_once_and_a_small_remainder_joins_the
     paths = [s["path"] for g in groups for s in g]
     assert sorted(paths) == sorted(s["path"] for s in shards if s["rows"] < 500)  # each small shard once
     assert [len(g) for g in groups] == [3, 5]  # 900, then 900 + 100 + 300 + 300 (a remainder under half joins)
+
+
+def backdate(out: str, seconds: float = 100) -> None:
+    """Every file of the table written `seconds` ago (the sweep spares what shares its run's second)."""
+    then = time.time() - seconds
+    for folder, _, files in os.walk(out):
+        for f in files:
+            os.utime(os.path.join(folder, f), (then, then))
+
+
+def test_a_reader_between_a_snapshot_and_its_details_survives_the_next_snapshot_and_its_sweep(tmp_path, monkeypatch):
+    """A reader reads snapshot 2's head; before it reads the details file, a compaction commits snapshot 3
+    and sweeps: snapshot 2's details are still there (each snapshot keeps its predecessor's). After a
+    fourth snapshot and sweep they are gone: `with_details` says so (StaleView), and `read_view` reads
+    the newest snapshot again instead of failing."""
+    out = str(tmp_path / "labels")
+    make_table(out, 20, 5)  # snapshots 1 and 2
+    head = read_view(out, details=False)
+    assert head["snapshot"] == 2 and not head["complete"]
+    backdate(out)
+    run_compact(CompactConfig(labels=out, target_rows=40))  # snapshot 3, then the sweep
+    assert read_view(out)["snapshot"] == 3
+    assert len(with_details(out, head)["shards"]) == 20  # snapshot 2's details survived the sweep
+    for day in range(21, 31):
+        add_generation(out, day, [f"d{day:05d}-{i:06d}" for i in range(5)], f"{out}-pairs/pairs/day-{day:05d}.jsonl")
+    view = read_view(out)
+    assert commit_snapshot(out, view, labelled_id_hashes(None, out, view)) == 4
+    backdate(out)
+    sweep(out, read_view(out), time.time())
+    with pytest.raises(StaleView, match="details file .* is gone"):
+        with_details(out, head)  # two snapshots later: swept
+    real, calls = outputs.newest_snapshot, []
+    monkeypatch.setattr(outputs, "newest_snapshot", lambda o: 2 if not calls.append(o) and len(calls) == 1 else real(o))
+    view = read_view(out)
+    assert len(calls) == 2 and view["snapshot"] == 4 and view["generation"] == 30
+    assert sorted(ids_read(out)) == sorted(all_ids(30, 5))
