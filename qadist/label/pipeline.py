@@ -31,7 +31,8 @@ def pre_pass(
     ray, blocks: list[Block], max_context_chars: int, labelled: np.ndarray | list[np.ndarray] | None = None
 ) -> bool:
     """Scan every block (Ray tasks, bounded in flight): marks duplicate ids, within the input and of
-    pairs an earlier generation labelled (`labelled`: their id hashes, `labelled_id_parts`); True when any pair has answers."""
+    pairs an earlier generation labelled (`labelled`: their id hashes, `labelled_id_parts`); True when
+    any pair has answers."""
     task = ray.remote(num_cpus=1)(scan_block)
     window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
     scans: list[dict | None] = [None] * len(blocks)

@@ -11,12 +11,11 @@ import pyarrow as pa
 import pytest
 from table_factory import add_generation, all_ids, make_table
 
-from qadist import storage
+from qadist import outputs, storage
 from qadist.config import CompactConfig, LabelConfig
 from qadist.errors import UserError
-from qadist.label.compact import plan_groups, run_compact
-from qadist import outputs
 from qadist.label.commit import sweep
+from qadist.label.compact import plan_groups, run_compact
 from qadist.label.generations import commit_snapshot, labelled_id_hashes
 from qadist.label.inputs import fresh_files
 from qadist.outputs import StaleView, committed_generations, read_view, union, with_details
