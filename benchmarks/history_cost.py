@@ -4,9 +4,9 @@ A table of N daily generations (N = 10, 100, 400; `--pairs` pairs each, one shar
 built without a teacher (tests/table_factory.py: shards of the real schema, random logits), in a
 local folder and on moto's S3 server. Its input is a `qadist pairs` output, as in the daily job
 (jobs/configs/daily.yaml: `--pairs <pairs out>/pairs/`): each day's pairs file committed as that
-output's generation; the old code lists the folder (it did not know pairs outputs). Then day N+1's label bookkeeping runs in a child process, once
-with this tree's code and once with the base commit's (`git archive` of `--base` into a temporary
-folder, run on its own copy of the table):
+output's generation; the old code lists the folder (it did not know pairs outputs). Then day N+1's
+label bookkeeping runs in a child process, once with this tree's code and once with the base
+commit's (`git archive` of `--base` into a temporary folder, run on its own copy of the table):
   planning: the table's view, the new input files, the ids labelled earlier (for repeats);
   commit:   new code: the generation's id summary, its manifest (conditional put), a snapshot when one
             is due (not on days 11, 101, 401; nor the sweep, which runs on snapshot days); old code:
@@ -20,9 +20,10 @@ storage round trips and bytes read; locally by wrapping the storage layer's pyar
 listing, info, open and write is one; bytes: what was read from files), on S3 at the server (every
 HTTP request; bytes: response bodies). The shard reads that the old code spreads over Ray tasks run
 here in 8 threads in the child (no Ray start-up in either figure).
-Then `qadist compact` (new code) on the table (now N + 10 generations), timed, and one epoch's reader
-I/O before and after it (every pair read once after it: counted): `snapshot_paths` and every listed shard read whole in 4 threads (what Ray Data's read
-tasks do per shard; Ray's own per-block overhead, which grows with the shard count, not included).
+Then `qadist compact` (new code) on the table (now N + 10 generations), timed, and one epoch's
+reader I/O before and after it (every pair read once after it: counted): `snapshot_paths` and every
+listed shard read whole in 4 threads (what Ray Data's read tasks do per shard; Ray's own per-block
+overhead, which grows with the shard count, not included).
 
     python benchmarks/history_cost.py                       # 10, 100, 400 generations of 1,000 pairs
     python benchmarks/history_cost.py --generations 10,100 --pairs 200 --stores local

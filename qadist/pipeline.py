@@ -1,11 +1,12 @@
 """All stages in order from one sectioned config, each skipped when its output is already complete.
 
-A stage runs when its section is present in the config. "Complete" is what each stage commits
-last (`finished` in `qadist.stages`): `<out>/final/config.json` for pretrain, distill and finetune,
-the metrics file for evaluate, `export_report.json` for export; pairs and label grow by generations,
-so they are complete when a generation is committed and no input file is new. So a second run of the same pipeline
-does no work, and a run that stopped half way picks up at the first incomplete stage (which
-resumes by itself).
+A stage runs when its section is present in the config. "Complete" is what each stage commits last
+(`finished` in `qadist.stages`): `<out>/final/config.json` for pretrain, distill and finetune, the
+metrics file for evaluate, `export_report.json` for export; pairs and label grow by generations, so
+they are complete when a generation is committed and no input file is new; compact is complete while
+a compaction would merge or remove nothing (`qadist.label.compact.compaction_done`). So a second run
+of the same pipeline does no work, and a run that stopped half way picks up at the first incomplete
+stage (which resumes by itself).
 
 A daily job (jobs/configs/daily.yaml): new logged questions -> a new pairs generation -> a new label
 generation -> a student distilled on it, continuing from the previous one. Two things make that one
@@ -93,7 +94,7 @@ def run_pipeline(config_path: str) -> dict[str, str]:
     outcome: dict[str, str] = {}
     for stage in stages:
         cfg = stage_config(stage, data, config_path)  # after the stages before it: their generation
-        done = BY_NAME[stage].finished(cfg)
+        done = BY_NAME[stage].done(cfg)
         if done is not None:
             print(f"qadist pipeline: {stage}: complete ({done}), skipped", flush=True)
             outcome[stage] = "skipped"

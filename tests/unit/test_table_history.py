@@ -170,3 +170,20 @@ def test_a_reader_between_a_snapshot_and_its_details_survives_the_next_snapshot_
     view = read_view(out)
     assert len(calls) == 2 and view["snapshot"] == 4 and view["generation"] == 30
     assert sorted(ids_read(out)) == sorted(all_ids(30, 5))
+
+
+def test_the_pipelines_compact_step_runs_only_when_a_merge_is_due(tmp_path):
+    """`compact`'s finished rule: complete while the small shards hold under min_rows windows (no file
+    past retention either); due once they hold that many; complete again after the compaction."""
+    from qadist.stages import BY_NAME
+
+    out = str(tmp_path / "labels")
+    make_table(out, 30, 40)  # 1,200 windows in 30 small shards
+    waiting = CompactConfig(labels=out, target_rows=400, min_rows=2000)
+    assert "1,200 windows in small ones" in BY_NAME["compact"].done(waiting)
+    assert run_compact(waiting)["snapshot"] == 3  # nothing to do: no new snapshot
+    due = CompactConfig(labels=out, target_rows=400, min_rows=1000)
+    assert BY_NAME["compact"].done(due) is None
+    assert len(run_compact(due)["shards"]) == 3
+    assert BY_NAME["compact"].done(due) is not None
+    assert sorted(ids_read(out)) == sorted(all_ids(30, 40))
