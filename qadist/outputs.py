@@ -63,9 +63,21 @@ def generation_numbers(out: str, names: list[str] | None = None, first: int = 1)
 
 
 def names_from(out: str, number: int) -> list[str]:
-    """The names of generation `number`'s manifest and every later one (and generation 1's), from a
-    listing that starts there: on S3 the history before `number` is not listed."""
-    return storage.list_names(out, "_manifest", f"_manifest-{number - 1:06d}.json" if number > 1 else "")
+    """The names of generation `number`'s manifest and every later one (and generation 1's): on S3 a
+    listing that starts there (the history before `number` is not listed); in a local folder, one
+    look per number from `number` on until one is missing (a folder cannot be listed from a name on,
+    and numbers are taken one after another)."""
+    if storage.is_s3(out):
+        return storage.list_names(out, "_manifest", f"_manifest-{number - 1:06d}.json" if number > 1 else "")
+    return [storage.basename(generation_uri(out, n)) for n in probe(lambda n: generation_uri(out, n), max(number, 1))]
+
+
+def probe(uri_of: Any, first: int) -> list[int]:
+    """The numbers first, first + 1, ... whose file exists, up to the first that does not (local folders)."""
+    found = []
+    while storage.exists(uri_of(first + len(found))):
+        found.append(first + len(found))
+    return found
 
 
 def read_generation(out: str, number: int) -> dict[str, Any]:
@@ -185,9 +197,12 @@ def snapshot_uri(out: str, number: int) -> str:
 
 def newest_snapshot(out: str) -> int:
     """The newest snapshot's number (0: none): the hint's (`LATEST`, written after each snapshot commits)
-    or a newer one that a listing after it finds (a hint whose write was lost or overtaken)."""
+    or a newer one found after it (a hint whose write was lost or overtaken): on S3 a listing that
+    starts at the hint, locally a look at each number after it until one is missing."""
     hint = storage.read_if_exists(storage.join(out, LATEST))
     hinted = json.loads(hint)["snapshot"] if hint else 0
+    if not storage.is_s3(out):  # a local folder: a look at the numbers after it (`probe`)
+        return max([hinted, *probe(lambda n: snapshot_uri(out, n), hinted + 1)])
     after = storage.basename(snapshot_uri(out, hinted)) if hinted else ""
     return max([hinted, *(int(m.group(1)) for n in storage.list_names(out, "_snapshot-", after)
                           if (m := SNAPSHOT_NAME.fullmatch(n)))])  # fmt: skip

@@ -143,7 +143,9 @@ def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server
     storage.write_bytes(f"{pairs}/day-2.jsonl", "".join(json.dumps(r) + "\n" for r in files[1]).encode())
     injector = s3_faults.install(s3_server)
     try:
-        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=60, times=1)
+        # Every try of A's commit is held until B has committed (boto3 gives up on a reply after 60 s and
+        # tries again: with one stalled try, A committed first whenever B took longer on a loaded machine).
+        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=600, times=None)
         results: dict[str, object] = {}
         a = threading.Thread(target=lambda: results.setdefault("a", run_label(cfg)))
         a.start()
