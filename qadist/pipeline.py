@@ -26,7 +26,7 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import generation_numbers
+from qadist.outputs import read_view
 from qadist.stages import BY_NAME, PIPELINE, STAGES
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def runner(stage: str) -> Callable[[StageConfig], object]:
 def newest_generation(data: dict) -> int:
     """The label output's newest committed generation (0 before the first)."""
     out = (data.get("label") or {}).get("out") or (data.get("distill") or {}).get("labels")
-    return len(generation_numbers(out)) if out else 0
+    view = read_view(out, details=False) if out else None  # its newest snapshot and the manifests after it
+    return view["generation"] if view else 0
 
 
 def resolve_section(stage: str, section: dict, generation: int, look: bool = True) -> dict:
