@@ -128,11 +128,15 @@ def test_overwrite_waits_for_no_one_and_refuses_under_a_live_writer(tmp_path, sq
 
 
 @pytest.mark.slow
-def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server, squad_pairs, tiny_models, caplog):
+def test_two_incremental_runs_at_once_commit_each_pair_once(
+    s3_bucket, s3_server, squad_pairs, tiny_models, caplog, monkeypatch
+):
     """Generation 1 holds day 1. Run A plans day 2 and is held at its commit; meanwhile day 3 arrives
     and run B plans days 2 and 3 (reusing A's day-2 shards), labels day 3 and commits generation 2.
     A's commit then finds generation 2 taken with another plan, plans again: nothing is left."""
+    import boto3
     import s3_faults
+    from botocore.config import Config
 
     files = three_files(squad_pairs)
     pairs, out = f"{s3_bucket}/pairs", f"{s3_bucket}/labels"
@@ -143,9 +147,13 @@ def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server
     storage.write_bytes(f"{pairs}/day-2.jsonl", "".join(json.dumps(r) + "\n" for r in files[1]).encode())
     injector = s3_faults.install(s3_server)
     try:
-        # Every try of A's commit is held until B has committed (boto3 gives up on a reply after 60 s and
-        # tries again: with one stalled try, A committed first whenever B took longer on a loaded machine).
-        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=600, times=None)
+        # A's commit is held until B has committed. boto3 gives up on a reply after 60 s by default and
+        # tries again (unstalled): A then committed first whenever B took longer, on a loaded machine.
+        # So this process's client waits as long as the stall (Ray's workers, which write shards, keep theirs).
+        patient = boto3.client("s3", region_name=storage.s3_region(), endpoint_url=storage.s3_endpoint(),
+                               config=Config(read_timeout=600, retries={"total_max_attempts": 3}))  # fmt: skip
+        monkeypatch.setattr(storage, "s3_client", lambda: patient)
+        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=600, times=1)
         results: dict[str, object] = {}
         a = threading.Thread(target=lambda: results.setdefault("a", run_label(cfg)))
         a.start()
