@@ -186,7 +186,7 @@ def run_label(cfg: LabelConfig) -> dict:
             # commits and leaves in between is in the table re-read after): what to keep is committed.
             others_writing = bool(lease.others())
             sweep(cfg.out, read_view(cfg.out), lease.stored_at, others_writing=others_writing)
-    return view
+    return {k: v for k, v in view.items() if k != "unchanged"}  # (`unchanged`: only the sweep's rule reads it)
 
 
 def sweep_due(view: dict) -> bool:
