@@ -440,6 +440,13 @@ class CompactConfig(StageConfig):
     retain_hours: float = Opt(
         24.0, "Replaced shards are removed only this long after the compaction that replaced them.", ge=0
     )
+    min_rows: int = Opt(
+        0,
+        "Merge only once the small shards hold this many windows together (0: whenever two can merge); "
+        "replaced files past retention then wait for that run. A daily pipeline sets it to target_rows, "
+        "so it compacts once per target_rows new windows rather than every day.",
+        ge=0,
+    )
 
 
 class DemoConfig(StageConfig):

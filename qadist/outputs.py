@@ -21,6 +21,8 @@ from qadist.errors import UserError
 MANIFEST = "_manifest.json"  # written last: its presence means the output is complete
 GENERATION_NAME = re.compile(r"_manifest(?:-(\d{6}))?\.json$")
 SNAPSHOT_NAME = re.compile(r"_snapshot-(\d{6})\.json$")  # a label table's snapshots (`qadist.outputs.read_view`)
+LATEST = "_snapshot_latest.json"  # a hint: the newest snapshot's number when it was written (`newest_snapshot`)
+DETAILS = ("shards", "rejects", "generations", "kept")  # per-generation lists: a snapshot's details file
 
 
 def manifest_uri(out: str) -> str:
@@ -43,21 +45,39 @@ def generation_number(name: str) -> int:
     return int(match.group(1) or 1)
 
 
-def generation_numbers(out: str, names: list[str] | None = None) -> list[int]:
-    """The committed generation numbers of `out`, from one listing of its folder (`names`: that listing,
-    when the caller has it): 1..n, since numbers are taken one after another; a gap (an --overwrite
-    killed half way, a hand-deleted file) is an error, not a shorter table."""
+def generation_numbers(out: str, names: list[str] | None = None, first: int = 1) -> list[int]:
+    """The committed generation numbers of `out` from `first` on, from one listing of its folder (`names`:
+    that listing, when the caller has it): first..n, since numbers are taken one after another; a gap
+    (an --overwrite killed half way, a hand-deleted file) is an error, not a shorter table."""
     if names is None:
         names = [n for n, _, _ in storage.list_folder(out)]
-    numbers = sorted(generation_number(n) for n in names if GENERATION_NAME.fullmatch(n))
-    if numbers != list(range(1, len(numbers) + 1)):
-        held = next(i for i, n in enumerate(numbers, start=1) if n != i) - 1
+    numbers = sorted(g for n in names if GENERATION_NAME.fullmatch(n) and (g := generation_number(n)) >= first)
+    if numbers != list(range(first, first + len(numbers))):
+        held = next(i for i, n in enumerate(numbers) if n != first + i)
         raise UserError(
-            f"{out}: generation files are not contiguous (1..{held}, then "
+            f"{out}: generation files are not contiguous ({first}..{first + held - 1}, then "
             f"{storage.basename(generation_uri(out, numbers[held]))}): an --overwrite stopped half way or a manifest "
             "was removed by hand; re-run with --overwrite"
         )
     return numbers
+
+
+def names_from(out: str, number: int) -> list[str]:
+    """The names of generation `number`'s manifest and every later one (and generation 1's): on S3 a
+    listing that starts there (the history before `number` is not listed); in a local folder, one
+    look per number from `number` on until one is missing (a folder cannot be listed from a name on,
+    and numbers are taken one after another)."""
+    if storage.is_s3(out):
+        return storage.list_names(out, "_manifest", f"_manifest-{number - 1:06d}.json" if number > 1 else "")
+    return [storage.basename(generation_uri(out, n)) for n in probe(lambda n: generation_uri(out, n), max(number, 1))]
+
+
+def probe(uri_of: Any, first: int) -> list[int]:
+    """The numbers first, first + 1, ... whose file exists, up to the first that does not (local folders)."""
+    found = []
+    while storage.exists(uri_of(first + len(found))):
+        found.append(first + len(found))
+    return found
 
 
 def read_generation(out: str, number: int) -> dict[str, Any]:
@@ -70,13 +90,14 @@ def committed_generations(out: str, after: int = 0, names: list[str] | None = No
     """Every committed generation's manifest after number `after`, in order: one listing finds them
     (no probe per number), then one read each. Readers of a label table read its snapshot instead of
     the whole history (`qadist.outputs.read_view`)."""
-    return [read_generation(out, n) for n in generation_numbers(out, names) if n > after]
+    return [read_generation(out, n) for n in generation_numbers(out, names, after + 1)]
 
 
 def delete_generations(out: str) -> None:
     """Remove every generation's manifest, the newest first and generation 1 last, so an interruption
     leaves a shorter contiguous table, never one with a gap. A label table's snapshots go first: one
     must never outlive a generation it covers (a new generation of that number would be hidden)."""
+    storage.delete(storage.join(out, LATEST))
     for name, _, _ in storage.list_folder(out):
         if SNAPSHOT_NAME.fullmatch(name):
             storage.delete(storage.join(out, name))
@@ -115,10 +136,17 @@ def tagged(generation: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**s, "generation": generation.get("generation", 1)} for s in generation["shards"]]
 
 
+def inputs_of(generation: dict[str, Any]) -> list[dict[str, Any]]:
+    """A generation's input files, each naming its generation (planning reads them without the
+    per-generation summaries)."""
+    return [{**i, "generation": generation.get("generation", 1)} for i in generation.get("inputs") or []]
+
+
 def start(generation: dict[str, Any]) -> dict[str, Any]:
     """The view of a table that holds this one generation (generation 1)."""
     return {
         **generation,
+        "inputs": inputs_of(generation),
         "shards": tagged(generation),
         "generations": [summary_of(generation)],
         "id_sources": [id_source(generation)],
@@ -135,7 +163,7 @@ def extend(view: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
         "counts": {k: view["counts"][k] + generation["counts"][k] for k in SUMMED},
         "shards": [*view["shards"], *tagged(generation)],
         "rejects": [*(view.get("rejects") or []), *(generation.get("rejects") or [])],
-        "inputs": [*(view.get("inputs") or []), *(generation.get("inputs") or [])],
+        "inputs": [*(view.get("inputs") or []), *inputs_of(generation)],
         "run": generation["run"],
         "generation": generation["generation"],
         "generations": [*view["generations"], summary_of(generation)],
@@ -167,29 +195,87 @@ def snapshot_uri(out: str, number: int) -> str:
     return storage.join(out, f"_snapshot-{number:06d}.json")
 
 
-def read_view(out: str) -> dict[str, Any] | None:
+def newest_snapshot(out: str) -> int:
+    """The newest snapshot's number (0: none): the hint's (`LATEST`, written after each snapshot commits)
+    or a newer one found after it (a hint whose write was lost or overtaken): on S3 a listing that
+    starts at the hint, locally a look at each number after it until one is missing."""
+    hint = storage.read_if_exists(storage.join(out, LATEST))
+    hinted = json.loads(hint)["snapshot"] if hint else 0
+    if not storage.is_s3(out):  # a local folder: a look at the numbers after it (`probe`)
+        return max([hinted, *probe(lambda n: snapshot_uri(out, n), hinted + 1)])
+    after = storage.basename(snapshot_uri(out, hinted)) if hinted else ""
+    return max([hinted, *(int(m.group(1)) for n in storage.list_names(out, "_snapshot-", after)
+                          if (m := SNAPSHOT_NAME.fullmatch(n)))])  # fmt: skip
+
+
+class StaleView(UserError):
+    """A view's snapshot details file is gone: two newer snapshots were committed since the view was
+    read (each keeps its predecessor's details, so one newer snapshot is no harm), and a sweep removed it."""
+
+
+READ_ATTEMPTS = 3  # reads of the newest snapshot when its details file vanished meanwhile (`read_view`)
+
+
+def read_view(out: str, details: bool = True) -> dict[str, Any] | None:
+    """What readers of a label table see (`view_once`); read again from the newest snapshot when the
+    snapshot read first was superseded and its details file swept before they were read (`StaleView`)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return view_once(out, details)
+        except StaleView:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def view_once(out: str, details: bool = True) -> dict[str, Any] | None:
     """What readers of a label table see (every committed generation), without reading its history:
-    one listing of `out`; its newest snapshot (generations 1..b as one document, written by `qadist
-    label` every few generations and by `qadist compact`), then the manifests of generations b+1..n.
-    None when no generation is committed."""
-    names = [n for n, _, _ in storage.list_folder(out)]
-    numbers = generation_numbers(out, names)
-    if not numbers:
-        return None
-    snapshots = sorted(int(m.group(1)) for n in names if (m := SNAPSHOT_NAME.fullmatch(n)))
+    its newest snapshot (generations 1..b as one document, written by `qadist label` every few
+    generations and by `qadist compact`; `newest_snapshot`), then the manifests of generations b+1..n
+    (one listing that starts at b). None when no generation is committed.
+
+    A snapshot keeps its per-generation lists (`DETAILS`: shards, rejects, per-generation summaries,
+    kept files) in a separate file (`details`); with `details=False` it is not read and those lists
+    hold only generations b+1..n (`complete` False): what a label run plans with (counts, inputs, ids).
+    `with_details` completes such a view."""
     view, after = None, 0
-    if snapshots:
-        view = read_json(snapshot_uri(out, snapshots[-1]))
+    if number := newest_snapshot(out):
+        view = head(read_json(snapshot_uri(out, number)))
         after = view["covers"]
-        if after > numbers[-1]:
-            raise UserError(
-                f"{out}: snapshot {snapshots[-1]} covers generations 1..{after} but only 1..{numbers[-1]} are "
-                "committed (a manifest was removed by hand); re-run with --overwrite"
-            )
+    names = names_from(out, after) if after else [n for n, _, _ in storage.list_folder(out)]
+    if not any(GENERATION_NAME.fullmatch(n) for n in names):
+        return None
+    if after and after not in generation_numbers(out, names, after):
+        raise UserError(
+            f"{out}: snapshot {number} covers generations 1..{after} but generation {after} is not committed "
+            "(a manifest was removed by hand); re-run with --overwrite"
+        )
     for g in committed_generations(out, after, names):
         view = start(g) if view is None else extend(view, g)
     assert view is not None
-    return {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **view}
+    view = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], "details": None, "complete": True, **view}
+    return with_details(out, view) if details else view
+
+
+def head(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot as the start of a view: its lists empty (`complete` False) when they are in its details file."""
+    if not snapshot.get("details"):
+        return {**snapshot, "complete": True}
+    return {**snapshot, **{k: [] for k in DETAILS}, "complete": False}
+
+
+def with_details(out: str, view: dict[str, Any]) -> dict[str, Any]:
+    """`view` with its snapshot's per-generation lists in front of its own (one read); as it is when complete."""
+    if view.get("complete", True):
+        return view
+    try:
+        details = read_json(storage.join(out, view["details"]))
+    except UserError as e:  # (read_bytes: no such file)
+        raise StaleView(
+            f"{out}: snapshot {view['snapshot']}'s details file {view['details']} is gone: newer snapshots were "
+            "committed since this view was read; read the table again"
+        ) from e
+    return {**view, **{k: [*details[k], *view[k]] for k in DETAILS}, "complete": True}
 
 
 def select_generation(out: str, view: dict[str, Any] | None, number: int | None) -> dict[str, Any]:
@@ -230,9 +316,10 @@ def pairs_output_of(uri: str) -> str | None:
 def committed_pair_files(root: str, uri: str, after: int = 0) -> tuple[list[str], int]:
     """The pairs files under `uri` that generations of the pairs output `root` after number `after`
     committed (their manifests list them; files of a run still writing are in none), and the newest
-    generation number. One listing of `root`, one read per generation after `after`."""
-    names = [n for n, _, _ in storage.list_folder(root)]
-    numbers = generation_numbers(root, names)
+    generation number. One listing of `root` that starts at generation `after` (the history before it
+    is not listed), one read per generation after it."""
+    names = names_from(root, after) if after else [n for n, _, _ in storage.list_folder(root)]
+    numbers = generation_numbers(root, names, max(after, 1))
     prefix = uri.rstrip("/") + "/"
     files = [
         storage.join(root, f["path"])

@@ -1,11 +1,12 @@
 """All stages in order from one sectioned config, each skipped when its output is already complete.
 
-A stage runs when its section is present in the config. "Complete" is what each stage commits
-last (`finished` in `qadist.stages`): `<out>/final/config.json` for pretrain, distill and finetune,
-the metrics file for evaluate, `export_report.json` for export; pairs and label grow by generations,
-so they are complete when a generation is committed and no input file is new. So a second run of the same pipeline
-does no work, and a run that stopped half way picks up at the first incomplete stage (which
-resumes by itself).
+A stage runs when its section is present in the config. "Complete" is what each stage commits last
+(`finished` in `qadist.stages`): `<out>/final/config.json` for pretrain, distill and finetune, the
+metrics file for evaluate, `export_report.json` for export; pairs and label grow by generations, so
+they are complete when a generation is committed and no input file is new; compact is complete while
+a compaction would merge or remove nothing (`qadist.label.compact.compaction_done`). So a second run
+of the same pipeline does no work, and a run that stopped half way picks up at the first incomplete
+stage (which resumes by itself).
 
 A daily job (jobs/configs/daily.yaml): new logged questions -> a new pairs generation -> a new label
 generation -> a student distilled on it, continuing from the previous one. Two things make that one
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from qadist import storage
 from qadist.config import StageConfig, load_config, read_yaml
 from qadist.errors import UserError
-from qadist.outputs import generation_numbers
+from qadist.outputs import read_view
 from qadist.stages import BY_NAME, PIPELINE, STAGES
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def runner(stage: str) -> Callable[[StageConfig], object]:
 def newest_generation(data: dict) -> int:
     """The label output's newest committed generation (0 before the first)."""
     out = (data.get("label") or {}).get("out") or (data.get("distill") or {}).get("labels")
-    return len(generation_numbers(out)) if out else 0
+    view = read_view(out, details=False) if out else None  # its newest snapshot and the manifests after it
+    return view["generation"] if view else 0
 
 
 def resolve_section(stage: str, section: dict, generation: int, look: bool = True) -> dict:
@@ -93,7 +95,7 @@ def run_pipeline(config_path: str) -> dict[str, str]:
     outcome: dict[str, str] = {}
     for stage in stages:
         cfg = stage_config(stage, data, config_path)  # after the stages before it: their generation
-        done = BY_NAME[stage].finished(cfg)
+        done = BY_NAME[stage].done(cfg)
         if done is not None:
             print(f"qadist pipeline: {stage}: complete ({done}), skipped", flush=True)
             outcome[stage] = "skipped"

@@ -3,12 +3,13 @@
 A stage is its name (the sub-command and the config section), its config model, its runner (a
 "module:function" string, imported when the stage runs, so a command loads only what it uses), its
 help text, and, for the stages `qadist pipeline` runs (in the order of `STAGES`), how a finished
-output is recognised. The CLI's commands, the config file's sections, `pipeline.ORDER` and the
-completion checks come from here. Adding a stage: an entry here, its config model in
+output is recognised (a function here, or a "module:function" string for a rule that lives in the
+stage's package: `compact`'s plans the compaction to tell). The CLI's commands, the config file's
+sections, `pipeline.ORDER` and the completion checks come from here. Adding a stage: an entry here, its config model in
 `qadist.config`, its own folder.
 
-This module sits with the CLI and the pipeline, above the stages: it names their runners as
-strings and never imports them.
+This module sits with the CLI and the pipeline, above the stages: it names their runners (and such
+rules) as strings and never imports them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class Stage:
     config: type[StageConfig]
     runner: str  # "module:function", imported when the stage runs
     help: str
-    finished: Finished | None = None  # why its output is complete (None: it must run); unset: not in a pipeline
+    # Why its output is complete (it returns None: the stage must run); unset: not in a pipeline. A
+    # "module:function" string when the rule lives in the stage's own package (imported when it is asked).
+    finished: Finished | str | None = None
     claims: bool = False  # claims its output folder with `claim_file(name)`
     console: bool = True  # False: stdout is the command's result (evaluate's metrics JSON)
 
@@ -64,8 +67,19 @@ class Stage:
 
     def entry(self) -> Callable[[StageConfig], object]:
         """The runner, imported now."""
-        module, function = self.runner.split(":")
-        return getattr(importlib.import_module(module), function)
+        return imported(self.runner)
+
+    def done(self, cfg: StageConfig) -> str | None:
+        """Why this stage's output is complete for `cfg`, or None when it must run."""
+        assert self.finished is not None, f"{self.name} is not a pipeline stage"
+        rule = imported(self.finished) if isinstance(self.finished, str) else self.finished
+        return rule(cfg)
+
+
+def imported(name: str) -> Callable:
+    """The function a "module:function" string names, imported now."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 # ---- how a finished output is recognised ------------------------------------------------------------
@@ -108,7 +122,7 @@ def label_holds(cfg: StageConfig) -> str | None:
     """The label table is complete when a generation is committed and it holds every input file: from
     a `qadist pairs` output, every file its committed generations list (one listing and the pairs
     manifests after the newest one the table has seen); otherwise every file under --pairs."""
-    view = read_view(cfg.out)
+    view = read_view(cfg.out, details=False)  # inputs and pairs_through: no shard list
     if view is None:
         return None
     held = {i["uri"]: i["size"] for i in view.get("inputs") or []}
@@ -159,6 +173,15 @@ STAGES: tuple[Stage, ...] = (
         "Stream pairs through the teacher ensemble on Ray Data actors -> soft-label Parquet shards.",
         finished=label_holds,
         claims=True,
+    ),
+    Stage(
+        "compact",
+        CompactConfig,
+        "qadist.label.compact:run_compact",
+        "Rewrite a label table's many small generations into fewer, larger shards as one committed snapshot; "
+        "remove replaced shards past retention (--keep-generations, --retain-hours).",
+        # complete while nothing is due: no merge (under --min-rows windows in small shards), no file past retention
+        finished="qadist.label.compact:compaction_done",
     ),
     Stage(
         "distill",
@@ -221,13 +244,6 @@ STAGES: tuple[Stage, ...] = (
         "Rank labelled pairs by what a human label would teach (teacher disagreement, uncertainty) -> "
         "a ranked JSONL and Label Studio tasks with the ensemble's answer pre-filled.",
         claims=True,
-    ),
-    Stage(
-        "compact",
-        CompactConfig,
-        "qadist.label.compact:run_compact",
-        "Rewrite a label table's many small generations into fewer, larger shards as one committed snapshot; "
-        "remove replaced shards past retention (--keep-generations, --retain-hours).",
     ),
     Stage(
         "demo",

@@ -55,10 +55,16 @@ def shard_table(ids: list[str], tokens: int = 24, seed: int = 0) -> pa.Table:
 
 
 def add_generation(
-    out: str, number: int, ids: list[str], source: str, summaries: bool = True, size: int | None = None
+    out: str,
+    number: int,
+    ids: list[str],
+    source: str,
+    summaries: bool = True,
+    size: int | None = None,
+    pairs_generation: int | None = None,
 ) -> dict:
     """Write and commit generation `number` holding `ids` (one shard), as `qadist label` would."""
-    manifest = generation_manifest(out, number, ids, source, size)
+    manifest = generation_manifest(out, number, ids, source, size, pairs_generation)
     if summaries:
         hashes = np.array([id_hash(i) for i in ids], np.uint64)
         manifest["ids"] = write_ids(out, f"ids/g{number:06d}-{manifest['plan']}.u64", hashes)
@@ -66,8 +72,11 @@ def add_generation(
     return manifest
 
 
-def generation_manifest(out: str, number: int, ids: list[str], source: str, size: int | None = None) -> dict:
-    """Write generation `number`'s shard; its manifest, not yet committed and without its id summary."""
+def generation_manifest(
+    out: str, number: int, ids: list[str], source: str, size: int | None = None, pairs_generation: int | None = None
+) -> dict:
+    """Write generation `number`'s shard; its manifest, not yet committed and without its id summary
+    (`pairs_generation`: the newest generation of the `qadist pairs` output it read, when it read one)."""
     name = f"{storage.basename(source)}.r000000000-{len(ids):09d}"
     n = len(ids)
     shard = {"block": name, "source": source, "row_start": 0, "row_end": n, "pairs_in": n,
@@ -89,6 +98,7 @@ def generation_manifest(out: str, number: int, ids: list[str], source: str, size
         "inputs": [{"uri": source, "size": size if size is not None else 100 * n}],
         "with_answers": False,
         "plan": f"{number:016x}",
+        **({"pairs_generation": pairs_generation} if pairs_generation is not None else {}),
         "committed_at": time.time(),
     }
 
@@ -108,17 +118,47 @@ def write_day_pairs(pairs_dir: str, day: int, pairs: int) -> tuple[str, int]:
     return uri, len(data)
 
 
+def commit_pairs_day(root: str, day: int, pairs: int) -> tuple[str, int]:
+    """Day `day`'s pairs file in the `qadist pairs` output `root` (`pairs/day-<day>.jsonl`), committed as
+    that output's generation `day` (its manifest lists the file), as the daily job's pairs step does."""
+    from qadist.outputs import claim_file
+
+    storage.write_if_absent(storage.join(root, claim_file("pairs")), b"{}")
+    uri, size = write_day_pairs(storage.join(root, "pairs"), day, pairs)
+    path = f"pairs/{storage.basename(uri)}"
+    manifest = {"generation": day, "stage": "pairs", "files": {"pairs": [{"path": path, "rows": pairs}],
+                "duplicates": [], "rejects": []}, "inputs": [], "committed_at": time.time()}  # fmt: skip
+    assert storage.write_if_absent(generation_uri(root, day), json.dumps(manifest).encode("utf-8"))
+    return uri, size
+
+
+def add_day(out: str, day: int, pairs: int, pairs_dir: str | None = None, pairs_output: str | None = None,
+            summaries: bool = True) -> dict:  # fmt: skip
+    """Day `day`'s pairs (a plain file in `pairs_dir`, a committed generation of `pairs_output`, or
+    neither) and the label generation `day` that holds them, committed."""
+    source, size, through = f"{out}-pairs/pairs/day-{day:05d}.jsonl", None, None
+    if pairs_output is not None:
+        (source, size), through = commit_pairs_day(pairs_output, day, pairs), day
+    elif pairs_dir is not None:
+        source, size = write_day_pairs(pairs_dir, day, pairs)
+    return add_generation(out, day, day_ids(day, pairs), source, summaries, size, pairs_generation=through)
+
+
 def make_table(
-    out: str, generations: int, pairs: int, summaries: bool = True, snapshots: bool = True, pairs_dir: str | None = None
+    out: str,
+    generations: int,
+    pairs: int,
+    summaries: bool = True,
+    snapshots: bool = True,
+    pairs_dir: str | None = None,
+    pairs_output: str | None = None,
 ) -> None:
     """`generations` daily generations of `pairs` pairs each (ids `d<day>-<i>`), committed in order;
-    with `pairs_dir`, each day's pairs file is written there too (recorded with its real size)."""
+    with `pairs_dir`, each day's pairs file is written there too (recorded with its real size); with
+    `pairs_output`, committed there as that `qadist pairs` output's generation of the same number."""
     view = None
     for day in range(1, generations + 1):
-        source, size = f"{out}-pairs/pairs/day-{day:05d}.jsonl", None
-        if pairs_dir is not None:
-            source, size = write_day_pairs(pairs_dir, day, pairs)
-        manifest = add_generation(out, day, day_ids(day, pairs), source, summaries, size)
+        manifest = add_day(out, day, pairs, pairs_dir, pairs_output, summaries)
         view = start(manifest) if view is None else extend(view, manifest)
         view = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **view}
         if snapshots and summaries and snapshot_due(view):

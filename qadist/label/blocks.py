@@ -210,9 +210,27 @@ def name_by_content(block: Block) -> None:
         block.name = f"{block.name}.d{hashlib.blake2b(marks, digest_size=4).hexdigest()}"
 
 
-def find_duplicates(blocks: list[Block], scans: list[dict], labelled: np.ndarray | None = None) -> int:
+def in_sorted(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `sorted_unique` (a binary search each: no sort of the big array)."""
+    at = np.minimum(np.searchsorted(sorted_unique, values), len(sorted_unique) - 1)
+    return sorted_unique[at] == values
+
+
+def in_parts(values: np.ndarray, parts: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """Which of `values` are in any of `parts` (sorted unique arrays, or one such array)."""
+    held = np.zeros(len(values), bool)
+    for part in [parts] if isinstance(parts, np.ndarray) else parts:
+        if len(part):
+            held |= in_sorted(values, part)
+    return held
+
+
+def find_duplicates(
+    blocks: list[Block], scans: list[dict], labelled: np.ndarray | list[np.ndarray] | None = None
+) -> int:
     """Mark every valid row whose id an earlier valid row (in input order) already has, or that an
-    earlier generation labelled (`labelled`: their id hashes); keep the first.
+    earlier generation labelled (`labelled`: their id hashes, sorted and unique, in one array or
+    several: `qadist.label.generations.labelled_id_parts`); keep the first.
 
     Uses the 64-bit id hashes of the pre-pass (a false match needs ~4e9 distinct ids to become
     likely). Fills `block.duplicates`; returns how many rows were marked.
@@ -221,7 +239,7 @@ def find_duplicates(blocks: list[Block], scans: list[dict], labelled: np.ndarray
     if labelled is not None and len(labelled):
         kept = []
         for block, scan in zip(blocks, scans):
-            held = np.isin(scan["hashes"], labelled)
+            held = in_parts(scan["hashes"], labelled)
             for row in scan["rows"][held]:
                 block.duplicates[str(int(row))] = "already labelled by an earlier generation of this output"
             marked += int(held.sum())

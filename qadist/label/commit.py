@@ -27,17 +27,20 @@ import pyarrow.fs as pafs
 from qadist import storage
 
 log = logging.getLogger(__name__)
-SWEPT_FOLDERS = ("shards", "rejects", "ids", "compacted")
+SWEPT_FOLDERS = ("shards", "rejects", "ids", "compacted", "snapshots")
 
 
 def listed_paths(manifest: dict) -> set[str]:
-    """Paths (relative to the output) that the table's view references or keeps (id summaries, the
-    shards a compaction replaced while they are retained: `qadist.label.generations.listed_paths`)."""
+    """Paths (relative to the output) that the table's complete view references or keeps (id summaries,
+    the shards a compaction replaced while they are retained, the newest snapshot's details file and
+    the one before it: a reader may have read that snapshot just before the newest committed)."""
+    assert manifest.get("complete", True), "the sweep needs the complete view (qadist.outputs.with_details)"
     return (
         {s["path"] for s in manifest["shards"]}
         | set(manifest.get("rejects") or [])
         | {s["path"] for s in manifest.get("id_sources") or [] if "path" in s}
         | {k["path"] for k in manifest.get("kept") or []}
+        | {manifest[k] for k in ("details", "previous_details") if manifest.get(k)}
     )
 
 
@@ -57,7 +60,7 @@ def _files(uri: str) -> list[pafs.FileInfo]:
 
 
 def unlisted_files(out: str, manifest: dict, started: float, keep_unlisted: bool = False) -> list[str]:
-    """URIs under `out` that the sweep removes: unlisted files in shards/, rejects/, ids/ and compacted/
+    """URIs under `out` that the sweep removes: unlisted files in shards/, rejects/, ids/, compacted/, snapshots/
     (not with `keep_unlisted`) and temporary files (`.tmp-*`, local outputs), both only when written
     in a second before the one `started` (seconds since the epoch) falls in (`before`)."""
     listed = listed_paths(manifest)

@@ -124,6 +124,28 @@ def compacted_view(out: str, view: dict, groups: list[list[dict]], retire: list[
     }
 
 
+def plan(view: dict, cfg: CompactConfig, now: float) -> tuple[list[list[dict]], list[dict]]:
+    """What a compaction of `view` does now: the merge groups and the replaced files it removes; nothing
+    while the small shards hold under `cfg.min_rows` windows (their files past retention wait too)."""
+    small = sum(s["rows"] for s in view["shards"] if s["rows"] < cfg.target_rows // 2)
+    if cfg.min_rows and small < cfg.min_rows:
+        return [], []
+    return plan_groups(view["shards"], cfg.target_rows), retirable(view, cfg, now)
+
+
+def compaction_done(cfg: CompactConfig) -> str | None:
+    """Why the table needs no compaction now (the pipeline's `finished` rule: `qadist.stages`), or None
+    when a run would merge or remove something. One read of the view (its snapshot's details included)."""
+    view = read_view(cfg.labels)
+    if view is None:
+        return "no committed generation to compact"
+    groups, retire = plan(view, cfg, time.time())
+    if groups or retire:
+        return None
+    small = sum(s["rows"] for s in view["shards"] if s["rows"] < cfg.target_rows // 2)
+    return f"{len(view['shards'])} shards; {small:,} windows in small ones (merged from {max(cfg.min_rows, 1):,})"
+
+
 def run_compact(cfg: CompactConfig) -> dict:
     """Merge the label table's small shards into a committed snapshot and apply the retention rule;
     returns the table's view afterwards."""
@@ -136,11 +158,12 @@ def run_compact(cfg: CompactConfig) -> dict:
             if view is None:
                 raise UserError(f"{cfg.labels}: no committed generation to compact; run `qadist label` first")
             now = time.time()
-            groups, retire = plan_groups(view["shards"], cfg.target_rows), retirable(view, cfg, now)
+            groups, retire = plan(view, cfg, now)
             if not groups and not retire:
+                waits = f"; merging waits for {cfg.min_rows:,} windows in them" if cfg.min_rows else ""
                 console.summary(
                     f"qadist compact: {cfg.labels}: nothing to do ({len(view['shards'])} shards, none to merge under "
-                    f"{cfg.target_rows // 2:,} windows; no replaced file past retention)",
+                    f"{cfg.target_rows // 2:,} windows{waits}; no replaced file past retention)",
                     log,
                 )
                 return view

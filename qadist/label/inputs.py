@@ -24,8 +24,9 @@ def held_inputs(view: dict[str, Any] | None) -> dict[str, tuple[int, int]]:
     """Input file URI -> (its size when labelled, the generation that labelled it)."""
     if view is None:
         return {}
+    # (inputs name their generation; a snapshot written before they did has it in its summaries)
     numbers = {i["uri"]: g["generation"] for g in view["generations"] for i in g.get("inputs") or []}
-    return {i["uri"]: (i["size"], numbers.get(i["uri"], 0)) for i in view.get("inputs") or []}
+    return {i["uri"]: (i["size"], i.get("generation", numbers.get(i["uri"], 0))) for i in view.get("inputs") or []}
 
 
 def fresh_files(cfg: LabelConfig, view: dict[str, Any] | None) -> tuple[list[str] | None, list[dict], int | None]:

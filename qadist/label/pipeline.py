@@ -27,9 +27,12 @@ WINDOW_WORKER_BYTES = 512 << 20  # a worker with the tokenizer loaded (measured 
 WINDOW_BYTES_PER_ROW = 16 << 10  # a pair's raw row plus its windows, generously
 
 
-def pre_pass(ray, blocks: list[Block], max_context_chars: int, labelled: np.ndarray | None = None) -> bool:
+def pre_pass(
+    ray, blocks: list[Block], max_context_chars: int, labelled: np.ndarray | list[np.ndarray] | None = None
+) -> bool:
     """Scan every block (Ray tasks, bounded in flight): marks duplicate ids, within the input and of
-    pairs an earlier generation labelled (`labelled`: their id hashes); True when any pair has answers."""
+    pairs an earlier generation labelled (`labelled`: their id hashes, `labelled_id_parts`); True when
+    any pair has answers."""
     task = ray.remote(num_cpus=1)(scan_block)
     window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
     scans: list[dict | None] = [None] * len(blocks)

@@ -50,7 +50,8 @@ from qadist.label.generations import (
     IDS,
     commit_snapshot,
     generation_ids,
-    labelled_id_hashes,
+    labelled_id_parts,
+    merge_sorted,
     read_ids,
     snapshot_due,
 )
@@ -59,7 +60,15 @@ from qadist.label.manifest import build_manifest, first_with_answers
 from qadist.label.mixed_tokenizers import tokenizer_groups
 from qadist.label.pipeline import build_pipeline, pre_pass
 from qadist.leases import Lease, check_writers
-from qadist.outputs import MANIFEST, claim, delete_generations, extend, generation_uri, read_view, start
+from qadist.outputs import (
+    MANIFEST,
+    claim,
+    delete_generations,
+    extend,
+    generation_uri,
+    read_view,
+    start,
+)
 from qadist.runtime import ensure_ray
 from qadist.shards import SCHEMA_VERSION
 
@@ -157,7 +166,9 @@ def check_resources(ray, cfg: LabelConfig) -> None:
 
 def run_label(cfg: LabelConfig) -> dict:
     """Label the pairs no committed generation of `cfg.out` holds and commit them as the next one;
-    resumes a killed run. Returns what readers see: the union of every committed generation."""
+    resumes a killed run. Returns the table's view after the commit (every committed generation; its
+    per-generation lists hold only the generations after the newest snapshot when `complete` is False:
+    `qadist.outputs.with_details` reads the rest)."""
     storage.check_s3_access(cfg.pairs, "--pairs")  # a missing bucket or refused credentials: exit 2 now
     storage.check_s3_access(cfg.out, "--out")
     teachers, tokenizer, projected, groups = resolve_teachers(cfg)
@@ -170,11 +181,20 @@ def run_label(cfg: LabelConfig) -> dict:
         ray = ensure_ray()
         check_resources(ray, cfg)
         view = label_and_commit(ray, cfg, header, settings, groups)
-        # Only now, and against the generations committed by now (leases looked at first: a run that
-        # commits and leaves in between is in the table re-read after): what to keep is committed.
-        others_writing = bool(lease.others())
-        sweep(cfg.out, read_view(cfg.out), lease.stored_at, others_writing=others_writing)
-    return view
+        if sweep_due(view):
+            # Only now, and against the generations committed by now (leases looked at first: a run that
+            # commits and leaves in between is in the table re-read after): what to keep is committed.
+            others_writing = bool(lease.others())
+            sweep(cfg.out, read_view(cfg.out), lease.stored_at, others_writing=others_writing)
+    return {k: v for k, v in view.items() if k != "unchanged"}  # (`unchanged`: only the sweep's rule reads it)
+
+
+def sweep_due(view: dict) -> bool:
+    """Whether this run sweeps (`qadist.label.commit`): the sweep lists every file of the table, so a
+    day's run does it only while the table is young (no snapshot yet), when it committed a snapshot
+    (every SNAPSHOT_EVERY generations), or when it found nothing new to label; `qadist compact`
+    always does. A killed run's leftovers wait at most that long (they are never read)."""
+    return not view["covers"] or view["covers"] == view["generation"] or view.get("unchanged", False)
 
 
 def settings_and_header(
@@ -206,7 +226,7 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
     """Label a generation and commit it with a conditional put; when another run took its number,
     plan again against the newcomer (up to COMMIT_ATTEMPTS times). What readers see afterwards."""
     for _ in range(COMMIT_ATTEMPTS):
-        view = read_view(cfg.out)
+        view = read_view(cfg.out, details=False)  # planning needs counts, inputs and ids, not every shard
         planned = label_generation(ray, cfg, view, header, settings, groups)
         if planned is None:  # nothing new
             assert view is not None, "a first generation always has input"
@@ -216,7 +236,7 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
                 f"{view['counts']['pairs_labeled']:,} pairs, {view['counts']['windows']:,} windows); nothing to do",
                 log,
             )
-            return view
+            return {**view, "unchanged": True}
         manifest, labelled = planned
         number = manifest["generation"]
         if storage.write_if_absent(generation_uri(cfg.out, number), json.dumps(manifest, indent=2).encode()):
@@ -244,22 +264,24 @@ def label_and_commit(ray, cfg: LabelConfig, header: dict, settings: dict, groups
     )
 
 
-def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled) -> dict:
+def committed(ray, cfg: LabelConfig, view: dict | None, manifest: dict, labelled: list[np.ndarray]) -> dict:
     """The view with the generation just committed; a snapshot of it when SNAPSHOT_EVERY generations
-    have been committed since the last one (`labelled`: the ids of every earlier generation)."""
+    have been committed since the last one (`labelled`: the ids of every earlier generation, in the
+    parts `labelled_id_parts` read; merged only here, on a snapshot's day)."""
     manifest = {**manifest, "generation": manifest.get("generation", 1)}
     after = start(manifest) if view is None else extend(view, manifest)
-    after = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], **after}
+    after = {"snapshot": 0, "covers": 0, "kept": [], "retired": [], "details": None, "complete": True, **after}
     if snapshot_due(after) and manifest.get("ids"):
         own = read_ids(cfg.out, manifest["ids"]["path"])
-        if (number := commit_snapshot(cfg.out, after, np.concatenate([labelled, own]))) is not None:
+        if (number := commit_snapshot(cfg.out, after, merge_sorted([*labelled, own]))) is not None:
             log.info("%s: snapshot %d written (generations 1..%d)", cfg.out, number, after["generation"])
+            return {**after, "snapshot": number, "covers": after["generation"]}
     return after
 
 
 def label_generation(
     ray, cfg: LabelConfig, view: dict | None, header: dict, settings: dict, groups: list
-) -> tuple[dict, np.ndarray] | None:
+) -> tuple[dict, list[np.ndarray]] | None:
     """Label the pairs of the input files no committed generation holds; the next generation's
     manifest (not yet committed) and the ids of the earlier ones, or None when there is nothing new."""
     started = time.perf_counter()
@@ -288,10 +310,10 @@ def label_generation(
 
 def plan_generation(
     ray, cfg: LabelConfig, view: dict | None, blocks: list[Block], started: float
-) -> tuple[bool, np.ndarray]:
+) -> tuple[bool, list[np.ndarray]]:
     """The pre-pass over the new blocks' ids, then each block named by its content; whether the
     shards carry answers (generation 1 decided it for the whole output), and the earlier ids."""
-    labelled = labelled_id_hashes(ray, cfg.out, view)
+    labelled = labelled_id_parts(ray, cfg.out, view)  # sorted parts, not merged (`labelled_id_parts`)
     planned = time.perf_counter()
     with_answers = pre_pass(ray, blocks, cfg.max_context_chars, labelled)
     if view is not None:  # one output, one schema: the first generation decided whether shards carry answers
@@ -301,7 +323,7 @@ def plan_generation(
         (view["generation"] if view else 0) + 1,
         len(blocks),
         planned - started,
-        len(labelled),
+        sum(len(p) for p in labelled),
         time.perf_counter() - planned,
     )
     for b in blocks:

@@ -128,11 +128,15 @@ def test_overwrite_waits_for_no_one_and_refuses_under_a_live_writer(tmp_path, sq
 
 
 @pytest.mark.slow
-def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server, squad_pairs, tiny_models, caplog):
+def test_two_incremental_runs_at_once_commit_each_pair_once(
+    s3_bucket, s3_server, squad_pairs, tiny_models, caplog, monkeypatch
+):
     """Generation 1 holds day 1. Run A plans day 2 and is held at its commit; meanwhile day 3 arrives
     and run B plans days 2 and 3 (reusing A's day-2 shards), labels day 3 and commits generation 2.
     A's commit then finds generation 2 taken with another plan, plans again: nothing is left."""
+    import boto3
     import s3_faults
+    from botocore.config import Config
 
     files = three_files(squad_pairs)
     pairs, out = f"{s3_bucket}/pairs", f"{s3_bucket}/labels"
@@ -143,7 +147,13 @@ def test_two_incremental_runs_at_once_commit_each_pair_once(s3_bucket, s3_server
     storage.write_bytes(f"{pairs}/day-2.jsonl", "".join(json.dumps(r) + "\n" for r in files[1]).encode())
     injector = s3_faults.install(s3_server)
     try:
-        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=60, times=1)
+        # A's commit is held until B has committed. boto3 gives up on a reply after 60 s by default and
+        # tries again (unstalled): A then committed first whenever B took longer, on a loaded machine.
+        # So this process's client waits as long as the stall (Ray's workers, which write shards, keep theirs).
+        patient = boto3.client("s3", region_name=storage.s3_region(), endpoint_url=storage.s3_endpoint(),
+                               config=Config(read_timeout=600, retries={"total_max_attempts": 3}))  # fmt: skip
+        monkeypatch.setattr(storage, "s3_client", lambda: patient)
+        held = injector.add("stall", method="PUT", path=r"/labels/_manifest-000002\.json$", seconds=600, times=1)
         results: dict[str, object] = {}
         a = threading.Thread(target=lambda: results.setdefault("a", run_label(cfg)))
         a.start()
@@ -246,3 +256,35 @@ def test_driver_killed_mid_commit_of_generation_2_and_an_actor_killed_in_generat
           f"teacher actor SIGKILLed {len(kills)}x, {gen_3['counts']['pairs_labeled']} pairs committed")  # fmt: skip
     assert len(kills) >= 1
     exactly_once_across(out, files[0] + files[1] + files[2], 3)
+
+
+@pytest.mark.slow  # two label runs: about 20 s on the 2-core CI machine
+def test_a_label_run_beside_a_pairs_run_writing_its_parts_labels_only_committed_pairs(
+    tmp_path, squad_pairs, tiny_models, capsys
+):
+    """A `qadist pairs` output whose generation 2 is being written (its part files in `pairs/` as a pairs
+    run names them, its writer's lease live, no manifest yet): `qadist label` labels generation 1's pairs
+    only. Once the pairs run commits, the next label run labels generation 2's, each pair once."""
+    rows = three_files(squad_pairs)
+    root, out = tmp_path / "pairs-out", str(tmp_path / "labels")
+    put_jsonl(root / "pairs" / "part-00000.jsonl", rows[0])
+    (root / "_qadist_pairs.json").write_text(json.dumps({"stage": "pairs"}))
+    gen1 = {"generation": 1, "stage": "pairs", "files": {"pairs": [{"path": "pairs/part-00000.jsonl", "rows": 40}]}}
+    (root / "_manifest.json").write_text(json.dumps(gen1))
+    label = ["label", "--pairs", str(root / "pairs"), "--out", out, "--teacher", tiny_models["teacher_a"], *ARGS]
+    with Lease(str(root), "pairs"):  # generation 2's run, still at work: parts written, nothing committed
+        put_jsonl(root / "pairs" / "g000002-part-00000.jsonl", rows[1])
+        put_jsonl(root / "pairs" / "g000002-part-00001.jsonl", rows[2][:10])
+        assert run_cli(*label) == 0
+    assert sorted(ids_of(out)) == sorted(r["id"] for r in rows[0])
+    assert [i["uri"] for i in read_manifest(out)["inputs"]] == [str(root / "pairs" / "part-00000.jsonl")]
+    assert "40 new rows in 1 file(s)" in capsys.readouterr().out
+
+    parts = [{"path": f"pairs/g000002-part-0000{i}.jsonl", "rows": n} for i, n in ((0, 40), (1, 10))]
+    (root / "_manifest-000002.json").write_text(json.dumps({**gen1, "generation": 2, "files": {"pairs": parts}}))
+    assert run_cli(*label) == 0
+    assert "50 new rows in 2 file(s)" in capsys.readouterr().out
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == 90 and set(ids) == {r["id"] for r in rows[0] + rows[1] + rows[2][:10]}
+    assert sorted(ids_of(out, 2)) == sorted(r["id"] for r in rows[1] + rows[2][:10])
+    assert read_manifest(out, 2)["pairs_generation"] == 2

@@ -75,6 +75,7 @@ def tiny_daily_config(tmp_path: Path, squad_sample: str, squad_pairs, tiny_model
         "progress_deadline_s": 300,
         **windows,
     }
+    daily["compact"] |= {"labels": f"{out}/labels"}
     daily["distill"] |= {
         "labels": f"{out}/labels",
         "student": tiny_models["student"],

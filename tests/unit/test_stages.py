@@ -21,7 +21,7 @@ def test_every_stage_is_a_command_a_config_section_and_a_runner():
 
 def test_the_pipeline_order_and_runners_come_from_the_registry():
     assert pipeline.ORDER == (
-        "pretrain", "pairs", "label", "distill", "finetune", "predict", "evaluate", "export", "promote"
+        "pretrain", "pairs", "label", "compact", "distill", "finetune", "predict", "evaluate", "export", "promote"
     )  # fmt: skip
     assert pipeline.RUNNERS["select"] == "qadist.select.stage:run_select"
     assert all(stages.BY_NAME[s].finished is not None for s in pipeline.ORDER)
@@ -38,3 +38,18 @@ def test_a_select_section_is_a_section(tmp_path):
     path.write_text("select:\n  labels: l\n  out: o\n  budget: 3\npredict:\n  model: m\n  data: d\n  out: p\n")
     cfg = load_config(stages.STAGE_CONFIGS["predict"], "predict", str(path), sections=stages.SECTIONS)
     assert cfg.model == "m"
+
+
+def test_the_daily_config_compacts_right_after_label_and_validates_as_the_pipeline_reads_it():
+    from pathlib import Path
+
+    from qadist.config import read_yaml
+
+    path = str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "daily.yaml")
+    data = read_yaml(path)
+    assert [s for s in pipeline.ORDER if isinstance(data.get(s), dict)] == [
+        "pairs", "label", "compact", "distill", "predict", "evaluate", "promote"
+    ]  # fmt: skip
+    configs = {s: pipeline.stage_config(s, data, path, look=False) for s in pipeline.ORDER if s in data}
+    assert configs["compact"].labels == configs["label"].out == configs["distill"].labels
+    assert configs["compact"].min_rows == configs["compact"].target_rows  # not every day

@@ -4,18 +4,21 @@ commits merged shards as one snapshot, exactly once; retention; label sees commi
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pyarrow as pa
 import pytest
 from table_factory import add_generation, all_ids, make_table
 
-from qadist import storage
+from qadist import outputs, storage
 from qadist.config import CompactConfig, LabelConfig
 from qadist.errors import UserError
+from qadist.label.commit import sweep
 from qadist.label.compact import plan_groups, run_compact
-from qadist.label.generations import labelled_id_hashes
+from qadist.label.generations import commit_snapshot, labelled_id_hashes
 from qadist.label.inputs import fresh_files
-from qadist.outputs import committed_generations, read_view, union
+from qadist.outputs import StaleView, committed_generations, read_view, union, with_details
 from qadist.shards import read_manifest, read_shard, snapshot_paths
 
 
@@ -45,13 +48,20 @@ def test_the_view_reads_a_snapshot_and_the_generations_after_it(tmp_path, monkey
     out = str(tmp_path / "labels")
     make_table(out, 25, 20)  # snapshots at 10 and 20
     seen = reads(monkeypatch)
-    view = read_view(out)
+    planning = read_view(out, details=False)  # what a label run plans with: no per-generation lists
     names = [storage.basename(u) for u in seen]
-    print(f"\nthe view of 25 generations read: {names}")
+    print(f"\nthe planning view of 25 generations read: {names}")
     assert names == ["_snapshot-000002.json", *(f"_manifest-{n:06d}.json" for n in range(21, 26))]
+    assert not planning["complete"] and len(planning["shards"]) == 5 and len(planning["inputs"]) == 25
+    seen.clear()
+    view = read_view(out)  # what readers see: the same, and the snapshot's details file
+    names = [storage.basename(u) for u in seen]
+    assert names[:6] == ["_snapshot-000002.json", *(f"_manifest-{n:06d}.json" for n in range(21, 26))]
+    assert len(names) == 7 and names[6].startswith("d000002-") and view["complete"]
     full = union(committed_generations(out))  # the whole history, as readers saw it before
     assert [s["path"] for s in view["shards"]] == [s["path"] for s in full["shards"]]
-    assert view["counts"] == full["counts"] and view["generation"] == 25
+    assert [g["generation"] for g in view["generations"]] == list(range(1, 26))
+    assert view["counts"] == full["counts"] == planning["counts"] and view["generation"] == 25
     seen.clear()
     hashes = labelled_id_hashes(None, out, view)  # summaries only: no shard is opened, no Ray needed
     assert len(hashes) == 25 * 20 and all("/ids/" in u for u in seen) and len(seen) == 6
@@ -124,3 +134,56 @@ def test_merge_groups_hold_each_small_shard_once_and_a_small_remainder_joins_the
     paths = [s["path"] for g in groups for s in g]
     assert sorted(paths) == sorted(s["path"] for s in shards if s["rows"] < 500)  # each small shard once
     assert [len(g) for g in groups] == [3, 5]  # 900, then 900 + 100 + 300 + 300 (a remainder under half joins)
+
+
+def backdate(out: str, seconds: float = 100) -> None:
+    """Every file of the table written `seconds` ago (the sweep spares what shares its run's second)."""
+    then = time.time() - seconds
+    for folder, _, files in os.walk(out):
+        for f in files:
+            os.utime(os.path.join(folder, f), (then, then))
+
+
+def test_a_reader_between_a_snapshot_and_its_details_survives_the_next_snapshot_and_its_sweep(tmp_path, monkeypatch):
+    """A reader reads snapshot 2's head; before it reads the details file, a compaction commits snapshot 3
+    and sweeps: snapshot 2's details are still there (each snapshot keeps its predecessor's). After a
+    fourth snapshot and sweep they are gone: `with_details` says so (StaleView), and `read_view` reads
+    the newest snapshot again instead of failing."""
+    out = str(tmp_path / "labels")
+    make_table(out, 20, 5)  # snapshots 1 and 2
+    head = read_view(out, details=False)
+    assert head["snapshot"] == 2 and not head["complete"]
+    backdate(out)
+    run_compact(CompactConfig(labels=out, target_rows=40))  # snapshot 3, then the sweep
+    assert read_view(out)["snapshot"] == 3
+    assert len(with_details(out, head)["shards"]) == 20  # snapshot 2's details survived the sweep
+    for day in range(21, 31):
+        add_generation(out, day, [f"d{day:05d}-{i:06d}" for i in range(5)], f"{out}-pairs/pairs/day-{day:05d}.jsonl")
+    view = read_view(out)
+    assert commit_snapshot(out, view, labelled_id_hashes(None, out, view)) == 4
+    backdate(out)
+    sweep(out, read_view(out), time.time())
+    with pytest.raises(StaleView, match="details file .* is gone"):
+        with_details(out, head)  # two snapshots later: swept
+    real, calls = outputs.newest_snapshot, []
+    monkeypatch.setattr(outputs, "newest_snapshot", lambda o: 2 if not calls.append(o) and len(calls) == 1 else real(o))
+    view = read_view(out)
+    assert len(calls) == 2 and view["snapshot"] == 4 and view["generation"] == 30
+    assert sorted(ids_read(out)) == sorted(all_ids(30, 5))
+
+
+def test_the_pipelines_compact_step_runs_only_when_a_merge_is_due(tmp_path):
+    """`compact`'s finished rule: complete while the small shards hold under min_rows windows (no file
+    past retention either); due once they hold that many; complete again after the compaction."""
+    from qadist.stages import BY_NAME
+
+    out = str(tmp_path / "labels")
+    make_table(out, 30, 40)  # 1,200 windows in 30 small shards
+    waiting = CompactConfig(labels=out, target_rows=400, min_rows=2000)
+    assert "1,200 windows in small ones" in BY_NAME["compact"].done(waiting)
+    assert run_compact(waiting)["snapshot"] == 3  # nothing to do: no new snapshot
+    due = CompactConfig(labels=out, target_rows=400, min_rows=1000)
+    assert BY_NAME["compact"].done(due) is None
+    assert len(run_compact(due)["shards"]) == 3
+    assert BY_NAME["compact"].done(due) is not None
+    assert sorted(ids_read(out)) == sorted(all_ids(30, 40))
