@@ -343,7 +343,13 @@ def markdown(rows: dict, ensembles: dict, comparisons: list[str], sizes, seconds
         "| other shops' test F1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    fmt = lambda m: "-" if not m or m["mean"] is None else f"{m['mean']:.1f} +- {m['sd']:.1f}"  # noqa: E731
+
+    def fmt(m: dict) -> str:
+        if not m or m["mean"] is None:
+            return "-"
+        seeds = "" if m["n"] >= len(first["seeds"]) and m["n"] > 2 else f" ({m['n']} of 3 seeds)"
+        return f"{m['mean']:.1f} +- {m['sd']:.1f}{seeds}"
+
     for name, r in rows.items():
         g = r["grid"]
         grid = f"{', '.join(f'{x:g}' for x in g['learning_rates'])} x {', '.join(f'{x:g}' for x in g['epochs'])}"
@@ -466,7 +472,8 @@ def comparisons(rows: dict, ensembles: dict) -> list[str]:
         ),
         ("(d) teachers pre-trained on the pages vs not", "pretrained_teacher", "teacher", "pre-trained", "not"),
     ]
-    found += [compare(what, t[a], t[b], an, bn) for what, a, b, an, bn in pairs if a in t and b in t]
+    partial = lambda a, b: " (fewer than 3 seeds: no verdict yet)" if min(t[a]["n"], t[b]["n"]) < 3 else ""  # noqa: E731
+    found += [compare(what, t[a], t[b], an, bn) + partial(a, b) for what, a, b, an, bn in pairs if a in t and b in t]
     if "pretrained_ensemble" in ensembles and "ensemble" in ensembles:
         found.append(
             compare(

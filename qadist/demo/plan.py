@@ -49,9 +49,10 @@ class Plan:
 
 
 # benchmarks/demo_tuning.py's choices on dev (docs/demo.md, "Tuning"), where its grid has finished: the
-# teachers (on the other shops' dev), distillation and the student on the teachers' labels. The other
-# rows' settings are the last point of their step budget (200 optimizer steps of 16) at the learning
-# rate the earlier scenario's tuning chose for their kind, until their grids finish (issue 31).
+# teachers (on the other shops' dev), distillation, the student on the teachers' labels, and on 200
+# store labels the student alone and the distilled student fine-tuned. The other rows' settings are
+# the last point of their step budget (200 optimizer steps of 16) at the learning rate the earlier
+# scenario's tuning chose for their kind, until their grids finish (issue 31).
 FULL = Plan(
     sizes=DomainSizes(teacher=2000, logged=2500, student=1000, test=400, dev=200, teacher_dev=200, teacher_test=400),
     student_layers=2,
