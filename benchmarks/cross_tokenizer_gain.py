@@ -29,7 +29,6 @@ finished point in --out.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -47,10 +46,10 @@ from demo_tuning import (  # noqa: E402
     write_results,
 )
 
-from qadist import storage  # noqa: E402
 from qadist.config import DemoConfig  # noqa: E402
 from qadist.demo.plan import FULL  # noqa: E402
 from qadist.demo.prepare import Stopwatch, prepare  # noqa: E402
+from qadist.rows import read_jsonl  # noqa: E402
 
 FEW = 200
 DISTILL_EPOCHS = (0.5, 1.0, 2.0)  # demo_tuning's distilled row
@@ -101,7 +100,7 @@ def transplanted_student(student_init: str, out: str, tokenizer) -> str:
 def starting_points(prep) -> dict[str, str]:
     from qadist.models import train_byte_level_bpe_tokenizer
 
-    pages = [json.loads(line)["text"] for line in storage.read_text(prep.data["documents"]).splitlines() if line]
+    pages = [row["text"] for row in read_jsonl(prep.data["documents"])]
     bpe = train_byte_level_bpe_tokenizer(pages, vocab_size=BPE_VOCAB)
     out = os.path.join(prep.out, "models", "student-init-bpe")
     return {"student-init-bpe": transplanted_student(prep.inits["student-init"], out, bpe)}

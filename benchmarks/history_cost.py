@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     if args.rerender:
-        lines = Path(args.rerender).read_text().splitlines()
+        lines = Path(args.rerender).read_text().split("\n")  # its own log: rows end at "\n" only
         rows = [json.loads(line) for line in lines if line.startswith('{"store"')]
         report(rows, args)
         return 0

@@ -74,15 +74,12 @@ def run_stage(
     """Run `qadist pairs` (top 5) -> (question id -> ranked doc ids, question id -> its rank-1 pair)."""
     from qadist.config import PairsConfig
     from qadist.pairs.stage import run_pairs
+    from qadist.rows import read_jsonl
 
     cfg = PairsConfig(questions=qfile, documents=dfile, out=out, model=model, top_k=5, overwrite=True, **overrides)
     run_pairs(cfg)
-    rows = [json.loads(line) for f in sorted(Path(out, "pairs").glob("*.jsonl")) for line in f.read_text().splitlines()]
-    same_as = {
-        json.loads(line)["id"]: json.loads(line)["same_as"]
-        for f in Path(out, "duplicates").glob("*.jsonl")
-        for line in f.read_text().splitlines()
-    }
+    rows = [row for f in sorted(Path(out, "pairs").glob("*.jsonl")) for row in read_jsonl(str(f))]
+    same_as = {row["id"]: row["same_as"] for f in Path(out, "duplicates").glob("*.jsonl") for row in read_jsonl(str(f))}
     ranked: dict[str, list[str]] = {}
     first: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: r["rank"]):

@@ -37,7 +37,7 @@ from qadist import storage
 from qadist.config import DemoConfig, LabelConfig, SelectConfig
 from qadist.demo.plan import FULL
 from qadist.demo.prepare import Stopwatch, prepare
-from qadist.rows import iter_raw_rows
+from qadist.rows import iter_raw_rows, read_jsonl
 from qadist.squad.io import read_pairs
 
 STRATEGIES = ("random", "entropy", "margin", "disagreement")
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                 labels=labels, budget=n, out=sel, strategy=strategy, exclude=exclude, seed=seed
                             )
                         )
-                picked = [
-                    json.loads(line)["id"]
-                    for line in storage.read_text(storage.join(sel, "selected.jsonl")).splitlines()
-                ]
+                picked = [row["id"] for row in read_jsonl(storage.join(sel, "selected.jsonl"))]
                 train_file = storage.join(sel, "gold.jsonl")
                 if not storage.exists(train_file):
                     rows = [gold_on_passage(by_id[i], gold[by_id[i]["question_id"]]) for i in picked]
