@@ -317,13 +317,14 @@ def ensemble_scores(prep, tuning: Tuning, row: str) -> dict[str, dict]:
     pcfg = AnswerSettings(batch_size=64, **prep.shared)
     out = os.path.join(prep.out, "tuning", f"{row}-ensembles")
     f1: dict[str, list[float]] = {"test": [], "teacher-test": []}
+    pairs = {split: read_pairs(prep.data[split])[0] for split in f1}
     for a, b in combinations(tuning.seeds, 2):
         paths = [tuning.chosen_model(row, a), tuning.chosen_model(row, b)]
         for split in f1:
             done = os.path.join(out, f"{a}{b}-{split}.json")
             if not os.path.exists(done):
-                pairs = read_pairs(prep.data[split])[0]
-                metrics = score(R(row, f"{a}{b}-{split}", 6, 0, "", paths), pairs, prep.data[split], pcfg, out).metrics
+                key = f"{a}{b}-{split}"
+                metrics = score(R(row, key, 6, 0, "", paths), pairs[split], prep.data[split], pcfg, out).metrics
                 storage.write_bytes(done, json.dumps(metrics).encode("utf-8"))
             f1[split].append(json.loads(storage.read_text(done))["f1"])
     return {split: mean_sd(values) for split, values in f1.items()}
@@ -413,7 +414,7 @@ def pretrained_inits(prep, seeds: list[int]) -> dict[str, str]:
         )
     return save_init_models(
         os.path.join(prep.out, "models", "pretrained-inits"),
-        FULL.student_layers,
+        None,
         {f"pretrained-init-{s}": s + 1 for s in seeds},
         source=local_model(finished_model(run_out)),
     )

@@ -44,9 +44,11 @@ class Stopwatch:
         return time.perf_counter() - self.started
 
 
-def save_init_models(folder: str, layers: int, seeds: dict[str, int], source: str | None = None) -> dict[str, str]:
+def save_init_models(
+    folder: str, layers: int | None, seeds: dict[str, int], source: str | None = None
+) -> dict[str, str]:
     """Starting points, as save_pretrained folders: the encoder (`source`, MiniLM by default) with a
-    seeded fresh QA head per name, `layers` of its first layers for the student."""
+    seeded fresh QA head per name, and `layers` of its first layers for the student (none if None)."""
     import torch
     from transformers import AutoModelForQuestionAnswering
 
@@ -55,7 +57,8 @@ def save_init_models(folder: str, layers: int, seeds: dict[str, int], source: st
     source = source or minilm_path()
     tokenizer = load_tokenizer(source)
     paths = {}
-    for name, (n_layers, seed) in {**{k: (None, s) for k, s in seeds.items()}, "student-init": (layers, 0)}.items():
+    student = {"student-init": (layers, 0)} if layers else {}
+    for name, (n_layers, seed) in {**{k: (None, s) for k, s in seeds.items()}, **student}.items():
         path = os.path.join(folder, name)
         if not os.path.exists(os.path.join(path, "config.json")):
             torch.manual_seed(seed)
@@ -230,10 +233,8 @@ def label_pairs(prep: Prepared, teachers: list[str]) -> dict:
 def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Prepared) -> tuple[str, str]:
     """The seed's pipeline order: MiniLM pre-trained on the store's product pages (`qadist pretrain`),
     then QA-trained on the other shops' labels as the teachers are, seeds and settings alike."""
-    import torch
-    from transformers import AutoModelForQuestionAnswering
 
-    from qadist.models import load_tokenizer, minilm_path
+    from qadist.models import minilm_path
 
     run_out = prep.path("models", "pretrained-encoder")
     with clock.stage("pretrain: MiniLM-L6 on the camera store's product pages"):
@@ -251,13 +252,15 @@ def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Pre
                 if key:
                     keep(cfg.teacher_cache, key, storage.join(run_out, "final"))
         encoder = local_model(finished_model(run_out))
+    inits = save_init_models(
+        os.path.join(os.path.dirname(prep.inits["teacher-a-init"]), "pretrained-inits"),
+        None,
+        {name: cfg.seed * 2 + 1 + i for i, name in enumerate("ab")},  # the plain teachers' head seeds
+        source=encoder,
+    )
     teachers = []
     for i, name in enumerate("AB"):
-        init = os.path.join(os.path.dirname(prep.inits["teacher-a-init"]), f"pretrained-teacher-{name.lower()}-init")
-        if not os.path.exists(os.path.join(init, "config.json")):
-            torch.manual_seed(cfg.seed * 2 + 1 + i)  # the plain teacher's head seed: only the encoder differs
-            AutoModelForQuestionAnswering.from_pretrained(encoder).save_pretrained(init)
-            load_tokenizer(encoder).save_pretrained(init)
+        init = inits[name.lower()]
         teachers.append(
             train_model(
                 clock,
