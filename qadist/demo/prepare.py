@@ -87,7 +87,7 @@ class Prepared:
 
     out: str
     data: dict[str, str]
-    subsets: dict[int, str]  # n -> the first n student labels (and "all": the teachers' and the few)
+    subsets: dict[int, str]  # n -> the first n of the store's gold labels
     inits: dict[str, str]
     teacher_a: str
     teacher_b: str
