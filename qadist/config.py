@@ -455,8 +455,8 @@ class DemoConfig(StageConfig):
     seed: int = Opt(0, "Seed of the generated domain and of every model.")
     teacher_cache: str = Opt(
         "~/.cache/qadist/demo-models",
-        "Folder where trained teachers are kept by what made them (start, data, settings, version) and reused "
-        "by later runs; '' to always train them.",
+        "Folder where the trained teachers (and the pre-trained encoder, the self-distilled teacher) are kept "
+        "by what made them (start, data, settings, version) and reused by later runs; '' to always train them.",
     )
 
 

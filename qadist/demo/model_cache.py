@@ -1,4 +1,5 @@
-"""The demo's cache of trained teachers (and pre-trained encoders), keyed by what made them.
+"""The demo's cache of the teacher side's models (the teachers, the pre-trained encoder, the
+self-distilled teacher), keyed by what made them.
 
 A teacher is the slowest part of a demo run and, for given settings, always the same model; so a
 finished one is copied to `--teacher-cache` under a key that hashes everything it was made from:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from qadist import storage
 from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PretrainConfig, to_dict
 from qadist.demo.domain import generate_domain, write_domain
-from qadist.demo.model_cache import cache_key, keep, restore
+from qadist.demo.model_cache import cache_key, file_digest, folder_digest, keep, restore
 from qadist.demo.plan import Plan, Train, epochs_for
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
@@ -72,7 +72,11 @@ def save_init_models(
 def made_by(cfg) -> dict:
     """A training config's every setting (defaults included) but where it reads and writes: what a
     cached model is keyed by, so a changed default is another key."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("out", "train_file", "model", "documents")}
+    return {
+        k: v
+        for k, v in to_dict(cfg).items()
+        if k not in ("out", "train_file", "model", "documents", "labels", "student")
+    }
 
 
 def finished_model(out: str) -> str | None:
@@ -303,24 +307,44 @@ def distill_model(
     temperature: float,
     seed: int,
     shared: dict,
+    cache: str = "",
+    prep: Prepared | None = None,
 ) -> str:
+    """`run_distill` into `run_out` (reused when it finished). With `cache` and `prep`, a teacher-side
+    model (self-distillation) is kept and reused as the teachers are: keyed by its start, the logged
+    questions, the pages and both teachers the soft labels come from, and its settings."""
     with clock.stage(stage):
         if finished_model(run_out) is None:
-            from qadist.train.stage import run_distill
-
-            run_distill(
-                DistillConfig(
-                    labels=labels,
-                    student=student,
-                    out=run_out,
-                    epochs=train.epochs,
-                    learning_rate=train.learning_rate,
-                    temperature=temperature,
-                    alpha_kd=1.0,
-                    alpha_hard=0.0,
-                    batch_size=train.batch_size,
-                    seed=seed,
-                    **shared,
-                )
+            cfg = DistillConfig(
+                labels=labels,
+                student=student,
+                out=run_out,
+                epochs=train.epochs,
+                learning_rate=train.learning_rate,
+                temperature=temperature,
+                alpha_kd=1.0,
+                alpha_hard=0.0,
+                batch_size=train.batch_size,
+                seed=seed,
+                **shared,
             )
+            key = cache and prep and cache_key("distill", student, prep.data["logged"], labels_made_by(prep, cfg))
+            if key and restore(cache, key, storage.join(run_out, "final")):
+                print(f"{stage}: the model distilled earlier from the same teachers, data and settings ({cache}/{key})")
+            else:
+                from qadist.train.stage import run_distill
+
+                run_distill(cfg)
+                if key:
+                    keep(cache, key, storage.join(run_out, "final"))
         return local_model(finished_model(run_out))
+
+
+def labels_made_by(prep: Prepared, cfg) -> dict:
+    """What soft labels on the logged questions are made of besides those questions: the pages (the
+    pairs), both teachers' files and the window settings (in the distillation's settings)."""
+    return {
+        **made_by(cfg),
+        "documents": file_digest(prep.data["documents"]),
+        "teachers": [folder_digest(prep.teacher_a), folder_digest(prep.teacher_b)],
+    }

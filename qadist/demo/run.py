@@ -62,9 +62,13 @@ def check_out(cfg: DemoConfig, plan: Plan) -> None:
 def train_students(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Prepared) -> Models:
     """Every student of the table and of the curves (and self-distillation where the plan has it)."""
     init = prep.inits["student-init"]
-    distill = lambda stage, start, name, train: distill_model(  # noqa: E731
-        clock, stage, prep.labels, start, prep.path("models", name), train, plan.temperature, cfg.seed, prep.shared
-    )
+
+    def distill(stage: str, start: str, name: str, train, **cached) -> str:
+        out = prep.path("models", name)
+        return distill_model(
+            clock, stage, prep.labels, start, out, train, plan.temperature, cfg.seed, prep.shared, **cached
+        )
+
     models = Models(
         distilled=distill("distill: student from the soft labels, no labels", init, "student-distilled", plan.distill),
         ood_student=train_model(
@@ -105,6 +109,8 @@ def train_students(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Prepared
             prep.teacher_a,
             "self-distilled",
             plan.self_distill,
+            cache=cfg.teacher_cache,  # a teacher-side model: kept and reused as the teachers are
+            prep=prep,
         )
     return models
 
