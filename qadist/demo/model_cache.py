@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -47,6 +48,18 @@ def cache_key(kind: str, start: str, data_uri: str, settings: dict) -> str:
         "qadist": __version__,
     }
     return f"{kind}-{hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:20]}"
+
+
+def train_or_reuse(cache: str, key: str, run_out: str, train: Callable[[], object], found: str) -> None:
+    """The model `key` copied from `cache` into `<run_out>/final` (saying so: `found` and where), or
+    `train()` into `run_out` and the result kept in the cache; no cache or key: `train()` only."""
+    final = storage.join(run_out, "final")
+    if key and restore(cache, key, final):
+        print(f"{found} ({cache}/{key})", flush=True)
+        return
+    train()
+    if key:
+        keep(cache, key, final)
 
 
 def restore(cache: str, key: str, final: str) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from qadist import storage
 from qadist.config import DemoConfig, DistillConfig, FinetuneConfig, LabelConfig, PairsConfig, PretrainConfig, to_dict
 from qadist.demo.domain import generate_domain, write_domain
-from qadist.demo.model_cache import cache_key, file_digest, folder_digest, keep, restore
+from qadist.demo.model_cache import cache_key, file_digest, folder_digest, train_or_reuse
 from qadist.demo.plan import Plan, Train, epochs_for
 from qadist.inference import cpu_has_bf16
 from qadist.models import local_model
@@ -132,17 +132,10 @@ def train_model(
             }
             cfg = FinetuneConfig(train_file=train_file, model=init, out=run_out, **settings)
             key = cache and cache_key("finetune", init, train_file, made_by(cfg))
-            if key and restore(cache, key, storage.join(run_out, "final")):
-                print(
-                    f"{name}: the model trained earlier from the same start, data and settings ({cache}/{key})",
-                    flush=True,
-                )
-            else:
-                from qadist.train.stage import run_finetune
+            from qadist.train.stage import run_finetune
 
-                run_finetune(cfg)
-                if key:
-                    keep(cache, key, storage.join(run_out, "final"))
+            found = f"{name}: the model trained earlier from the same start, data and settings"
+            train_or_reuse(cache, key, run_out, lambda: run_finetune(cfg), found)
         return local_model(finished_model(run_out))
 
 
@@ -247,14 +240,10 @@ def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Pre
                 documents=prep.data["documents"], model=minilm_path(), out=run_out, seed=cfg.seed, **plan.pretrain
             )
             key = cfg.teacher_cache and cache_key("pretrain", minilm_path(), prep.data["documents"], made_by(pcfg))
-            if key and restore(cfg.teacher_cache, key, storage.join(run_out, "final")):
-                print(f"pretrain: the encoder pre-trained earlier with the same settings ({cfg.teacher_cache}/{key})")
-            else:
-                from qadist.train.pretrain import run_pretrain
+            from qadist.train.pretrain import run_pretrain
 
-                run_pretrain(pcfg)
-                if key:
-                    keep(cfg.teacher_cache, key, storage.join(run_out, "final"))
+            found = "pretrain: the encoder pre-trained earlier with the same settings"
+            train_or_reuse(cfg.teacher_cache, key, run_out, lambda: run_pretrain(pcfg), found)
         encoder = local_model(finished_model(run_out))
     inits = save_init_models(
         os.path.join(os.path.dirname(prep.inits["teacher-a-init"]), "pretrained-inits"),
@@ -329,14 +318,10 @@ def distill_model(
                 **shared,
             )
             key = cache and prep and cache_key("distill", student, prep.data["logged"], labels_made_by(prep, cfg))
-            if key and restore(cache, key, storage.join(run_out, "final")):
-                print(f"{stage}: the model distilled earlier from the same teachers, data and settings ({cache}/{key})")
-            else:
-                from qadist.train.stage import run_distill
+            from qadist.train.stage import run_distill
 
-                run_distill(cfg)
-                if key:
-                    keep(cache, key, storage.join(run_out, "final"))
+            found = f"{stage}: the model distilled earlier from the same teachers, data and settings"
+            train_or_reuse(cache, key, run_out, lambda: run_distill(cfg), found)
         return local_model(finished_model(run_out))
 
 
