@@ -317,7 +317,7 @@ def distill_model(
                 seed=seed,
                 **shared,
             )
-            key = cache and prep and cache_key("distill", student, prep.data["logged"], labels_made_by(prep, cfg))
+            key = cache and prep and distill_key(prep, cfg)
             from qadist.train.stage import run_distill
 
             found = f"{stage}: the model distilled earlier from the same teachers, data and settings"
@@ -325,11 +325,13 @@ def distill_model(
         return local_model(finished_model(run_out))
 
 
-def labels_made_by(prep: Prepared, cfg) -> dict:
-    """What soft labels on the logged questions are made of besides those questions: the pages (the
-    pairs), both teachers' files and the window settings (in the distillation's settings)."""
-    return {
+def distill_key(prep: Prepared, cfg: DistillConfig) -> str:
+    """The cache key of a model distilled from the run's soft labels. The labels are not an input file:
+    the key holds what made them instead (the logged questions, the pages, both teachers' files, the
+    window settings in `cfg`), and none of the run's own paths."""
+    made_of = {
         **made_by(cfg),
         "documents": file_digest(prep.data["documents"]),
         "teachers": [folder_digest(prep.teacher_a), folder_digest(prep.teacher_b)],
     }
+    return cache_key("distill", cfg.student, prep.data["questions"], made_of)

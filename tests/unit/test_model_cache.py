@@ -48,24 +48,29 @@ def test_a_copy_killed_midway_is_never_a_hit(tmp_path):
 
 def test_the_self_distilled_teacher_is_keyed_by_the_teachers_its_labels_come_from(tmp_path):
     """Its soft labels are not a file of the run's inputs: the key holds what made them instead
-    (both teachers' files, the pages), and none of the run's own paths."""
+    (both teachers' files, the pages, the logged questions), and none of the run's own paths."""
     from qadist.config import DistillConfig
-    from qadist.demo.prepare import Prepared, labels_made_by
+    from qadist.demo.prepare import Prepared, distill_key
 
-    pages = tmp_path / "documents.jsonl"
+    pages, questions = tmp_path / "documents.jsonl", tmp_path / "questions.jsonl"
     pages.write_text('{"doc_id": "p1", "text": "A camera."}\n')
+    questions.write_text('{"id": "q1", "question": "Which mount?"}\n')
+    data = {"documents": str(pages), "questions": str(questions)}
 
     def prepared(out: str, teacher_b: bytes) -> Prepared:
         a = model(tmp_path / out / "a", b"\x00" * 16)
         b = model(tmp_path / out / "b", teacher_b)
-        return Prepared(out, {"documents": str(pages)}, {}, {}, a, b, "", {}, 1, 0.0, None, None)
+        return Prepared(out, data, {}, {}, a, b, "", {}, 1, 0.0, None, None)
 
-    def settings(prep: Prepared) -> dict:
-        cfg = DistillConfig(labels=f"{prep.out}/labels", student=prep.teacher_a, out=f"{prep.out}/self", epochs=1.0)
-        return labels_made_by(prep, cfg)
+    def key(prep: Prepared, epochs: float = 1.0) -> str:
+        cfg = DistillConfig(labels=f"{prep.out}/labels", student=prep.teacher_a, out=f"{prep.out}/self", epochs=epochs)
+        return distill_key(prep, cfg)
 
-    first = settings(prepared("run1", b"\x01" * 16))
-    assert first == settings(prepared("run2", b"\x01" * 16))  # another folder, the same teachers
-    assert first != settings(prepared("run3", b"\x02" * 16))  # teacher B changed
+    first = key(prepared("run1", b"\x01" * 16))
+    assert first == key(prepared("run2", b"\x01" * 16))  # another folder, the same teachers
+    assert first != key(prepared("run3", b"\x02" * 16))  # teacher B changed
+    assert first != key(prepared("run4", b"\x01" * 16), epochs=2.0)
+    questions.write_text('{"id": "q1", "question": "Which lens mount?"}\n')
+    assert first != key(prepared("run5", b"\x01" * 16))
     pages.write_text('{"doc_id": "p1", "text": "A lens."}\n')
-    assert first != settings(prepared("run4", b"\x01" * 16))
+    assert first != key(prepared("run6", b"\x01" * 16))
