@@ -451,7 +451,7 @@ class CompactConfig(StageConfig):
 
 class DemoConfig(StageConfig):
     out: str = Uri("qadist-demo", "Folder (or s3:// URI) for every stage's artifacts.")
-    quick: bool = Opt(False, "Every stage at a reduced size (about 4.5 minutes on 2 cores), as CI runs it.")
+    quick: bool = Opt(False, "Every stage at a reduced size (about 3.5 minutes on 2 cores), as CI runs it.")
     seed: int = Opt(0, "Seed of the generated domain and of every model.")
     teacher_cache: str = Opt(
         "~/.cache/qadist/demo-models",

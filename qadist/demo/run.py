@@ -1,7 +1,7 @@
 """`qadist demo`: the whole pipeline, embedded and offline on a CPU, in the seed's scenario.
 
     qadist demo                      # full size into ./qadist-demo (teachers cached for later runs)
-    qadist demo --quick --out /tmp/d # every stage at a reduced size (about 4.5 minutes), as CI runs it
+    qadist demo --quick --out /tmp/d # every stage at a reduced size (about 3.5 minutes), as CI runs it
     qadist demo --out s3://bucket/demo   # artifacts in S3 (AWS_ENDPOINT_URL etc. from the environment)
 
 The situation qadist is for: teachers that learned extractive QA elsewhere (here: other shops'

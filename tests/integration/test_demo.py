@@ -1,6 +1,6 @@
 """`qadist demo` end to end through the real CLI (a subprocess with its own embedded Ray).
 
-The quick size (in the default run, about 4.5 minutes on 2 cores) runs every stage at a reduced
+The quick size (in the default run, about 3.5 minutes on 2 cores) runs every stage at a reduced
 size: its teachers train for 40 steps on 320 of the other shops' labels, enough to learn when a
 page does not answer but not yet where answers are (the full size trains each teacher on 2,000,
 250 steps of 16). It checks the table's shape, the artifacts, the progress output and that the
