@@ -33,9 +33,14 @@ class Plan:
     ood_finetune: dict[int, Train]  # number of store labels -> the ood student fine-tuned on them
     self_distill: Train | None  # the teacher's architecture (from teacher A) distilled from the ensemble
     pretrain: dict | None = None  # `qadist pretrain` settings: the teachers pre-trained on the store's pages first
+    pretrained_teacher: Train | None = None  # their QA training (tuned on its own; None: the teachers' settings)
     windows: dict = field(default_factory=lambda: {"max_seq_len": 160, "doc_stride": 64, "max_query_len": 32})
     speed_rounds: int = 3  # interleaved rounds of the speed measurement (demo/speed.py)
     latency_questions: int = 24  # questions timed one at a time per architecture and round
+
+    @property
+    def pretrained_teacher_training(self) -> Train:
+        return self.pretrained_teacher or self.teacher
 
     @property
     def curve(self) -> tuple[int, ...]:
@@ -60,10 +65,10 @@ FULL = Plan(
     distill=Train(2.0, 4e-4, batch_size=16),
     temperature=2.0,
     ood_student=Train(2.0, 1e-3),
-    labels_only={50: Train(64.0, 1e-3), 200: Train(16.0, 1e-3), 1000: Train(3.2, 3e-4)},
+    labels_only={50: Train(64.0, 1e-3), 200: Train(16.0, 1e-3), 1000: Train(3.2, 1e-3)},
     finetune={50: Train(64.0, 3e-5), 200: Train(16.0, 3e-4), 1000: Train(3.2, 1e-4)},
     ood_finetune={50: Train(64.0, 3e-5), 200: Train(16.0, 3e-4), 1000: Train(3.2, 1e-4)},
-    self_distill=Train(1.0, 1e-4),
+    self_distill=Train(2.0, 3e-4),
     pretrain={},  # `qadist pretrain`'s defaults (head warm-up, then lr 5e-6 for 1 epoch)
 )
 QUICK = Plan(  # every stage, small: the teachers learn when a page has no answer, not yet where answers are

@@ -262,7 +262,7 @@ def pretrained_teachers(cfg: DemoConfig, plan: Plan, clock: Stopwatch, prep: Pre
                 f"pretrained-teacher-{name.lower()}",
                 init,
                 prep.data["teacher"],
-                plan.teacher,
+                plan.pretrained_teacher_training,
                 plan.sizes.teacher,
                 cfg.seed + i,
                 cache=cfg.teacher_cache,
