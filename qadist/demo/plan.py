@@ -70,6 +70,7 @@ FULL = Plan(
     ood_finetune={50: Train(64.0, 3e-5), 200: Train(16.0, 3e-4), 1000: Train(3.2, 1e-4)},
     self_distill=Train(2.0, 3e-4),
     pretrain={},  # `qadist pretrain`'s defaults (head warm-up, then lr 5e-6 for 1 epoch)
+    pretrained_teacher=Train(2.0, 4e-4, batch_size=16),
 )
 QUICK = Plan(  # every stage, small: the teachers learn when a page has no answer, not yet where answers are
     sizes=DomainSizes(teacher=320, logged=320, student=200, test=80, dev=40, teacher_dev=40, teacher_test=40),
