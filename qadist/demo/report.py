@@ -243,7 +243,7 @@ def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path
 
     counts = sorted({n for points in curve.values() for n in points})
     at = {n: i for i, n in enumerate(counts)}
-    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
     for (name, points), marker in zip(curve.items(), ("o", "s", "^", "D")):
         xs = sorted(points)
         ax.plot([at[x] for x in xs], [points[x] for x in xs], marker=marker, label=name)
@@ -253,11 +253,12 @@ def plot_curve(curve: dict[str, dict[int, float]], lines: dict[str, float], path
     ax.set_xlabel("camera-store gold labels")
     ax.set_ylabel("SQuAD 2.0 F1, camera-store test set")
     ax.set_title("Distillation as pre-training: teachers trained on other shops")
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes: inside, it hides a curve's points wherever it is put.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     storage.write_bytes(path, buf.getvalue())
 
