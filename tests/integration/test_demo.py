@@ -120,7 +120,8 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
 
 @pytest.mark.slow
 def test_full_demo_shows_the_claims(tmp_path):
-    """The full-size demo (about 14 minutes on 2 quiet cores): every claim of the table holds."""
+    """The full-size demo (16.4 minutes on 2 quiet cores with the teacher-side models cached; this
+    test starts with an empty cache, about 37): every claim the 3-seed tuning shows holds."""
     out = tmp_path / "full"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
@@ -133,8 +134,12 @@ def test_full_demo_shows_the_claims(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "results.json").read_text())
-    failed = [c["claim"] for c in result["checks"] if not c["holds"] and not c["claim"].startswith("self-distillation")]
+    # Every check that benchmarks/demo_tuning.py's 3 seeds show beyond their spread (docs/demo.md,
+    # "Tuning"); the pre-trained teachers tie the plain ones there, so one run may go either way.
+    ties = ("pre-training the teachers",)
+    failed = [c["claim"] for c in result["checks"] if not c["holds"] and not c["claim"].startswith(ties)]
     assert not failed, failed
+    assert any(c["claim"].startswith(ties) for c in result["checks"])  # shown, not asserted
 
 
 ALL_ROWS = """
