@@ -53,10 +53,8 @@ class Plan:
         return tuple(n for n in self.curve if n >= 200)
 
 
-# benchmarks/demo_tuning.py's choices on dev (docs/demo.md, "Tuning"): every row but the 50-label
-# points of the curves, whose settings are the last point of their step budget (200 optimizer steps
-# of 16) at the learning rate the earlier scenario's tuning chose for their kind, until their grids
-# finish (issue 31).
+# benchmarks/demo_tuning.py's choices on dev for every row (docs/demo.md, "Tuning"): the teachers
+# and the pre-trained teachers on the other shops' dev, every student on the store's.
 FULL = Plan(
     sizes=DomainSizes(teacher=2000, logged=2500, student=1000, test=400, dev=200, teacher_dev=200, teacher_test=400),
     student_layers=2,
@@ -64,9 +62,9 @@ FULL = Plan(
     distill=Train(2.0, 4e-4, batch_size=16),
     temperature=2.0,
     ood_student=Train(2.0, 1e-3),
-    labels_only={50: Train(64.0, 1e-3), 200: Train(16.0, 1e-3), 1000: Train(3.2, 1e-3)},
+    labels_only={50: Train(32.0, 1e-3), 200: Train(16.0, 1e-3), 1000: Train(3.2, 1e-3)},
     finetune={50: Train(64.0, 3e-5), 200: Train(16.0, 3e-4), 1000: Train(3.2, 3e-4)},
-    ood_finetune={50: Train(64.0, 3e-5), 200: Train(16.0, 3e-4), 1000: Train(3.2, 3e-4)},
+    ood_finetune={50: Train(16.0, 1e-4), 200: Train(16.0, 3e-4), 1000: Train(3.2, 3e-4)},
     self_distill=Train(2.0, 3e-4),
     pretrain={},  # `qadist pretrain`'s defaults (head warm-up, then lr 5e-6 for 1 epoch)
     pretrained_teacher=Train(2.0, 4e-4, batch_size=16),
