@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from suite_device import PEAKS, Device, attention_flops, count_flops, padded_batches  # noqa: F401 (PEAKS: the test)
 
+from qadist.errors import first_line
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "squad-v2-dev-sample.json"
 WINDOWS = (384, 128, 64)  # max_seq_len, doc_stride, max_query_len: the label stage's defaults
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 import traceback
 
                 traceback.print_exc()
-                failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                failures[name] = f"{type(e).__name__}: {first_line(str(e))[:200]}"
                 if name == "distill":
                     failures.setdefault("serve", "needs the distill part's student")
             seconds[name] = time.perf_counter() - started

@@ -11,6 +11,7 @@ Outputs that grow (pairs, label) commit generations; a label output's readers se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -219,13 +220,10 @@ READ_ATTEMPTS = 3  # reads of the newest snapshot when its details file vanished
 def read_view(out: str, details: bool = True) -> dict[str, Any] | None:
     """What readers of a label table see (`view_once`); read again from the newest snapshot when the
     snapshot read first was superseded and its details file swept before they were read (`StaleView`)."""
-    for attempt in range(READ_ATTEMPTS):
-        try:
+    for _ in range(READ_ATTEMPTS - 1):
+        with contextlib.suppress(StaleView):
             return view_once(out, details)
-        except StaleView:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    return view_once(out, details)
 
 
 def view_once(out: str, details: bool = True) -> dict[str, Any] | None:

@@ -50,11 +50,10 @@ def teacher_rows(plan: Plan, prep: Prepared, models: Models) -> list[Row]:
                 "2xMiniLM-L6",
             ),
         ]
-        for r in rows[3:]:
-            r.settings = describe(plan.pretrained_teacher_training, n)
+    pretrained = describe(plan.pretrained_teacher_training, n)
     for r in rows:
         r.architecture = r.architecture or "MiniLM-L6"
-        r.settings = r.settings or settings
+        r.settings = pretrained if r.key.startswith("pretrained") else settings
     return rows
 
 

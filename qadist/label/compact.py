@@ -124,11 +124,15 @@ def compacted_view(out: str, view: dict, groups: list[list[dict]], retire: list[
     }
 
 
+def small_rows(view: dict, target_rows: int) -> int:
+    """The windows in the table's small shards (under target_rows // 2 each: the ones a compaction merges)."""
+    return sum(s["rows"] for s in view["shards"] if s["rows"] < target_rows // 2)
+
+
 def plan(view: dict, cfg: CompactConfig, now: float) -> tuple[list[list[dict]], list[dict]]:
     """What a compaction of `view` does now: the merge groups and the replaced files it removes; nothing
     while the small shards hold under `cfg.min_rows` windows (their files past retention wait too)."""
-    small = sum(s["rows"] for s in view["shards"] if s["rows"] < cfg.target_rows // 2)
-    if cfg.min_rows and small < cfg.min_rows:
+    if cfg.min_rows and small_rows(view, cfg.target_rows) < cfg.min_rows:
         return [], []
     return plan_groups(view["shards"], cfg.target_rows), retirable(view, cfg, now)
 
@@ -142,7 +146,7 @@ def compaction_done(cfg: CompactConfig) -> str | None:
     groups, retire = plan(view, cfg, time.time())
     if groups or retire:
         return None
-    small = sum(s["rows"] for s in view["shards"] if s["rows"] < cfg.target_rows // 2)
+    small = small_rows(view, cfg.target_rows)
     return f"{len(view['shards'])} shards; {small:,} windows in small ones (merged from {max(cfg.min_rows, 1):,})"
 
 
