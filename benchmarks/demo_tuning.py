@@ -330,10 +330,17 @@ def ensemble_scores(prep, tuning: Tuning, row: str) -> dict[str, dict]:
     return {split: mean_sd(values) for split, values in f1.items()}
 
 
-def markdown(rows: dict, ensembles: dict, comparisons: list[str], sizes, seconds: float) -> str:
+def markdown(
+    rows: dict,
+    ensembles: dict,
+    comparisons: list[str],
+    sizes,
+    seconds: float,
+    title: str = "Demo tuning (benchmarks/demo_tuning.py)",
+) -> str:
     first = next(iter(rows.values()))
     lines = [
-        "# Demo tuning (benchmarks/demo_tuning.py)",
+        f"# {title}",
         "",
         f"Store: dev {sizes.dev}, test {sizes.test} questions; other shops: dev {sizes.teacher_dev}, test "
         f"{sizes.teacher_test} (disjoint pages). Seeds {first['seeds']}; grid at seed {first['seeds'][0]}, chosen "
@@ -386,12 +393,6 @@ def tuning_args(argv: list[str] | None, description: str, extra=None) -> argpars
     parser.add_argument("--out", required=True, help="a local folder (reused: finished points are kept)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once, each with its own Ray")
-    parser.add_argument("--rows", nargs="+", help="tune only these rows (default: every row)")
-    parser.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="train nothing: the tables from the points finished so far (rows with a finished grid)",
-    )
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
@@ -523,8 +524,17 @@ def summary_only(args) -> int:
     return 0
 
 
+def row_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", nargs="+", help="tune only these rows (default: every row)")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="train nothing: the tables from the points finished so far (rows with a finished grid)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = tuning_args(argv, __doc__.split("\n")[0])
+    args = tuning_args(argv, __doc__.split("\n")[0], extra=row_flags)
     if args.summary_only:
         return summary_only(args)
     started = time.perf_counter()

@@ -106,3 +106,25 @@ def test_summary_only_tables_the_rows_whose_grid_finished(tuning, tmp_path):
     assert tuning.main(["--out", str(tmp_path), "--summary-only"]) == 0
     text = (tmp_path / "tuning-partial.md").read_text()
     assert "| teacher | teacher-dev |" in text and "lr 0.0004, 2 ep" in text and "distilled" not in text
+
+
+def test_pretrain_gain_distils_the_pretrained_pipelines_student_on_its_own_labels(tuning, tmp_path):
+    """benchmarks/pretrain_gain.py: the pre-trained pipeline's student gets the distilled row's grid,
+    from the pre-trained encoder's layers, on the pre-trained ensemble's labels."""
+    spec = importlib.util.spec_from_file_location("pretrain_gain", SCRIPT.with_name("pretrain_gain.py"))
+    gain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gain)
+    prep = fake_prep(tmp_path)
+    prep.inits["student-init-pretrained"] = "/pretrained-student"
+    prep.data["labels-pretrained"] = "/pretrained-labels"
+    t = tuning.Tuning(prep, seeds=[0, 1, 2], rows=gain.rows_compared())
+    tasks = t.ready({"distilled", "distilled_pretrained"})
+    by_row = {row: [task for task in tasks if task["row"] == row] for row in ("distilled", "distilled_pretrained")}
+    assert [(x["lr"], x["epochs"]) for x in by_row["distilled"]] == [
+        (x["lr"], x["epochs"]) for x in by_row["distilled_pretrained"]
+    ]
+    assert len(by_row["distilled"]) == 9
+    assert {(x["start"], x["data"], x["kind"]) for x in by_row["distilled"]} == {("/init", "/labels", "distill")}
+    assert {(x["start"], x["data"]) for x in by_row["distilled_pretrained"]} == {
+        ("/pretrained-student", "/pretrained-labels")
+    }
