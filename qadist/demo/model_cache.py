@@ -52,11 +52,13 @@ def cache_key(kind: str, start: str, data_uri: str, settings: dict) -> str:
 
 def train_or_reuse(cache: str, key: str, run_out: str, train: Callable[[], object], found: str) -> None:
     """The model `key` copied from `cache` into `<run_out>/final` (saying so: `found` and where), or
-    `train()` into `run_out` and the result kept in the cache; no cache or key: `train()` only."""
+    `train()` into `run_out` and the result kept in the cache (saying so); no cache or key: `train()` only."""
     final = storage.join(run_out, "final")
     if key and restore(cache, key, final):
         print(f"{found} ({cache}/{key})", flush=True)
         return
+    if key:
+        print(f"not in the teacher cache: trained now, then kept for later runs ({cache}/{key})", flush=True)
     train()
     if key:
         keep(cache, key, final)

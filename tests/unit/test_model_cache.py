@@ -74,3 +74,17 @@ def test_the_self_distilled_teacher_is_keyed_by_the_teachers_its_labels_come_fro
     assert first != key(prepared("run5", b"\x01" * 16))
     pages.write_text('{"doc_id": "p1", "text": "A lens."}\n')
     assert first != key(prepared("run6", b"\x01" * 16))
+
+
+def test_train_or_reuse_trains_once_and_says_which(tmp_path, capsys):
+    cache, runs = str(tmp_path / "cache"), []
+
+    def train(out):
+        runs.append(out)
+        model(tmp_path / out / "final", b"\x03" * 16)
+
+    model_cache.train_or_reuse(cache, "finetune-k", str(tmp_path / "a"), lambda: train("a"), "teacher trained earlier")
+    assert "not in the teacher cache: trained now, then kept for later runs" in capsys.readouterr().out
+    model_cache.train_or_reuse(cache, "finetune-k", str(tmp_path / "b"), lambda: train("b"), "teacher trained earlier")
+    assert runs == ["a"] and "teacher trained earlier" in capsys.readouterr().out
+    assert (tmp_path / "b" / "final" / "model.safetensors").read_bytes() == b"\x03" * 16
