@@ -96,6 +96,7 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
     assert (out / "models" / "student-distilled" / "final" / "config.json").exists()
     # Both teachers kept for later runs, each under the key of what made it.
     assert len([p for p in (out.parent / "cache").iterdir() if (p / "config.json").exists()]) == 2
+    assert proc.stdout.count("not in the teacher cache: trained now, then kept for later runs") == 2
     # Progress: every stage's time and the total on the console.
     for stage in ("teacher A", "pairs:", "label:", "distill:", "evaluate"):
         assert f"=== demo: {stage}" in proc.stdout
