@@ -54,9 +54,9 @@ from demo_tuning import (  # noqa: E402
 from demo_tuning import comparisons as tuning_comparisons  # noqa: E402
 
 from qadist import storage  # noqa: E402
-from qadist.config import DemoConfig, LabelConfig  # noqa: E402
+from qadist.config import DemoConfig  # noqa: E402
 from qadist.demo.plan import FULL  # noqa: E402
-from qadist.demo.prepare import Stopwatch, finished_model, prepare_data, save_init_models  # noqa: E402
+from qadist.demo.prepare import Stopwatch, finished_model, label_pairs, prepare_data, save_init_models  # noqa: E402
 from qadist.models import local_model  # noqa: E402
 
 
@@ -78,20 +78,10 @@ def rows_compared() -> list[Grid]:
 def label(prep, out: str, teachers: list[str]) -> str:
     """The teachers' ensemble soft labels on the store's logged pairs (reused when finished)."""
     if not storage.exists(storage.join(out, "_manifest.json")):
-        from qadist.label.stage import run_label
         from qadist.runtime import ensure_ray
 
         ensure_ray(min_cpus=4, threads=prep.threads, dedicated=True)
-        run_label(
-            LabelConfig(
-                pairs=prep.path("pairs", "pairs"),
-                out=out,
-                teachers=teachers,
-                num_cpus_per_actor=prep.threads,
-                batch_size=64,
-                **prep.shared,
-            )
-        )
+        label_pairs(prep, teachers, out)
     return out
 
 

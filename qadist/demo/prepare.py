@@ -211,14 +211,15 @@ def prepare(
     return prep
 
 
-def label_pairs(prep: Prepared, teachers: list[str]) -> dict:
-    """The teachers' ensemble soft labels on the pairs (`run_label`); its manifest."""
+def label_pairs(prep: Prepared, teachers: list[str], out: str | None = None) -> dict:
+    """The teachers' ensemble soft labels on the pairs (`run_label`) into `out` (the run's labels
+    folder by default); its manifest."""
     from qadist.label.stage import run_label
 
     return run_label(
         LabelConfig(
             pairs=prep.path("pairs", "pairs"),
-            out=prep.labels,
+            out=out or prep.labels,
             teachers=teachers,
             num_cpus_per_actor=prep.threads,
             batch_size=64,
