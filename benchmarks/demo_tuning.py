@@ -28,7 +28,8 @@ Learning rates are three around each kind's usual value (a fresh QA head on a pr
 self-distilled: 3e-5..3e-4; distillation into a fresh head: 2e-4..8e-4).
 
 Long (hours on 2 CPU cores with --jobs 2); run by hand, not in CI. Re-running with the same --out
-reuses every finished point; `--rows` runs some rows only (the others' finished points still count).
+reuses every finished point (a scored point keeps its final model, not its checkpoints); `--rows`
+runs some rows only (the others' finished points still count).
 
     python benchmarks/demo_tuning.py --out /tmp/qadist-tuning
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -167,7 +169,14 @@ def run_point(task: dict) -> dict:
     }
     with open(done, "w") as f:
         json.dump(record, f, indent=1)
+    drop_checkpoints(task["out"])
     return record
+
+
+def drop_checkpoints(point: str) -> None:
+    """A scored point keeps its final model, not its Ray Train checkpoints (a full grid's filled 45 GB)."""
+    for folder in Path(point).glob("*/checkpoint_*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- scheduling: grids at seed 0, then the chosen settings at the other seeds ----------------------

@@ -128,3 +128,18 @@ def test_pretrain_gain_distils_the_pretrained_pipelines_student_on_its_own_label
     assert {(x["start"], x["data"]) for x in by_row["distilled_pretrained"]} == {
         ("/pretrained-student", "/pretrained-labels")
     }
+
+
+def test_a_scored_point_keeps_its_final_model_not_its_checkpoints(tuning, tmp_path):
+    point = tmp_path / "lr0.0001-ep1-seed0"
+    for folder in ("final", "finetune/checkpoint_2026-12-06_02-26-45.365193"):
+        (point / folder).mkdir(parents=True)
+        (point / folder / "model.safetensors").write_bytes(b"w")
+    (point / "finetune" / "checkpoint_manager_snapshot.json").write_text("{}")
+    tuning.drop_checkpoints(str(point))
+    assert sorted(p.relative_to(point).as_posix() for p in point.rglob("*")) == [
+        "final",
+        "final/model.safetensors",
+        "finetune",
+        "finetune/checkpoint_manager_snapshot.json",
+    ]
