@@ -122,7 +122,7 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
 @pytest.mark.slow
 def test_full_demo_shows_the_claims(tmp_path):
     """The full-size demo (14.8 minutes on 2 quiet cores with the teacher-side models cached; this
-    test starts with an empty cache: 34.3 minutes): every claim the 3-seed tuning shows holds."""
+    test starts with an empty cache: 34 to 40 minutes): every claim the 3-seed tuning shows holds."""
     out = tmp_path / "full"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "QADIST_LOG_LEVEL": "WARNING"}
     env.pop("RAY_ADDRESS", None)
