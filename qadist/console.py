@@ -234,7 +234,7 @@ def _print_worker_lines(data: dict) -> None:
                     draw(state)
                 continue
             if line.startswith("[qadist] ") and line not in _state["echoed"]:  # a worker's note for the user (a resume)
-                _state["echoed"].add(line)  # Ray Train forwards a worker's print twice
+                _state["echoed"].add(line)  # once, also if Ray Train's print patch is on (it forwards it twice)
                 print(line, flush=True)
             sink.write(f"({name} pid={data.get('pid')}) {line}\n")
         sink.flush()

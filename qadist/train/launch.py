@@ -9,6 +9,7 @@ job's settings into the same folder are refused instead of corrupting the run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -217,6 +218,16 @@ def loop_config(job: TrainJob, plan: Plan) -> dict:
     }
 
 
+PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of every training worker. Ray Train 2.60's print patch sends a worker's print() to
+    its logger and, since Ray wraps the worker's stdout, to stdout as well: every line twice in the
+    job's log. Off unless the user turned it on (its value on the driver is kept)."""
+    return {"TOKENIZERS_PARALLELISM": "false", PRINT_PATCH: os.environ.get(PRINT_PATCH, "0")}
+
+
 def torch_trainer(job: TrainJob, plan: Plan, storage_path: str, filesystem: pafs.FileSystem | None) -> Any:
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -240,7 +251,7 @@ def torch_trainer(job: TrainJob, plan: Plan, storage_path: str, filesystem: pafs
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            worker_runtime_env={"env_vars": worker_env()},
             callbacks=[StopOnUserError()],
         ),
         datasets={"train": quiet(job.dataset)},

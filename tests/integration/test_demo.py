@@ -101,6 +101,9 @@ def test_quick_demo_writes_the_table_plot_and_artifacts(quick_demo):
     for stage in ("teacher A", "pairs:", "label:", "distill:", "evaluate"):
         assert f"=== demo: {stage}" in proc.stdout
     assert "total" in proc.stdout and result["total_seconds"] > 0
+    # Worker lines reach the log file once each (Ray Train's print patch, off, would write them twice):
+    # one timings line per training run (2 teachers, distilled, the baseline, 200 labels twice).
+    assert (out.parent / f"{out.name}.log").read_text().count("worker timings: setup") == 6
     # The student is smaller and answers faster than a teacher (model size is exact; speed on 200
     # answers is measured, but a 2-layer student computes a third of a 6-layer teacher).
     rows = {r["key"]: r for r in result["rows"]}
