@@ -9,9 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from qadist import console
+
+log = logging.getLogger(__name__)
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 # The test hook of the simulated GPU cluster (tests/integration/test_simulated_gpu_cluster.py): with
@@ -83,9 +87,44 @@ def _init(ray, address: str | None, min_cpus: int, env: dict[str, str], dedicate
 
 def release_ray() -> None:
     """End the Ray this process started (a command's embedded or joined Ray), so that nothing of it
-    outlives the command; a Ray started by someone else (a test session, a notebook) stays."""
+    outlives the command (an embedded Ray's workers that do not exit are killed: `reap`); a Ray
+    started by someone else (a test session, a notebook) stays."""
     if _started:
         import ray
 
         _started.clear()
+        workers = embedded_workers()
         ray.shutdown()
+        if killed := reap(workers):
+            log.info("killed %d Ray worker processes stuck in their exit after ray.shutdown(): %s", len(killed), killed)
+
+
+REAP_GRACE_S = 5.0  # a worker whose raylet has ended exits within about half a second
+
+
+def embedded_workers() -> list:
+    """The worker processes of the Ray this process started on this machine (its raylet's
+    descendants); none for a joined cluster, whose raylet is not this process's child."""
+    import psutil
+
+    workers = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "raylet":
+                workers += child.children(recursive=True)
+    return workers
+
+
+def reap(processes: list, grace_s: float = REAP_GRACE_S) -> list[int]:
+    """Kill those of `processes` still running `grace_s` after their Ray ended; their pids.
+
+    Ray 2.60's core worker can deadlock in its exit handler once its raylet is gone (seen in a
+    TrainController: ~CoreWorkerProcessImpl -> asio shutdown -> ~Publisher, waiting on a lock for
+    good), and the process (~400 MB) would outlive the command that started it."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return [process.pid for process in alive]
