@@ -22,7 +22,7 @@ from qadist.capacity import Demand, check_capacity
 from qadist.config import OptimizerSettings, to_dict
 from qadist.errors import UserError, user_error_in
 from qadist.outputs import claim, claim_file
-from qadist.runtime import simulated_gpu_cluster
+from qadist.runtime import WORKER_ENV, simulated_gpu_cluster
 from qadist.train.batches import Plan, plan_steps
 from qadist.train.checkpoint import QADIST_CONFIG_VERSION, export_final
 from qadist.train.loop import train_loop_per_worker
@@ -224,8 +224,9 @@ PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 def worker_env() -> dict[str, str]:
     """Environment of every training worker. Ray Train 2.60's print patch sends a worker's print() to
     its logger and, since Ray wraps the worker's stdout, to stdout as well: every line twice in the
-    job's log. Off unless the user turned it on (its value on the driver is kept)."""
-    return {"TOKENIZERS_PARALLELISM": "false", PRINT_PATCH: os.environ.get(PRINT_PATCH, "0")}
+    job's log. Off unless the user turned it on (its value on the driver is kept). The rest is
+    `WORKER_ENV`, which a joined cluster's workers would not get from the job otherwise."""
+    return {**WORKER_ENV, PRINT_PATCH: os.environ.get(PRINT_PATCH, "0")}
 
 
 def torch_trainer(job: TrainJob, plan: Plan, storage_path: str, filesystem: pafs.FileSystem | None) -> Any:
