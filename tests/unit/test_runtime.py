@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
@@ -18,12 +17,10 @@ from qadist.runtime import reap
 def test_reap_kills_what_outlives_the_grace_and_waits_for_the_rest():
     quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    started = time.monotonic()
     killed = reap([psutil.Process(quick.pid), psutil.Process(stuck.pid)], grace_s=2.0)
     assert killed == [stuck.pid]
     assert quick.wait(timeout=5) == 0  # left to exit by itself, not killed
     assert stuck.wait(timeout=5) == -9
-    assert time.monotonic() - started < 30
 
 
 def test_reap_of_nothing_returns_at_once():
